@@ -1,0 +1,1 @@
+"""Built-in plugins: loaded through the same path as third-party ones (see ``plugins.py``)."""

@@ -1,0 +1,1 @@
+"""The built-in positional encodings, one small module each, registered through the hook."""

@@ -1,0 +1,64 @@
+"""Rotary position embedding (RoPE, Su et al. 2021): the seed's and the default encoding.
+
+Queries and keys are rotated by angles proportional to their positions, so their dot product
+depends only on the relative distance ``q_pos - k_pos``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from retro_platform.hookspecs import hookimpl
+from retro_platform.protocols import PositionalEncoding
+
+
+class RotaryEncoding(PositionalEncoding):
+    """Rotary embeddings over the first ``rotary_dim`` features of each head.
+
+    Args:
+        rotary_dim: how many features of each head rotate (even); ``None`` rotates them all.
+        theta: the base of the geometric frequency ladder.
+    """
+
+    def __init__(self, *, rotary_dim: int | None = None, theta: float = 10000.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        rotary_dim = self.dim_head if rotary_dim is None else rotary_dim
+        if rotary_dim % 2 or not 0 < rotary_dim <= self.dim_head:
+            raise ValueError(
+                f"rotary_dim must be even and in 2..{self.dim_head} (dim_head), got {rotary_dim}"
+            )
+        if theta <= 0:
+            raise ValueError(f"theta must be positive, got {theta}")
+        self.rotary_dim = rotary_dim
+        inv_freq = theta ** -(torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim)
+        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+
+    def _angles(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        # (n, rotary_dim / 2); computed in fp32 so long sequences keep their precision
+        freqs = positions.to(self.inv_freq.dtype)[:, None] * self.inv_freq[None, :]
+        return freqs.cos(), freqs.sin()
+
+    def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        half = self.rotary_dim // 2
+        x1, x2 = x[..., :half], x[..., half : self.rotary_dim]
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        rotated = (x1 * cos - x2 * sin, x2 * cos + x1 * sin)
+        if self.rotary_dim == x.shape[-1]:
+            return torch.cat(rotated, dim=-1)
+        return torch.cat((*rotated, x[..., self.rotary_dim :]), dim=-1)
+
+    def rotate(
+        self, q: Tensor, k: Tensor, q_positions: Tensor, k_positions: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        q_cos, q_sin = self._angles(q_positions)
+        if k_positions is q_positions:
+            k_cos, k_sin = q_cos, q_sin
+        else:
+            k_cos, k_sin = self._angles(k_positions)
+        return self._rotate(q, q_cos, q_sin), self._rotate(k, k_cos, k_sin)
+
+
+@hookimpl
+def register_positional_encodings(register):
+    register("rotary", RotaryEncoding)
