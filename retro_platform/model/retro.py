@@ -366,7 +366,9 @@ class RETRO(nn.Module):
         self.token_emb = nn.Embedding(num_tokens, dec_dim)
         self.to_encoder_dim = nn.Linear(dec_dim, enc_dim) if enc_dim != dec_dim else nn.Identity()
 
-        enc_cross = range(1, enc_depth + 1) if enc_cross_attn_layers is None else enc_cross_attn_layers
+        enc_cross = (
+            range(1, enc_depth + 1) if enc_cross_attn_layers is None else enc_cross_attn_layers
+        )
         self.encoder = nn.ModuleList(
             EncoderLayer(
                 enc_dim,
@@ -412,7 +414,6 @@ class RETRO(nn.Module):
             chunk_size=chunk_size,
             neighbour_len=neighbour_len,
         )
-
 
     # -----------------------------------------------------------------------------------------
     # the parts of a forward pass
@@ -607,7 +608,9 @@ def _validate_config(config: dict[str, Any]) -> None:
         layers = config[key] or ()
         bad = [layer for layer in layers if not 1 <= layer <= config[depth]]
         if bad:
-            raise ValueError(f"{key} {bad} outside 1..{depth}={config[depth]} (layers count from 1)")
+            raise ValueError(
+                f"{key} {bad} outside 1..{depth}={config[depth]} (layers count from 1)"
+            )
     if config["neighbour_len"] < config["chunk_size"]:
         raise ValueError(
             f"neighbour_len ({config['neighbour_len']}) must be at least chunk_size "
