@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from retro_platform.errors import ConfigError
 from retro_platform.model.loss import linear_cross_entropy
 from retro_platform.protocols import AttentionRole, PositionalEncoding
 
@@ -648,6 +649,6 @@ def _build_positional_encodings(
     for role, kwargs in roles.items():
         try:
             built[role] = factory(role=role, heads=heads, dim_head=dim_head, **kwargs, **options)
-        except TypeError as error:
-            raise ValueError(f"positional encoding {name!r}: {error}") from error
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"positional encoding {name!r}: {error}") from error
     return nn.ModuleDict(built)

@@ -1,0 +1,182 @@
+"""Helpers shared by the benchmarks: loading the reference model, reading memory, machine facts.
+
+The reference is ``retro-pytorch`` 0.3.9 (installed with ``--no-deps``). Its package ``__init__``
+imports ``autofaiss``, which we do not install, so :func:`load_reference_retro` loads only its
+model module, ``retro_pytorch/retro_pytorch.py``, straight from site-packages. The one name that
+module takes from ``retro_pytorch.retrieval`` (``BERT_VOCAB_SIZE``) is served by a stand-in module.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+#: The repository root, so that ``retro_platform`` imports without being installed.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: What ``retro_pytorch.retrieval.BERT_VOCAB_SIZE`` is in 0.3.9 (bert-base-cased).
+BERT_VOCAB_SIZE = 28996
+
+_REFERENCE_MODULE_NAME = "_retro_pytorch_reference_model"
+
+GIB = 1024**3
+
+
+def ensure_repo_on_path() -> None:
+    """Make ``import retro_platform`` work from a checkout without ``pip install -e``."""
+    root = str(REPO_ROOT)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+def load_reference_retro() -> type:
+    """Return the reference ``RETRO`` class from retro-pytorch's model module, without its package.
+
+    Raises:
+        ImportError: retro-pytorch is not installed.
+    """
+    loaded = sys.modules.get(_REFERENCE_MODULE_NAME)
+    if loaded is not None:
+        return loaded.RETRO
+
+    package_spec = importlib.util.find_spec("retro_pytorch")  # finds it, does not import it
+    if package_spec is None or not package_spec.submodule_search_locations:
+        raise ImportError(
+            "retro-pytorch is not installed: pip install --no-deps retro-pytorch==0.3.9"
+        )
+    model_path = Path(next(iter(package_spec.submodule_search_locations))) / "retro_pytorch.py"
+
+    # `from retro_pytorch.retrieval import BERT_VOCAB_SIZE` resolves from sys.modules first, so
+    # a stand-in there keeps the real retrieval module (and autofaiss) out.
+    stand_in = types.ModuleType("retro_pytorch.retrieval")
+    stand_in.BERT_VOCAB_SIZE = BERT_VOCAB_SIZE  # type: ignore[attr-defined]
+    sys.modules.setdefault("retro_pytorch.retrieval", stand_in)
+
+    spec = importlib.util.spec_from_file_location(_REFERENCE_MODULE_NAME, model_path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the reference model module from {model_path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[_REFERENCE_MODULE_NAME] = module
+    spec.loader.exec_module(module)
+    return module.RETRO
+
+
+# ---------------------------------------------------------------------------------------------
+# memory
+# ---------------------------------------------------------------------------------------------
+
+
+def _status_kib(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ``VmSize``), or None."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def current_rss_bytes() -> int:
+    """The resident set size of this process now (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            resident_pages = int(statm.read().split()[1])
+    except OSError:
+        return 0
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak RSS: ``VmHWM``, else ``ru_maxrss``.
+
+    ``ru_maxrss`` alone is not honest for a process started with fork/vfork + exec on Linux:
+    exec folds the *parent's* high-water mark into it. Where the parent is small (as in the
+    benchmark drivers here) the two agree; ``VmHWM`` belongs to the process's own address space.
+    """
+    hwm_kib = _status_kib("VmHWM")
+    if hwm_kib is not None:
+        return hwm_kib * 1024
+    return ru_maxrss_bytes()
+
+
+def ru_maxrss_bytes() -> int:
+    """``resource.getrusage(RUSAGE_SELF).ru_maxrss`` in bytes (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def virtual_size_bytes() -> int:
+    """The address-space size of this process now (``VmSize``), or 0."""
+    kib = _status_kib("VmSize")
+    return 0 if kib is None else kib * 1024
+
+
+def available_memory_bytes() -> int | None:
+    """``MemAvailable`` of the machine, or None where /proc/meminfo is missing."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# machine
+# ---------------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name, from /proc/cpuinfo where there is one."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's (if present) and torch's generators."""
+    import random
+
+    import torch
+
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:
+        pass
+    torch.manual_seed(seed)
+
+
+def format_bytes(num_bytes: float | None) -> str:
+    """``3.52 GiB`` / ``512 MiB``; an em dash for None."""
+    if num_bytes is None:
+        return "—"
+    if num_bytes >= GIB:
+        return f"{num_bytes / GIB:.2f} GiB"
+    return f"{num_bytes / 1024**2:.0f} MiB"
+
+
+def jsonable(value: Any) -> Any:
+    """Tuples to lists, recursively, so that a value round-trips through JSON unchanged."""
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {key: jsonable(item) for key, item in value.items()}
+    return value

@@ -1,0 +1,1113 @@
+"""Training-step and forward-pass benchmark: our RETRO against retro-pytorch 0.3.9, in one run.
+
+    python benchmarks/train_step.py [--quick] [--configs small,seed,scaling] [--repeats N]
+                                    [--json out.json] [--mem-limit-gb 16] [--timeout-s 600]
+
+Every measurement (one implementation, one configuration, one pass) runs in a fresh Python
+process (this script re-invoked with the hidden ``--worker`` flag), so that its peak RSS is its
+own. A watchdog thread and an address-space limit in each worker turn "more memory than allowed"
+into a table entry instead of a machine brought to its knees; a timeout does the same for time.
+FLOPs are counted once per model and configuration with ``torch.utils.flop_counter`` on the meta
+device (no memory, no time), separately from the timed runs. See ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from _common import (
+    GIB,
+    available_memory_bytes,
+    cpu_model,
+    current_rss_bytes,
+    ensure_repo_on_path,
+    format_bytes,
+    load_reference_retro,
+    peak_rss_bytes,
+    ru_maxrss_bytes,
+    seed_everything,
+    virtual_size_bytes,
+)
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+LEARNING_RATE = 1e-4
+SEED = 0
+CHUNK_SIZE = 64
+NEIGHBOURS = 2
+NEIGHBOUR_LEN = 128
+
+#: A worker's exit status when its memory guard stopped it.
+EXIT_OUT_OF_MEMORY = 86
+#: Stop a worker when the machine has less than this available, whatever its own RSS.
+MACHINE_MEMORY_FLOOR = 1 * GIB
+#: Fraction of --timeout-s a worker plans to use, leaving room for start-up and reporting.
+TIME_BUDGET_FRACTION = 0.85
+
+
+# ---------------------------------------------------------------------------------------------
+# configurations
+# ---------------------------------------------------------------------------------------------
+
+SMALL_MODEL: dict[str, Any] = {
+    "num_tokens": 30522,
+    "max_seq_len": 512,
+    "enc_dim": 384,
+    "enc_depth": 2,
+    "dec_dim": 384,
+    "dec_depth": 6,
+    "dec_cross_attn_layers": (3, 6),
+    "heads": 6,
+    "dim_head": 64,
+}
+
+#: The seed README's usage example, dropout included.
+SEED_MODEL: dict[str, Any] = {
+    "num_tokens": 20000,
+    "max_seq_len": 2048,
+    "enc_dim": 896,
+    "enc_depth": 2,
+    "dec_depth": 12,
+    "dec_cross_attn_layers": (1, 3, 6, 9),
+    "heads": 8,
+    "dec_dim": 796,
+    "dim_head": 64,
+    "dec_attn_dropout": 0.25,
+    "dec_ff_dropout": 0.25,
+}
+
+#: --quick: the same shapes of model, tiny, to smoke-test the harness in seconds.
+QUICK_SMALL_MODEL: dict[str, Any] = {
+    **SMALL_MODEL,
+    "num_tokens": 1000,
+    "max_seq_len": 128,
+    "enc_dim": 64,
+    "enc_depth": 1,
+    "dec_dim": 64,
+    "dec_depth": 2,
+    "dec_cross_attn_layers": (2,),
+    "heads": 2,
+    "dim_head": 32,
+}
+QUICK_SEED_MODEL: dict[str, Any] = {
+    **QUICK_SMALL_MODEL,
+    "dec_cross_attn_layers": (1, 2),
+    "dec_attn_dropout": 0.25,
+    "dec_ff_dropout": 0.25,
+}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One benchmark configuration: the model's keyword arguments and the input shape."""
+
+    name: str
+    model: dict[str, Any]
+    batch: int
+    seq_len: int
+
+
+def configurations(quick: bool) -> dict[str, Shape]:
+    """The small and seed configurations (full-size, or tiny with --quick)."""
+    if quick:
+        return {
+            "small": Shape("small", QUICK_SMALL_MODEL, batch=2, seq_len=128),
+            "seed": Shape("seed", QUICK_SEED_MODEL, batch=1, seq_len=128),
+        }
+    return {
+        "small": Shape("small", SMALL_MODEL, batch=4, seq_len=512),
+        "seed": Shape("seed", SEED_MODEL, batch=1, seq_len=2048),
+    }
+
+
+def scaling_lengths(quick: bool) -> list[int]:
+    """Sequence lengths of the scaling sweep (seed widths, batch 1, training step only)."""
+    return [128, 256, 512] if quick else [512, 2048, 8192]
+
+
+# ---------------------------------------------------------------------------------------------
+# tasks: what one worker process does
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Task:
+    """One unit of work for a fresh worker process; JSON in, JSON out.
+
+    ``kind`` is ``machine`` (versions and the matmul rate), ``time`` (timed steps and peak
+    memory), ``flops`` (FlopCounterMode, once) or ``profile`` (encoder / CCA split, ours).
+    """
+
+    kind: str
+    impl: str = "ours"
+    model: dict[str, Any] = field(default_factory=dict)
+    batch: int = 1
+    seq_len: int = CHUNK_SIZE
+    retrieval: bool = True
+    mode: str = "train"
+    checkpoint: bool = False
+    repeats: int = 3
+    seed: int = SEED
+    mem_limit_bytes: int = 16 * GIB
+    time_budget_s: float = 600.0
+
+    def key(self) -> str:
+        """Identical tasks (e.g. seed at 2048 and scaling at 2048) run once."""
+        return json.dumps(asdict(self), sort_keys=True, default=list)
+
+
+def run_worker(task: Task, out_path: Path) -> int:
+    """Entry point of ``--worker``: run one task under a memory guard, write its result."""
+    started = time.perf_counter()
+    torch.set_num_threads(os.cpu_count() or 1)
+    guard = MemoryGuard(task.mem_limit_bytes, out_path)
+    guard.start()
+    handlers: dict[str, Callable[[Task, float], dict[str, Any]]] = {
+        "machine": machine_task,
+        "time": time_task,
+        "flops": flops_task,
+        "profile": profile_task,
+    }
+    try:
+        result = handlers[task.kind](task, started)
+    except Exception as error:  # reported in the table, never raised past the worker
+        status = "oom" if is_allocation_failure(error) else "error"
+        result = {"status": status, "detail": f"{type(error).__name__}: {error}".splitlines()[0]}
+    result.setdefault("status", "ok")
+    result["peak_rss"] = max(peak_rss_bytes(), guard.max_seen)
+    result["ru_maxrss"] = ru_maxrss_bytes()
+    guard.stop()
+    write_json(out_path, result)
+    return 0
+
+
+def is_allocation_failure(error: BaseException) -> bool:
+    """Whether torch or Python could not allocate memory (the address-space limit was hit)."""
+    if isinstance(error, MemoryError):
+        return True
+    message = str(error).lower()
+    return isinstance(error, RuntimeError) and (
+        "can't allocate memory" in message or "not enough memory" in message
+    )
+
+
+class MemoryGuard(threading.Thread):
+    """Watchdog: exit with :data:`EXIT_OUT_OF_MEMORY` when RSS passes the limit.
+
+    Polls every 20 ms, and also stops the worker when the whole machine runs short (other
+    work shares it). :meth:`limit_address_space` adds a hard backstop for allocations too large
+    and too fast for polling to see.
+    """
+
+    def __init__(self, limit_bytes: int, out_path: Path) -> None:
+        super().__init__(daemon=True)
+        self.limit_bytes = limit_bytes
+        self.out_path = out_path
+        self.max_seen = 0
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        polls = 0
+        while not self._stopped.wait(0.02):
+            rss = current_rss_bytes()
+            self.max_seen = max(self.max_seen, rss)
+            if rss > self.limit_bytes:
+                self._abort(f"RSS {format_bytes(rss)} passed the limit")
+            polls += 1
+            available = available_memory_bytes() if polls % 10 == 0 else None
+            if available is not None and available < MACHINE_MEMORY_FLOOR:
+                self._abort(f"machine had only {format_bytes(available)} available")
+
+    def _abort(self, reason: str) -> None:
+        write_json(self.out_path, {"status": "oom", "detail": reason, "peak_rss": self.max_seen})
+        os._exit(EXIT_OUT_OF_MEMORY)
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+def limit_address_space(limit_bytes: int) -> None:
+    """Backstop to :class:`MemoryGuard`: cap the address space at its size now plus the limit.
+
+    An allocation too large and too fast for polling to catch then fails inside torch, and the
+    worker reports it as out of memory.
+    """
+    cap = virtual_size_bytes() + limit_bytes
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.write_text(json.dumps(payload, default=list))
+
+
+# ---------------------------------------------------------------------------------------------
+# models, inputs, steps
+# ---------------------------------------------------------------------------------------------
+
+
+def build_model(task: Task) -> nn.Module:
+    """Our RETRO or the reference's, on the current default device, seeded."""
+    kwargs = dict(task.model)
+    kwargs["dec_cross_attn_layers"] = tuple(kwargs["dec_cross_attn_layers"])
+    seed_everything(task.seed)
+    if task.impl == "reference":
+        return load_reference_retro()(**kwargs)
+    ensure_repo_on_path()
+    from retro_platform import RETRO
+
+    return RETRO(**kwargs, checkpoint_activations=task.checkpoint)
+
+
+def make_inputs(task: Task, device: str = "cpu") -> tuple[Tensor, Tensor]:
+    """Token ids in [1, num_tokens): ``seq`` (b, n + 1) and ``retrieved`` (b, n/64, 2, 128)."""
+    generator = torch.Generator().manual_seed(task.seed + 1)
+    num_tokens = task.model["num_tokens"]
+    seq = torch.randint(1, num_tokens, (task.batch, task.seq_len + 1), generator=generator)
+    retrieved_shape = (task.batch, task.seq_len // CHUNK_SIZE, NEIGHBOURS, NEIGHBOUR_LEN)
+    retrieved = torch.randint(1, num_tokens, retrieved_shape, generator=generator)
+    return seq.to(device), retrieved.to(device)
+
+
+def training_loss(model: nn.Module, seq: Tensor, retrieved: Tensor | None) -> Tensor:
+    """The language-modelling loss; with retrieval off, cross-entropy on the logits ourselves."""
+    if retrieved is not None:
+        return model(seq, retrieved, return_loss=True)
+    logits = model(seq[:, :-1], None)
+    return F.cross_entropy(logits.flatten(0, 1), seq[:, 1:].flatten())
+
+
+def make_step(task: Task, model: nn.Module, seq: Tensor, retrieved: Tensor) -> Callable[[], None]:
+    """One training step (forward, backward, AdamW) or one eval forward pass under no_grad."""
+    neighbours = retrieved if task.retrieval else None
+    if task.mode == "forward":
+
+        def forward_pass() -> None:
+            model.eval()
+            with torch.no_grad():
+                model(seq[:, :-1], neighbours)
+
+        return forward_pass
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
+
+    def training_step() -> None:
+        model.train()
+        training_loss(model, seq, neighbours).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return training_step
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# worker tasks
+# ---------------------------------------------------------------------------------------------
+
+
+def machine_task(task: Task, started: float) -> dict[str, Any]:
+    """Versions, threads, CPU, and this machine's fp32 matmul rate (median per size)."""
+    rates = {}
+    for size, repeats in ((2048, 10), (4096, 3)):
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        torch.mm(a, b)  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - start)
+        rates[str(size)] = 2 * size**3 / statistics.median(times)
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cpu": cpu_model(),
+        "matmul_flops_per_s": rates,
+    }
+
+
+def time_task(task: Task, started: float) -> dict[str, Any]:
+    """Median seconds per step after one warm-up, the baseline and peak RSS.
+
+    The repeats shrink to what fits in the time budget after the warm-up; with no time left
+    the warm-up alone is reported (``repeats_done`` 0).
+    """
+    model = build_model(task)
+    seq, retrieved = make_inputs(task)
+    step = make_step(task, model, seq, retrieved)
+    torch.mm(torch.ones(64, 64), torch.ones(64, 64))  # start the thread pool before the cap
+    gc.collect()
+    baseline_rss = current_rss_bytes()
+    limit_address_space(task.mem_limit_bytes)
+
+    warm_up = timed(step)
+    remaining = task.time_budget_s * TIME_BUDGET_FRACTION - (time.perf_counter() - started)
+    repeats = min(task.repeats, int(remaining // warm_up))
+    times = [timed(step) for _ in range(repeats)] if repeats > 0 else [warm_up]
+    return {
+        "times_s": times,
+        "warm_up_s": warm_up,
+        "repeats_done": repeats,
+        "baseline_rss": baseline_rss,
+        "params": parameter_count(model),
+    }
+
+
+def timed(step: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def flops_task(task: Task, started: float) -> dict[str, Any]:
+    """Model FLOPs of one step: on the meta device where the model allows it, else for real.
+
+    Counts forward (+ backward for training) with checkpointing off: recomputation is not
+    model FLOPs. The optimizer's elementwise work is not counted by FlopCounterMode. A model
+    that reads a tensor's value (``bool(mask.all())``) cannot run on meta; it is then run on
+    the CPU with dropout set to 0, which changes no counted FLOP (the attention FLOPs are the
+    same whichever SDPA kernel runs) but lets SDPA use its memory-efficient kernel.
+    """
+    task = replace(task, checkpoint=False)
+    try:
+        return {"flops": count_flops(task, "meta"), "flops_device": "meta"}
+    except Exception as meta_error:
+        no_dropout = {
+            key: (0.0 if key.endswith("dropout") else value) for key, value in task.model.items()
+        }
+        flops = count_flops(replace(task, model=no_dropout), "cpu")
+        reason = str(meta_error).splitlines()[0]
+        return {"flops": flops, "flops_device": "cpu", "detail": f"not on meta: {reason}"}
+
+
+def count_flops(task: Task, device: str) -> int:
+    with torch.device(device):
+        model = build_model(task)
+    seq, retrieved = make_inputs(task, device)
+    neighbours = retrieved if task.retrieval else None
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+        if task.mode == "forward":
+            model.eval()
+            with torch.no_grad():
+                model(seq[:, :-1], neighbours)
+        else:
+            model.train()
+            training_loss(model, seq, neighbours).backward()
+    return counter.get_total_flops()
+
+
+def _attention_flops(query_shape: Any, key_shape: Any, value_shape: Any) -> int:
+    """Scores (q·kᵀ) and weighted sum (p·v), over the full score matrix as the counter does."""
+    batch, heads, queries, query_dim = query_shape
+    keys, value_dim = key_shape[-2], value_shape[-1]
+    return 2 * batch * heads * queries * keys * (query_dim + value_dim)
+
+
+def _cpu_flash_attention_flop(
+    query_shape: Any, key_shape: Any, value_shape: Any, *_: Any, **__: Any
+) -> int:
+    return _attention_flops(query_shape, key_shape, value_shape)
+
+
+def _cpu_flash_attention_backward_flop(
+    _grad_out_shape: Any, query_shape: Any, key_shape: Any, value_shape: Any, *_: Any, **__: Any
+) -> int:
+    return 2 * _attention_flops(query_shape, key_shape, value_shape)
+
+
+#: torch's counter knows the CUDA SDPA kernels but not the CPU flash kernel (it counts 0).
+CPU_ATTENTION_FLOPS: dict[Any, Callable[..., int]] = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flop,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: (
+        _cpu_flash_attention_backward_flop
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# where the time goes: encoder and CCA
+# ---------------------------------------------------------------------------------------------
+
+
+def find_profiled_modules(
+    model: nn.Module,
+) -> tuple[dict[str, list[tuple[str, nn.Module]]], list[str]]:
+    """The encoder's modules and the chunked-cross-attention modules, with notes on what failed.
+
+    Encoder: the model's top-level children named ``encoder*`` (``encoder``, ``encoder_norm``,
+    ...); a container (``nn.ModuleList``) is never called, so its elements are hooked instead.
+    CCA: modules whose class is named ``ChunkedCrossAttention``.
+    """
+    notes = []
+    groups: dict[str, list[tuple[str, nn.Module]]] = {}
+    encoder: list[tuple[str, nn.Module]] = []
+    for name, child in model.named_children():
+        if not name.startswith("encoder"):
+            continue
+        if isinstance(child, (nn.ModuleList, nn.ModuleDict)):
+            encoder += [(f"{name}.{index}", module) for index, module in child.named_children()]
+        else:
+            encoder.append((name, child))
+    if encoder:
+        groups["encoder"] = encoder
+    else:
+        notes.append("no `encoder*` modules on the model: encoder time not measured")
+
+    cca = [
+        (name, module)
+        for name, module in model.named_modules()
+        if type(module).__name__ == "ChunkedCrossAttention"
+    ]
+    if cca:
+        groups["cca"] = cca
+    else:
+        notes.append("no ChunkedCrossAttention modules found: CCA time not measured")
+    return groups, notes
+
+
+class ModuleClock:
+    """Accumulates wall time inside groups of modules with forward and backward hooks.
+
+    Backward time is the span between a module's backward pre-hook (gradients of its outputs
+    ready) and its backward hook (gradients of its inputs ready): on CPU autograd runs on one
+    thread, so this is close to the module's own backward.
+    """
+
+    def __init__(self, groups: dict[str, list[tuple[str, nn.Module]]], backward: bool) -> None:
+        self.totals: dict[str, float] = {}
+        self._starts: dict[tuple[int, str], float] = {}
+        self._handles: list[Any] = []
+        for group, modules in groups.items():
+            for _, module in modules:
+                self._attach(group, module, backward)
+
+    def _attach(self, group: str, module: nn.Module, backward: bool) -> None:
+        key = id(module)
+
+        def start(phase: str) -> Callable[..., None]:
+            def hook(*_: Any) -> None:
+                self._starts[(key, phase)] = time.perf_counter()
+
+            return hook
+
+        def stop(phase: str) -> Callable[..., None]:
+            def hook(*_: Any) -> None:
+                begun = self._starts.pop((key, phase), None)
+                if begun is not None:
+                    bucket = f"{group}_{phase}"
+                    self.totals[bucket] = self.totals.get(bucket, 0.0) + time.perf_counter() - begun
+
+            return hook
+
+        self._handles.append(module.register_forward_pre_hook(start("fwd")))
+        self._handles.append(module.register_forward_hook(stop("fwd")))
+        if backward:
+            self._handles.append(module.register_full_backward_pre_hook(start("bwd")))
+            self._handles.append(module.register_full_backward_hook(stop("bwd")))
+
+    def take(self) -> dict[str, float]:
+        """The totals since the last call, and reset."""
+        totals, self.totals = self.totals, {}
+        return totals
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def profile_task(task: Task, started: float) -> dict[str, Any]:
+    """Per-step encoder and CCA time (forward and backward) for a training step and a forward."""
+    model = build_model(task)
+    seq, retrieved = make_inputs(task)
+    groups, notes = find_profiled_modules(model)
+    names = {group: [name for name, _ in modules] for group, modules in groups.items()}
+    steps = {
+        mode: make_step(replace(task, mode=mode), model, seq, retrieved)
+        for mode in ("train", "forward")
+    }
+    clock = ModuleClock(groups, backward=True)
+    try:
+        steps["train"]()  # warm-up, and a check that the backward hooks work with this model
+    except RuntimeError as error:
+        notes.append(f"backward hooks failed ({error}); backward split not measured")
+        clock.remove()
+        clock = ModuleClock(groups, backward=False)
+        steps["train"]()
+    steps["forward"]()  # warm-up of the eval path
+    clock.take()
+    result: dict[str, Any] = {"modules": names, "notes": notes}
+    for mode, step in steps.items():
+        result[mode] = [timed_with_split(step, clock) for _ in range(task.repeats)]
+    return result
+
+
+def timed_with_split(step: Callable[[], None], clock: ModuleClock) -> dict[str, float]:
+    seconds = timed(step)
+    return {"step": seconds, **clock.take()}
+
+
+# ---------------------------------------------------------------------------------------------
+# driver: plan, run workers, collect rows
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """A planned measurement: which table it belongs to and its two tasks."""
+
+    section: str
+    label: str
+    timing: Task
+    flops: Task
+
+
+@dataclass
+class Row:
+    """One line of the results table (also what --json writes)."""
+
+    section: str
+    label: str
+    impl: str
+    checkpoint: bool
+    retrieval: bool
+    mode: str
+    batch: int
+    seq_len: int
+    status: str
+    detail: str = ""
+    median_s: float | None = None
+    times_s: list[float] = field(default_factory=list)
+    repeats_done: int = 0
+    tokens_per_s: float | None = None
+    flops: int | None = None
+    flops_device: str | None = None
+    flops_detail: str = ""
+    flops_per_s: float | None = None
+    mfu: float | None = None
+    baseline_rss: int | None = None
+    peak_rss: int | None = None
+    ru_maxrss: int | None = None
+    params: int | None = None
+
+
+def impl_label(impl: str, checkpoint: bool) -> str:
+    return "ours, checkpointed" if checkpoint else impl
+
+
+def plan_jobs(args: argparse.Namespace) -> list[Job]:
+    """The measurements of the chosen configurations, in table order."""
+    common = {
+        "repeats": args.repeats,
+        "mem_limit_bytes": int(args.mem_limit_gb * GIB),
+        "time_budget_s": args.timeout_s,
+    }
+    shapes = configurations(args.quick)
+    jobs = []
+    for name in ("small", "seed"):
+        if name not in args.configs:
+            continue
+        shape = shapes[name]
+        for impl in ("ours", "reference"):
+            for retrieval in (True, False):
+                for mode in ("train", "forward"):
+                    task = Task(
+                        "time",
+                        impl,
+                        shape.model,
+                        shape.batch,
+                        shape.seq_len,
+                        retrieval,
+                        mode,
+                        **common,
+                    )
+                    jobs.append(Job(name, impl, task, replace(task, kind="flops")))
+    if "scaling" in args.configs:
+        lengths = scaling_lengths(args.quick)
+        base = shapes["seed"].model
+        for seq_len in lengths:
+            model = {**base, "max_seq_len": seq_len}
+            variants = [("ours", True), ("ours", False), ("reference", False)]
+            for impl, checkpoint in variants:
+                if impl == "ours" and not checkpoint and seq_len == lengths[-1]:
+                    continue  # ours without checkpointing only at the two shorter lengths
+                task = Task("time", impl, model, 1, seq_len, True, "train", checkpoint, **common)
+                flops = replace(task, kind="flops", checkpoint=False)
+                jobs.append(Job("scaling", impl_label(impl, checkpoint), task, flops))
+    return jobs
+
+
+class WorkerPool:
+    """Runs tasks in fresh processes, one at a time, and remembers results of identical tasks."""
+
+    def __init__(self, timeout_s: float, mem_limit_gb: float) -> None:
+        self.timeout_s = timeout_s
+        self.mem_limit_gb = mem_limit_gb
+        self._cache: dict[str, dict[str, Any]] = {}
+        self._scratch = tempfile.TemporaryDirectory(prefix="retro-bench-")
+
+    def run(self, task: Task) -> dict[str, Any]:
+        key = task.key()
+        if key not in self._cache:
+            self._cache[key] = self._spawn(task)
+        return self._cache[key]
+
+    def _spawn(self, task: Task) -> dict[str, Any]:
+        out_path = Path(self._scratch.name) / f"result-{len(self._cache)}.json"
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            json.dumps(asdict(task), default=list),
+            "--worker-out",
+            str(out_path),
+        ]
+        try:
+            completed = subprocess.run(
+                command, capture_output=True, text=True, timeout=self.timeout_s, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return {"status": "timeout", "detail": f"timeout (> {self.timeout_s:g} s)"}
+        result = json.loads(out_path.read_text()) if out_path.exists() else None
+        if result is None:
+            tail = (completed.stderr.strip().splitlines() or ["no output"])[-1]
+            return {"status": "error", "detail": f"worker exited {completed.returncode}: {tail}"}
+        if result["status"] == "oom":
+            reason = result.get("detail", "")
+            result["detail"] = f"out of memory (> {self.mem_limit_gb:g} GiB; {reason})"
+        return result
+
+    def close(self) -> None:
+        self._scratch.cleanup()
+
+
+def make_row(job: Job, timing: dict[str, Any], flops: dict[str, Any], matmul_peak: float) -> Row:
+    """Combine a timing result and a FLOP count into a table row."""
+    task = job.timing
+    row = Row(
+        job.section,
+        job.label,
+        task.impl,
+        task.checkpoint,
+        task.retrieval,
+        task.mode,
+        task.batch,
+        task.seq_len,
+        timing["status"],
+        timing.get("detail", ""),
+    )
+    row.flops = flops.get("flops")
+    row.flops_device = flops.get("flops_device")
+    row.flops_detail = flops.get("detail", "")
+    row.baseline_rss = timing.get("baseline_rss")
+    row.peak_rss = timing.get("peak_rss")
+    row.ru_maxrss = timing.get("ru_maxrss")
+    row.params = timing.get("params")
+    if timing["status"] != "ok":
+        return row
+    row.times_s = timing["times_s"]
+    row.repeats_done = timing["repeats_done"]
+    row.median_s = statistics.median(row.times_s)
+    row.tokens_per_s = task.batch * task.seq_len / row.median_s
+    if row.flops:
+        row.flops_per_s = row.flops / row.median_s
+        row.mfu = row.flops_per_s / matmul_peak
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# reporting
+# ---------------------------------------------------------------------------------------------
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    return f"{seconds:.2f}" if seconds >= 1 else f"{seconds:.3f}"
+
+
+def fmt_number(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
+    return "—" if value is None else f"{value / scale:,.{digits}f}"
+
+
+def fmt_ratio(numerator: float | None, denominator: float | None) -> str:
+    if numerator is None or denominator is None or denominator == 0:
+        return "—"
+    return f"{numerator / denominator:.2f}×"
+
+
+def results_table(rows: list[Row]) -> str:
+    headers = [
+        "config",
+        "implementation",
+        "retrieval",
+        "pass",
+        "batch × seq",
+        "n",
+        "s/step",
+        "tokens/s",
+        "GFLOP/step",
+        "GFLOP/s",
+        "MFU",
+        "RSS after build",
+        "peak RSS",
+        "status",
+    ]
+    body = []
+    for row in rows:
+        repeats = (
+            "warm-up" if row.status == "ok" and row.repeats_done == 0 else str(row.repeats_done)
+        )
+        body.append(
+            [
+                row.section,
+                row.label,
+                "on" if row.retrieval else "off",
+                row.mode,
+                f"{row.batch} × {row.seq_len}",
+                repeats if row.status == "ok" else "—",
+                fmt_seconds(row.median_s),
+                fmt_number(row.tokens_per_s, digits=0),
+                fmt_number(row.flops, 1e9),
+                fmt_number(row.flops_per_s, 1e9),
+                "—" if row.mfu is None else f"{100 * row.mfu:.0f}%",
+                format_bytes(row.baseline_rss),
+                format_bytes(row.peak_rss),
+                row.status if row.status == "ok" else row.detail,
+            ]
+        )
+    return markdown_table(headers, body)
+
+
+def find_row(rows: list[Row], **match: Any) -> Row | None:
+    for row in rows:
+        if all(getattr(row, name) == value for name, value in match.items()):
+            return row
+    return None
+
+
+def ratio_table(rows: list[Row]) -> str:
+    """ours / reference speed and memory, and retrieval on / off time, per configuration."""
+    headers = [
+        "config",
+        "pass",
+        "retrieval",
+        "ours/ref tokens/s",
+        "ours/ref peak RSS",
+        "on/off time, ours",
+        "on/off time, ref",
+    ]
+    body = []
+    for section in ("small", "seed"):
+        for mode in ("train", "forward"):
+            for retrieval in (True, False):
+                pick = {"section": section, "mode": mode, "retrieval": retrieval}
+                ours = find_row(rows, impl="ours", **pick)
+                ref = find_row(rows, impl="reference", **pick)
+                if ours is None or ref is None:
+                    continue
+                on_off = []
+                if retrieval:
+                    for impl in ("ours", "reference"):
+                        on = find_row(rows, impl=impl, **pick)
+                        off = find_row(rows, impl=impl, **{**pick, "retrieval": False})
+                        on_off.append(fmt_ratio(on and on.median_s, off and off.median_s))
+                else:
+                    on_off = ["", ""]
+                body.append(
+                    [
+                        section,
+                        mode,
+                        "on" if retrieval else "off",
+                        fmt_ratio(ours.tokens_per_s, ref.tokens_per_s),
+                        fmt_ratio(ours.peak_rss, ref.peak_rss),
+                        *on_off,
+                    ]
+                )
+    for row in rows:
+        if row.section != "scaling" or row.impl != "ours":
+            continue
+        ref = find_row(rows, section="scaling", impl="reference", seq_len=row.seq_len)
+        if ref is None:
+            continue
+        body.append(
+            [
+                f"scaling {row.seq_len}",
+                f"train ({row.label})",
+                "on",
+                fmt_ratio(row.tokens_per_s, ref.tokens_per_s)
+                if ref.status == "ok"
+                else f"ref: {ref.status}",
+                fmt_ratio(row.peak_rss, ref.peak_rss),
+                "",
+                "",
+            ]
+        )
+    return markdown_table(headers, body)
+
+
+def profile_table(profiles: dict[str, dict[str, Any]]) -> str:
+    """Median per-step seconds inside the encoder and the CCA modules, and their share."""
+    headers = [
+        "config",
+        "pass",
+        "step s",
+        "encoder fwd",
+        "encoder bwd",
+        "CCA fwd",
+        "CCA bwd",
+        "encoder + CCA share",
+    ]
+    body = []
+    for section, profile in profiles.items():
+        if profile.get("status", "ok") != "ok":
+            body.append([section, "—", "—", "—", "—", "—", "—", profile.get("detail", "")])
+            continue
+        for mode in ("train", "forward"):
+            steps = profile[mode]
+            median = {
+                key: statistics.median(step.get(key, 0.0) for step in steps)
+                for key in ("step", "encoder_fwd", "encoder_bwd", "cca_fwd", "cca_bwd")
+            }
+            inside = sum(value for key, value in median.items() if key != "step")
+            cells = [median[key] for key in ("encoder_fwd", "encoder_bwd", "cca_fwd", "cca_bwd")]
+            if mode == "forward":
+                cells[1] = cells[3] = None
+            body.append(
+                [
+                    section,
+                    mode,
+                    fmt_seconds(median["step"]),
+                    *(fmt_seconds(cell) for cell in cells),
+                    f"{100 * inside / median['step']:.0f}%",
+                ]
+            )
+    return markdown_table(headers, body)
+
+
+def result_notes(rows: list[Row]) -> list[str]:
+    """What the reader needs to know about how some numbers were obtained."""
+    notes = set()
+    for row in rows:
+        if row.flops_device == "cpu":
+            notes.add(
+                f"FLOPs of {row.impl} counted by running it on the CPU (dropout 0), "
+                f"{row.flops_detail}"
+            )
+        elif row.flops is None and row.flops_detail:
+            notes.add(f"FLOPs of {row.impl} not counted: {row.flops_detail}")
+        if row.status == "ok" and row.repeats_done < 1:
+            notes.add("n = warm-up: no time was left for a timed repeat; the warm-up is shown")
+    if any(row.impl == "reference" for row in rows):
+        notes.add(
+            "the reference passes no `heads` to its encoder and decoder (they use 8 heads): "
+            "at heads != 8 (small: 6) it computes 8 x dim_head attention, so more FLOPs"
+        )
+    return sorted(notes)
+
+
+def header_lines(machine: list[dict[str, Any]], args: argparse.Namespace, peak: float) -> list[str]:
+    first = machine[0]
+    rates = "; ".join(
+        f"{label}: "
+        + ", ".join(f"{size}² {rate / 1e9:.0f}" for size, rate in m["matmul_flops_per_s"].items())
+        for label, m in zip(("start", "end"), machine, strict=False)
+    )
+    return [
+        "# RETRO training-step benchmark: ours vs retro-pytorch 0.3.9",
+        "",
+        f"- torch {first['torch']}, {first['threads']} threads (os.cpu_count() = "
+        f"{first['cpu_count']}), CPU: {first['cpu']}",
+        f"- fp32 matmul GFLOP/s (median per size) — {rates}; MFU denominator: "
+        f"{peak / 1e9:.0f} GFLOP/s",
+        f"- repeats {args.repeats} after 1 warm-up (median); memory limit "
+        f"{args.mem_limit_gb:g} GiB and timeout {args.timeout_s:g} s per worker"
+        + ("; --quick (tiny sizes)" if args.quick else ""),
+        "- FLOPs: torch.utils.flop_counter on the meta device, forward (+ backward), "
+        "checkpointing off; RSS: each measurement in its own process",
+    ]
+
+
+def matmul_peak(machine: list[dict[str, Any]]) -> float:
+    return max(rate for m in machine for rate in m["matmul_flops_per_s"].values())
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat: a smoke test")
+    parser.add_argument(
+        "--configs",
+        default="small,seed,scaling",
+        help="comma-separated subset of small,seed,scaling (default: all)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed steps after one warm-up (default 3, 1 with --quick)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write all rows to this file")
+    parser.add_argument(
+        "--mem-limit-gb",
+        type=float,
+        default=16.0,
+        help="stop a worker whose RSS passes this (default 16)",
+    )
+    parser.add_argument(
+        "--timeout-s",
+        type=float,
+        default=600.0,
+        help="stop a worker that runs longer than this (default 600)",
+    )
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-out", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.configs = [name.strip() for name in args.configs.split(",") if name.strip()]
+    unknown = sorted(set(args.configs) - {"small", "seed", "scaling"})
+    if unknown:
+        parser.error(
+            f"unknown configuration(s) {', '.join(unknown)}: choose from small,seed,scaling"
+        )
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    return args
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Plan, run every worker, print the tables; return everything for --json."""
+    wall_start = time.perf_counter()
+    pool = WorkerPool(args.timeout_s, args.mem_limit_gb)
+    limits = {"mem_limit_bytes": int(args.mem_limit_gb * GIB), "time_budget_s": args.timeout_s}
+    try:
+        machine = [pool.run(Task("machine", **limits))]
+        jobs = plan_jobs(args)
+        flop_results = {}
+        for job in jobs:
+            flop_results[job.flops.key()] = pool.run(job.flops)
+        log(f"counted FLOPs of {len(flop_results)} model/configurations")
+
+        provisional_peak = matmul_peak(machine)
+        timings = []
+        for index, job in enumerate(jobs, 1):
+            timing = pool.run(job.timing)
+            timings.append(timing)
+            row = make_row(job, timing, flop_results[job.flops.key()], provisional_peak)
+            log(
+                f"[{index}/{len(jobs)}] {row.section} {row.label} retrieval "
+                f"{'on' if row.retrieval else 'off'} {row.mode} {row.seq_len}: "
+                f"{fmt_seconds(row.median_s)} s/step, peak {format_bytes(row.peak_rss)} "
+                f"{row.status} [{time.perf_counter() - wall_start:.0f} s]"
+            )
+
+        profiles = {}
+        shapes = configurations(args.quick)
+        for name in ("small", "seed"):
+            if name in args.configs:
+                shape = shapes[name]
+                profiles[name] = pool.run(
+                    Task(
+                        "profile",
+                        "ours",
+                        shape.model,
+                        shape.batch,
+                        shape.seq_len,
+                        repeats=args.repeats,
+                        **limits,
+                    )
+                )
+                log(f"profiled {name}")
+        machine.append(pool.run(replace(Task("machine", **limits), seed=SEED + 1)))
+    finally:
+        pool.close()
+
+    failed_machine = [m for m in machine if m.get("status") != "ok"]
+    if failed_machine:
+        raise SystemExit(f"the matmul benchmark failed: {failed_machine[0].get('detail')}")
+    peak = matmul_peak(machine)
+    rows = [
+        make_row(job, timing, flop_results[job.flops.key()], peak)
+        for job, timing in zip(jobs, timings, strict=True)
+    ]
+    wall_s = time.perf_counter() - wall_start
+
+    print("\n".join(header_lines(machine, args, peak)))
+    print("\n## Results\n")
+    print(results_table(rows))
+    print("\n## Ratios\n")
+    print(ratio_table(rows))
+    if profiles:
+        print("\n## Where the time goes (ours, retrieval on; median seconds per step)\n")
+        print(profile_table(profiles))
+        for name, profile in profiles.items():
+            for note in profile.get("notes", []):
+                print(f"- {name}: {note}")
+            for group, names in profile.get("modules", {}).items():
+                print(f"- {name}: {group} = {', '.join(names)}")
+    for note in result_notes(rows):
+        print(f"- {note}")
+    print(f"\nwall time: {wall_s:.0f} s")
+    return {
+        "machine": machine,
+        "matmul_peak_flops_per_s": peak,
+        "wall_s": wall_s,
+        "args": {
+            key: (str(value) if isinstance(value, Path) else value)
+            for key, value in vars(args).items()
+            if not key.startswith("worker")
+        },
+        "rows": [asdict(row) for row in rows],
+        "profiles": profiles,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker is not None:
+        return run_worker(Task(**json.loads(args.worker)), args.worker_out)
+    results = run_benchmark(args)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2, default=list))
+        log(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

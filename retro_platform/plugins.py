@@ -1,0 +1,434 @@
+"""The plugin manager: loads built-in and third-party plugins and keeps one registry per family.
+
+Built-in plugins (:data:`DEFAULT_PLUGINS`) and third-party ones (entry points in the group
+``retro_platform``) go through the same function, :func:`_load_plugin`, so a built-in is a
+working example of a third-party plugin and nothing about the two can drift apart.
+
+Loading is lazy (the first registry look-up triggers it), happens once per process, and never
+raises because of a plugin: a plugin that fails to import, whose hook raises, or that registers
+a name already taken, is recorded (:func:`load_errors`) and reported once on stderr as one line
+that names it and says how to disable it. The other plugins keep loading. (llm and datasette
+crash their whole CLI on a broken plugin; a researcher should not lose the tool to one bad
+``pip install``.)
+
+``RETRO_PLATFORM_LOAD_PLUGINS`` allow-lists third-party plugins: a comma-separated list of
+entry-point or distribution names. When it is set, even to an empty string, only those load;
+built-ins always load. The project's own tests set it to ``""`` (see ``tests/conftest.py``) so
+that whatever happens to be installed cannot change their outcome.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import re
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from retro_platform import hookspecs
+from retro_platform.errors import (
+    PluginConflictError,
+    RetroPlatformError,
+    UnknownPluginError,
+    did_you_mean,
+)
+
+#: The allow-list environment variable (see the module docstring).
+LOAD_PLUGINS_ENV = "RETRO_PLATFORM_LOAD_PLUGINS"
+
+#: The entry-point group third-party distributions declare their plugin module under.
+ENTRY_POINT_GROUP = "retro_platform"
+
+#: This project's own distribution: what built-in plugins report as theirs.
+DISTRIBUTION = "retro-platform"
+
+#: Built-in plugins, loaded first and in this order, exactly like third-party entry points.
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "retro_platform.default_plugins.positional_encodings.rotary",
+    "retro_platform.default_plugins.positional_encodings.learned_absolute",
+    "retro_platform.default_plugins.positional_encodings.alibi",
+    "retro_platform.default_plugins.positional_encodings.t5_relative_bias",
+    "retro_platform.default_plugins.positional_encodings.nope",
+)
+
+#: Registry families: family -> what one of its members is called in messages. The hook of a
+#: family is ``register_<family>``; a new family needs that hookspec plus one line here.
+FAMILIES: dict[str, str] = {
+    "positional_encodings": "positional encoding",
+}
+
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+pm.add_hookspecs(hookspecs)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One name in a registry: what builds it and which plugin (and distribution) provided it."""
+
+    name: str
+    factory: Callable[..., Any]
+    plugin: str
+    distribution: str
+    version: str
+
+
+class PluginLoadError(RetroPlatformError):
+    """A plugin that could not be loaded or used; recorded and reported, never raised by loading.
+
+    Its message is the one line printed on stderr. It is an exception so that a caller that
+    wants to be strict can simply ``raise`` it.
+    """
+
+    def __init__(
+        self, plugin: str, distribution: str | None, reason: str, *, hint: str | None = None
+    ) -> None:
+        self.plugin = plugin
+        self.distribution = distribution
+        self.reason = reason
+        source = f" (from {distribution})" if distribution else ""
+        super().__init__(
+            f"plugin {plugin!r}{source} {reason}; {hint or _disable_hint(distribution)}"
+        )
+
+
+@dataclass
+class _Plugin:
+    """What we know about one loaded plugin, in load order."""
+
+    name: str
+    module: str
+    distribution: str
+    version: str
+    obj: object = None
+    registered: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class _State:
+    """Everything one load produces; swapped in whole so readers never see half a load."""
+
+    plugins: list[_Plugin] = field(default_factory=list)
+    registries: dict[str, dict[str, Registration]] = field(default_factory=dict)
+    errors: list[RetroPlatformError] = field(default_factory=list)
+
+
+_lock = threading.RLock()
+_state: _State | None = None
+_loading_thread: int | None = None
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def load_plugins() -> None:
+    """Load every plugin and build the registries, once per process (later calls return at once).
+
+    Safe to call from several threads: one loads, the others wait for it. Problems are
+    recorded in :func:`load_errors` and printed once on stderr; nothing here raises because
+    of a plugin.
+    """
+    global _state, _loading_thread
+    if _state is not None:
+        return
+    with _lock:
+        if _state is not None:
+            return
+        if _loading_thread == threading.get_ident():
+            # A plugin asked for a registry while being imported: it would see half a load.
+            raise RuntimeError("a plugin looked up a registry while plugins were loading")
+        _loading_thread = threading.get_ident()
+        try:
+            _unregister_all()  # whatever an interrupted load may have left behind
+            state = _State()
+            own_version = _own_version()
+            for module in DEFAULT_PLUGINS:
+                _load_plugin(
+                    state, module, name=module, distribution=DISTRIBUTION, version=own_version
+                )
+            for ep, dist, version in _selected_entry_points(state):
+                _load_plugin(state, ep.value, name=ep.name, distribution=dist, version=version)
+            for family in FAMILIES:
+                state.registries[family] = _build_registry(state, family)
+            _state = state
+        finally:
+            _loading_thread = None
+    for error in state.errors:
+        print(f"Warning: {error}", file=sys.stderr)
+
+
+def reset_plugins() -> None:
+    """Forget every loaded plugin so that the next look-up loads from scratch (for tests).
+
+    Modules stay imported (Python caches them); their hooks are registered and called again.
+    """
+    global _state
+    with _lock:
+        _unregister_all()
+        _state = None
+
+
+def _unregister_all() -> None:
+    for plugin in list(pm.get_plugins()):
+        pm.unregister(plugin)
+
+
+def _load_plugin(state: _State, path: str, *, name: str, distribution: str, version: str) -> None:
+    """Import the plugin at ``path`` (``module`` or ``module:attribute``) and register it.
+
+    The one code path for built-in and third-party plugins alike.
+    """
+    taken = next((p for p in state.plugins if p.name == name), None)
+    if taken is not None:
+        reason = f"is skipped: the plugin name is already used by {taken.distribution}"
+        state.errors.append(PluginLoadError(name, distribution, reason))
+        return
+    try:
+        module_name, _, attribute = path.partition(":")
+        obj: object = importlib.import_module(module_name.strip())
+        for part in filter(None, attribute.strip().split(".")):
+            obj = getattr(obj, part)
+        pm.register(obj, name=name)
+    except (Exception, SystemExit) as exc:  # an import may raise anything; the rest must load
+        state.errors.append(
+            PluginLoadError(name, distribution, f"failed to load: {_one_line(exc)}")
+        )
+        return
+    plugin = _Plugin(name, path, distribution, version, obj)
+    state.plugins.append(plugin)
+    for caller in pm.get_hookcallers(obj) or []:
+        if not caller.has_spec():
+            hint = did_you_mean(caller.name, hookspecs.hook_names())
+            reason = f"implements unknown hook {caller.name!r}{hint}, which is ignored"
+            state.errors.append(PluginLoadError(name, distribution, reason))
+
+
+def _selected_entry_points(
+    state: _State,
+) -> Iterator[tuple[importlib.metadata.EntryPoint, str, str]]:
+    """Third-party entry points that the allow-list lets through, sorted for a stable order.
+
+    Names in the allow-list that match no installed plugin are reported: a typo there would
+    otherwise silently disable a plugin.
+    """
+    allowed = _allow_list()
+    found: list[tuple[importlib.metadata.EntryPoint, str, str]] = []
+    try:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist.name if ep.dist is not None else "unknown"
+            version = ep.dist.version if ep.dist is not None else "unknown"
+            found.append((ep, dist, version))
+    except Exception as exc:  # corrupt installed metadata must not take the built-ins down
+        reason = f"could not be listed: {_one_line(exc)}"
+        hint = "check the installed packages with: pip check"
+        state.errors.append(PluginLoadError("third-party plugins", None, reason, hint=hint))
+    found.sort(key=lambda item: (_normalize(item[1]), item[0].name))
+    known = {_normalize(DISTRIBUTION)}
+    for ep, dist, version in found:
+        names = {_normalize(ep.name), _normalize(dist)}
+        known |= names
+        if allowed is None or names & allowed:
+            yield ep, dist, version
+    for missing in sorted((allowed or set()) - known):
+        hint = "check the spelling, or pip install it"
+        suggestion = did_you_mean(missing, known - {_normalize(DISTRIBUTION)})
+        reason = f"is named in {LOAD_PLUGINS_ENV} but is not installed{suggestion}"
+        state.errors.append(PluginLoadError(missing, None, reason, hint=hint))
+
+
+def _allow_list() -> set[str] | None:
+    """The normalized names in ``RETRO_PLATFORM_LOAD_PLUGINS``, or None when it is unset."""
+    value = os.environ.get(LOAD_PLUGINS_ENV)
+    if value is None:
+        return None
+    return {_normalize(item) for item in value.split(",") if item.strip()}
+
+
+# --- registries ------------------------------------------------------------------------------
+
+
+def _build_registry(state: _State, family: str) -> dict[str, Registration]:
+    """Call ``register_<family>`` on each plugin in load order; the first to claim a name wins.
+
+    Each plugin's hook is called on its own so that we know who registered what, and so that
+    a hook that raises loses only that plugin's names for this family.
+    """
+    hook_name = f"register_{family}"
+    noun = FAMILIES[family]
+    registry: dict[str, Registration] = {}
+    for plugin in state.plugins:
+        if not any(caller.name == hook_name for caller in pm.get_hookcallers(plugin.obj) or []):
+            continue
+        pending: list[Registration] = []
+        register = _register_callback(noun, plugin, pending)
+        others = [p.obj for p in state.plugins if p is not plugin]
+        try:
+            pm.subset_hook_caller(hook_name, remove_plugins=others)(register=register)
+        except (Exception, SystemExit) as exc:
+            reason = f"failed in {hook_name}: {_one_line(exc)}"
+            state.errors.append(PluginLoadError(plugin.name, plugin.distribution, reason))
+            continue
+        names = plugin.registered.setdefault(family, [])
+        for registration in pending:
+            first = registry.get(registration.name)
+            if first is None:
+                registry[registration.name] = registration
+                names.append(registration.name)
+            else:
+                state.errors.append(_conflict(noun, first, registration))
+    return dict(sorted(registry.items()))
+
+
+def _register_callback(
+    noun: str, plugin: _Plugin, pending: list[Registration]
+) -> Callable[[str, Callable[..., Any]], None]:
+    """The ``register(name, factory)`` a plugin's hook receives; it collects into ``pending``.
+
+    Bad arguments raise, so the plugin's author sees them at once (as this plugin's load error).
+    """
+
+    def register(name: str, factory: Callable[..., Any]) -> None:
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+            raise ValueError(
+                f"invalid {noun} name {name!r}: use lowercase letters, digits, '-' and '_'"
+            )
+        if not callable(factory):
+            raise TypeError(f"the factory of {noun} {name!r} is not callable: {factory!r}")
+        pending.append(
+            Registration(name, factory, plugin.name, plugin.distribution, plugin.version)
+        )
+
+    return register
+
+
+def _conflict(noun: str, first: Registration, second: Registration) -> PluginConflictError:
+    """The one-line report of a name registered twice, naming both plugins."""
+    if first.plugin == second.plugin:
+        return PluginConflictError(
+            f"plugin {second.plugin!r} ({second.distribution}) registers {noun} "
+            f"{second.name!r} twice; the first registration is used"
+        )
+    return PluginConflictError(
+        f"{noun} {second.name!r} is registered by both plugin {first.plugin!r} "
+        f"({first.distribution}) and plugin {second.plugin!r} ({second.distribution}); "
+        f"using {first.plugin!r}; {_disable_hint(second.distribution, repr(second.plugin))}"
+    )
+
+
+# --- public look-ups -------------------------------------------------------------------------
+
+
+def get_registry(family: str) -> dict[str, Registration]:
+    """Every name registered in ``family`` (e.g. ``"positional_encodings"``), sorted by name.
+
+    Returns a copy: changing it does not change what other callers see.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown plugin family {family!r}{did_you_mean(family, FAMILIES)}")
+    load_plugins()
+    assert _state is not None
+    return dict(_state.registries[family])
+
+
+def get_registration(family: str, name: str) -> Registration:
+    """The registration of ``name`` in ``family``, or a one-line :class:`UnknownPluginError`."""
+    registry = get_registry(family)
+    if name in registry:
+        return registry[name]
+    installed = ", ".join(registry) or "none"
+    raise UnknownPluginError(
+        f"unknown {FAMILIES[family]} {name!r}{did_you_mean(str(name), registry)}; "
+        f"installed: {installed}"
+    )
+
+
+def get_positional_encoding(name: str) -> Registration:
+    """The positional encoding registered as ``name`` (its ``factory`` builds one)."""
+    return get_registration("positional_encodings", name)
+
+
+def load_errors() -> list[RetroPlatformError]:
+    """Problems found while loading: :class:`PluginLoadError` and ``PluginConflictError``."""
+    load_plugins()
+    assert _state is not None
+    return list(_state.errors)
+
+
+def plugin_info() -> list[dict[str, Any]]:
+    """One JSON-ready dict per loaded plugin, in load order (what ``retro-platform plugins`` shows).
+
+    Keys: ``name``, ``module``, ``distribution``, ``version``, ``builtin``, ``hooks`` (the
+    hooks it implements) and ``registers`` (family -> the names that are now its).
+    """
+    load_plugins()
+    assert _state is not None
+    return [
+        {
+            "name": plugin.name,
+            "module": plugin.module,
+            "distribution": plugin.distribution,
+            "version": plugin.version,
+            "builtin": plugin.module in DEFAULT_PLUGINS,
+            "hooks": sorted(caller.name for caller in pm.get_hookcallers(plugin.obj) or []),
+            "registers": {family: list(names) for family, names in plugin.registered.items()},
+        }
+        for plugin in _state.plugins
+    ]
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _disable_hint(distribution: str | None, what: str = "it") -> str:
+    """How to stop a plugin from loading (built-ins cannot be: their failure is our bug)."""
+    if distribution is None:
+        return f"to skip {what}, set {LOAD_PLUGINS_ENV} to the plugins you want"
+    if _normalize(distribution) == _normalize(DISTRIBUTION):
+        return "this is a bug in retro-platform, please report it"
+    return (
+        f"to disable {what}, set {LOAD_PLUGINS_ENV} to the plugins you want "
+        f"or run: pip uninstall {distribution}"
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    """``ExcType: message`` with the message squeezed onto one line."""
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _normalize(name: str) -> str:
+    """Distribution-name normalization (PEP 503), also applied to plugin names."""
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
+
+
+def _own_version() -> str:
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "unknown"
+
+
+__all__ = [
+    "DEFAULT_PLUGINS",
+    "ENTRY_POINT_GROUP",
+    "FAMILIES",
+    "LOAD_PLUGINS_ENV",
+    "PluginLoadError",
+    "Registration",
+    "get_positional_encoding",
+    "get_registration",
+    "get_registry",
+    "load_errors",
+    "load_plugins",
+    "plugin_info",
+    "pm",
+    "reset_plugins",
+]

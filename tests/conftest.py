@@ -1,0 +1,67 @@
+"""Shared test set-up: a hermetic environment, and opt-in third-party plugins.
+
+Third-party plugins (entry points) are skipped in this project's own tests, so whatever a
+developer has installed cannot change a result: ``RETRO_PLATFORM_LOAD_PLUGINS`` is set to the
+empty allow-list (built-ins always load). Subprocesses inherit it. A test that wants entry
+points asks for the ``third_party_plugins`` fixture; ``plugin_dist`` builds a real throwaway
+distribution that declares one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ["RETRO_PLATFORM_LOAD_PLUGINS"] = ""
+# Nothing may reach for the network: the Hugging Face hub and MLflow's telemetry would hang.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+
+
+@pytest.fixture
+def third_party_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Load third-party plugins as a user's install would (no allow-list), fresh for this test."""
+    from retro_platform.plugins import reset_plugins
+
+    monkeypatch.delenv("RETRO_PLATFORM_LOAD_PLUGINS")
+    reset_plugins()
+    yield
+    reset_plugins()
+
+
+@pytest.fixture
+def plugin_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Path]]:
+    """``make(dist, source, entry_point=None)``: install a one-module plugin dist for this test.
+
+    A real ``*.dist-info`` (METADATA + entry_points.txt) on ``sys.path``, found by
+    ``importlib.metadata`` exactly as a pip-installed one. The module is named after the
+    distribution (``-`` -> ``_``), and so is the entry point unless ``entry_point`` is given.
+    Also available to subprocesses through ``PYTHONPATH``.
+    """
+    modules: list[str] = []
+
+    def make(dist: str, source: str, entry_point: str | None = None) -> Path:
+        module = dist.replace("-", "_")
+        entry_point = entry_point or module
+        (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+        info = tmp_path / f"{module}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text(f"[retro_platform]\n{entry_point} = {module}\n")
+        modules.append(module)
+        importlib.invalidate_caches()
+        return tmp_path
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pythonpath = [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(pythonpath))
+    yield make
+    for module in modules:
+        sys.modules.pop(module, None)

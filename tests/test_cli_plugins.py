@@ -1,0 +1,118 @@
+"""``retro-platform plugins`` and the CLI's one-line error contract."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from retro_platform import plugins
+from retro_platform.cli import cli
+from retro_platform.errors import ConfigError
+
+BROKEN_IMPORT = "raise ImportError('No module named torch_nightly_only')\n"
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugins() -> Iterator[None]:
+    plugins.reset_plugins()
+    yield
+    plugins.reset_plugins()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real command line in a fresh interpreter, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "retro_platform.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_plugins_table_lists_builtins_with_their_names() -> None:
+    result = CliRunner().invoke(cli, ["plugins"])
+    assert result.exit_code == 0, result.output
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["PLUGIN", "DISTRIBUTION", "VERSION", "HOOKS", "REGISTERS"]
+    assert len(rows) == len(plugins.DEFAULT_PLUGINS)
+    rotary = next(row for row in rows if row.startswith(plugins.DEFAULT_PLUGINS[0]))
+    assert "register_positional_encodings" in rotary
+    assert rotary.endswith("positional_encodings: rotary")
+    assert result.stderr == ""
+
+
+def test_plugins_json_includes_the_installed_third_party_plugin(third_party_plugins: None) -> None:
+    result = CliRunner().invoke(cli, ["plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    info = {plugin["name"]: plugin for plugin in json.loads(result.stdout)}
+    assert set(info) == {*plugins.DEFAULT_PLUGINS, "sinusoidal"}
+    assert info["sinusoidal"] == {
+        "name": "sinusoidal",
+        "module": "retro_platform_sinusoidal",
+        "distribution": "retro-platform-sinusoidal",
+        "version": "0.1.0",
+        "builtin": False,
+        "hooks": ["register_positional_encodings"],
+        "registers": {"positional_encodings": ["sinusoidal"]},
+    }
+
+
+def test_retro_platform_error_is_one_line_and_exit_code_2() -> None:
+    @cli.command("fail-for-test")
+    def fail_for_test() -> None:
+        raise ConfigError("[model] positional_encoding: 'rotery'\nis not installed")
+
+    try:
+        result = CliRunner().invoke(cli, ["fail-for-test"])
+    finally:
+        del cli.commands["fail-for-test"]
+    assert result.exit_code == 2
+    assert result.stderr == "Error: [model] positional_encoding: 'rotery' is not installed\n"
+    assert result.stdout == ""
+
+
+def test_other_exceptions_are_not_swallowed() -> None:
+    @cli.command("bug-for-test")
+    def bug_for_test() -> None:
+        raise KeyError("a bug, not a user error")
+
+    try:
+        result = CliRunner().invoke(cli, ["bug-for-test"])
+    finally:
+        del cli.commands["bug-for-test"]
+    assert result.exit_code == 1
+    assert isinstance(result.exception, KeyError)
+
+
+def test_subprocess_broken_plugin_warns_in_one_line_and_exits_0(
+    plugin_dist: Callable[[str, str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugin_dist("broken-plugin", BROKEN_IMPORT)
+    monkeypatch.delenv(plugins.LOAD_PLUGINS_ENV)
+
+    result = run_cli("plugins", "--json")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "Warning: plugin 'broken_plugin' (from broken-plugin) failed to load: ImportError: "
+        "No module named torch_nightly_only; to disable it, set RETRO_PLATFORM_LOAD_PLUGINS "
+        "to the plugins you want or run: pip uninstall broken-plugin"
+    ]
+    names = {plugin["name"] for plugin in json.loads(result.stdout)}
+    assert names == {*plugins.DEFAULT_PLUGINS, "sinusoidal"}
+
+
+def test_subprocess_version_and_usage_error() -> None:
+    version = run_cli("--version")
+    assert version.returncode == 0
+    assert version.stdout.strip() == f"retro-platform, version {plugins._own_version()}"
+    unknown = run_cli("plugins", "--jsn")
+    assert unknown.returncode == 2
+    # click's own usage errors keep click's format (usage, hint, error), and its exit code 2
+    assert "Error: No such option '--jsn'. Did you mean '--json'?" in unknown.stderr

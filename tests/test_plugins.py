@@ -1,0 +1,313 @@
+"""The plugin manager: one loading path, allow-listing, and plugins that fail without harm."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from retro_platform import hookspecs, plugins
+from retro_platform.errors import PluginConflictError, UnknownPluginError
+from retro_platform.protocols import PositionalEncoding
+
+BUILTIN_NAMES = {"rotary", "learned-absolute", "alibi", "t5-relative-bias", "nope"}
+
+PE_KWARGS = dict(role="decoder", dim=8, heads=2, dim_head=4, max_positions=32, causal=True)
+
+GOOD_PLUGIN = """
+from retro_platform.hookspecs import hookimpl
+from retro_platform.protocols import PositionalEncoding
+
+class Shifted(PositionalEncoding):
+    pass
+
+@hookimpl
+def register_positional_encodings(register):
+    register("shifted", Shifted)
+"""
+
+BROKEN_IMPORT = "raise ImportError('No module named torch_nightly_only')\n"
+
+
+def _stderr_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    return capsys.readouterr().err.splitlines()
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugins() -> None:
+    """Each test loads from scratch, so a test sees the warnings its own plugins cause."""
+    plugins.reset_plugins()
+
+
+# --- built-ins and entry points -------------------------------------------------------------
+
+
+def test_builtins_register_all_five_names_through_the_shared_path() -> None:
+    registry = plugins.get_registry("positional_encodings")
+    assert set(registry) == BUILTIN_NAMES
+    for registration in registry.values():
+        assert registration.plugin in plugins.DEFAULT_PLUGINS
+        assert registration.distribution == "retro-platform"
+        assert issubclass(registration.factory, PositionalEncoding)
+    info = {plugin["name"]: plugin for plugin in plugins.plugin_info()}
+    assert list(info) == list(plugins.DEFAULT_PLUGINS)
+    assert all(plugin["builtin"] for plugin in info.values())
+    assert plugins.load_errors() == []
+
+
+def test_registration_is_frozen_and_registry_is_a_copy() -> None:
+    registration = plugins.get_positional_encoding("rotary")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        registration.name = "other"  # type: ignore[misc]
+    plugins.get_registry("positional_encodings").clear()
+    assert "rotary" in plugins.get_registry("positional_encodings")
+
+
+def test_third_party_entry_points_are_skipped_in_tests_by_default() -> None:
+    assert "sinusoidal" not in plugins.get_registry("positional_encodings")
+    assert all(plugin["builtin"] for plugin in plugins.plugin_info())
+
+
+def test_installed_sinusoidal_plugin_is_discovered(third_party_plugins: None) -> None:
+    registration = plugins.get_positional_encoding("sinusoidal")
+    assert registration.plugin == "sinusoidal"
+    assert registration.distribution == "retro-platform-sinusoidal"
+    encoding = registration.factory(**PE_KWARGS)
+    assert isinstance(encoding, PositionalEncoding)
+    info = next(p for p in plugins.plugin_info() if p["name"] == "sinusoidal")
+    assert info["builtin"] is False
+    assert info["hooks"] == ["register_positional_encodings"]
+    assert info["registers"] == {"positional_encodings": ["sinusoidal"]}
+
+
+def test_a_third_party_and_a_builtin_are_loaded_alike(
+    third_party_plugins: None, plugin_dist: Callable[[str, str], Path]
+) -> None:
+    plugin_dist("shifted-plugin", GOOD_PLUGIN)
+    info = {plugin["name"]: plugin for plugin in plugins.plugin_info()}
+    third_party = info["shifted_plugin"]
+    builtin = info[plugins.DEFAULT_PLUGINS[0]]
+    assert third_party.keys() == builtin.keys()
+    assert (third_party["distribution"], third_party["version"]) == ("shifted-plugin", "1.0")
+    assert plugins.get_positional_encoding("shifted").plugin == "shifted_plugin"
+
+
+# --- the allow-list -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "allow", ["sinusoidal", "retro-platform-sinusoidal", " Retro_Platform.Sinusoidal ,"]
+)
+def test_allow_list_by_entry_point_or_distribution_name(
+    monkeypatch: pytest.MonkeyPatch, plugin_dist: Callable[[str, str], Path], allow: str
+) -> None:
+    plugin_dist("shifted-plugin", GOOD_PLUGIN)
+    monkeypatch.setenv(plugins.LOAD_PLUGINS_ENV, allow)
+    names = set(plugins.get_registry("positional_encodings"))
+    assert names == BUILTIN_NAMES | {"sinusoidal"}
+
+
+def test_empty_allow_list_loads_builtins_only(
+    monkeypatch: pytest.MonkeyPatch, plugin_dist: Callable[[str, str], Path]
+) -> None:
+    plugin_dist("shifted-plugin", GOOD_PLUGIN)
+    monkeypatch.setenv(plugins.LOAD_PLUGINS_ENV, "")
+    assert set(plugins.get_registry("positional_encodings")) == BUILTIN_NAMES
+
+
+def test_allow_list_naming_a_missing_plugin_warns(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(plugins.LOAD_PLUGINS_ENV, "sinusiodal")
+    plugins.load_plugins()
+    [line] = _stderr_lines(capsys)
+    assert "'sinusiodal'" in line
+    assert "not installed (did you mean 'sinusoidal'?)" in line
+
+
+# --- plugins that go wrong ------------------------------------------------------------------
+
+
+def test_broken_plugin_is_named_once_with_a_disable_hint_and_the_rest_load(
+    third_party_plugins: None,
+    plugin_dist: Callable[[str, str], Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    plugin_dist("broken-plugin", BROKEN_IMPORT)
+    plugin_dist("shifted-plugin", GOOD_PLUGIN)
+
+    names = set(plugins.get_registry("positional_encodings"))
+
+    assert names == BUILTIN_NAMES | {"sinusoidal", "shifted"}
+    [line] = _stderr_lines(capsys)
+    assert line.startswith("Warning: plugin 'broken_plugin' (from broken-plugin) failed to load")
+    assert "ImportError: No module named torch_nightly_only" in line
+    assert "RETRO_PLATFORM_LOAD_PLUGINS" in line
+    assert "pip uninstall broken-plugin" in line
+    [error] = plugins.load_errors()
+    assert isinstance(error, plugins.PluginLoadError)
+    assert (error.plugin, error.distribution) == ("broken_plugin", "broken-plugin")
+    plugins.load_plugins()
+    plugins.get_registry("positional_encodings")
+    assert _stderr_lines(capsys) == []  # reported once
+
+
+def test_hook_that_raises_loses_only_its_own_names(
+    third_party_plugins: None,
+    plugin_dist: Callable[[str, str], Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    plugin_dist(
+        "half-plugin",
+        """
+        from retro_platform.hookspecs import hookimpl
+        from retro_platform.protocols import PositionalEncoding
+
+        @hookimpl
+        def register_positional_encodings(register):
+            register("half", PositionalEncoding)
+            raise RuntimeError("config file\\nmissing")
+        """,
+    )
+    names = set(plugins.get_registry("positional_encodings"))
+    assert "half" not in names
+    assert names >= BUILTIN_NAMES
+    [line] = _stderr_lines(capsys)
+    assert "'half_plugin'" in line
+    assert "failed in register_positional_encodings: RuntimeError: config file missing" in line
+
+
+def test_duplicate_name_keeps_the_first_and_names_both_plugins(
+    third_party_plugins: None,
+    plugin_dist: Callable[[str, str], Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    plugin_dist(
+        "rival-plugin",
+        """
+        from retro_platform.hookspecs import hookimpl
+        from retro_platform.protocols import PositionalEncoding
+
+        @hookimpl
+        def register_positional_encodings(register):
+            register("rotary", PositionalEncoding)
+            register("rival", PositionalEncoding)
+        """,
+    )
+    rotary = plugins.get_positional_encoding("rotary")
+    assert rotary.plugin == "retro_platform.default_plugins.positional_encodings.rotary"
+    assert plugins.get_positional_encoding("rival").plugin == "rival_plugin"
+    [error] = plugins.load_errors()
+    assert isinstance(error, PluginConflictError)
+    message = str(error)
+    assert "'rotary'" in message
+    assert "'retro_platform.default_plugins.positional_encodings.rotary'" in message
+    assert "'rival_plugin'" in message
+    assert "pip uninstall rival-plugin" in message
+    assert _stderr_lines(capsys) == [f"Warning: {message}"]
+
+
+@pytest.mark.parametrize("bad", ["Rotary Two", "", "-dash", "UPPER"])
+def test_invalid_names_are_refused(
+    third_party_plugins: None, plugin_dist: Callable[[str, str], Path], bad: str
+) -> None:
+    plugin_dist(
+        "badname-plugin",
+        f"""
+        from retro_platform.hookspecs import hookimpl
+        from retro_platform.protocols import PositionalEncoding
+
+        @hookimpl
+        def register_positional_encodings(register):
+            register({bad!r}, PositionalEncoding)
+        """,
+    )
+    assert set(plugins.get_registry("positional_encodings")) == BUILTIN_NAMES | {"sinusoidal"}
+    [error] = plugins.load_errors()
+    assert f"invalid positional encoding name {bad!r}" in str(error)
+
+
+def test_misspelt_hook_is_reported_with_a_suggestion(
+    third_party_plugins: None, plugin_dist: Callable[[str, str], Path]
+) -> None:
+    plugin_dist(
+        "typo-plugin",
+        """
+        from retro_platform.hookspecs import hookimpl
+
+        @hookimpl
+        def register_positional_encoding(register):
+            register("never", object)
+        """,
+    )
+    [error] = plugins.load_errors()
+    assert "unknown hook 'register_positional_encoding'" in str(error)
+    assert "did you mean 'register_positional_encodings'" in str(error)
+
+
+def test_plugin_that_looks_up_a_registry_while_loading_fails_alone(
+    third_party_plugins: None, plugin_dist: Callable[[str, str], Path]
+) -> None:
+    plugin_dist(
+        "eager-plugin",
+        """
+        from retro_platform.plugins import get_registry
+        get_registry("positional_encodings")
+        """,
+    )
+    assert "rotary" in plugins.get_registry("positional_encodings")
+    [error] = plugins.load_errors()
+    assert "'eager_plugin'" in str(error)
+    assert "while plugins were loading" in str(error)
+
+
+# --- look-ups -------------------------------------------------------------------------------
+
+
+def test_unknown_name_lists_the_installed_ones_with_a_suggestion() -> None:
+    with pytest.raises(UnknownPluginError) as caught:
+        plugins.get_positional_encoding("rotery")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "unknown positional encoding 'rotery' (did you mean 'rotary'?)" in message
+    assert message.endswith("installed: alibi, learned-absolute, nope, rotary, t5-relative-bias")
+    assert caught.value.exit_code == 2
+
+
+def test_unknown_family_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="did you mean 'positional_encodings'"):
+        plugins.get_registry("positional_encoding")
+
+
+def test_every_register_hook_has_a_family_and_every_family_a_hook() -> None:
+    register_hooks = {name for name in hookspecs.hook_names() if name.startswith("register_")}
+    assert register_hooks == {f"register_{family}" for family in plugins.FAMILIES}
+
+
+def test_concurrent_first_look_ups_load_once() -> None:
+    results: list[dict[str, plugins.Registration]] = []
+
+    def look_up() -> None:
+        results.append(plugins.get_registry("positional_encodings"))
+
+    threads = [threading.Thread(target=look_up) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 8
+    assert all(result == results[0] for result in results)
+    assert len(plugins.pm.get_plugins()) == len(plugins.DEFAULT_PLUGINS)
+
+
+def test_plugin_that_exits_at_import_does_not_stop_the_others(
+    third_party_plugins: None, plugin_dist: Callable[[str, str], Path]
+) -> None:
+    plugin_dist("exiting-plugin", "import sys\nsys.exit('no GPU found')\n")
+    assert "sinusoidal" in plugins.get_registry("positional_encodings")
+    [error] = plugins.load_errors()
+    assert "'exiting_plugin'" in str(error)
+    assert "SystemExit: no GPU found" in str(error)
