@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from retro_platform.errors import RetroPlatformError
+from retro_platform.errors import ConfigError, RetroPlatformError
 
 
 class RetroGroup(click.Group):
@@ -88,3 +88,16 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 if __name__ == "__main__":  # python -m retro_platform.cli
     cli(prog_name="retro-platform")
+
+
+@cli.command()
+@click.option("--files", default=40, show_default=True, help="Standard-library files to read.")
+@click.option("--steps", default=300, show_default=True, help="Training steps.")
+@click.option("--seed", default=0, show_default=True, help="Random seed.")
+def demo(files: int, steps: int, seed: int) -> None:
+    """Train a small RETRO on the standard library for a few minutes (no data download)."""
+    from retro_platform.demo import run_demo
+
+    if files < 2 or steps < 1:
+        raise ConfigError("demo needs --files of at least 2 and --steps of at least 1")
+    run_demo(files=files, steps=steps, seed=seed, echo=click.echo)
