@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from retro_platform.errors import ConfigError
+from retro_platform.model.dropout_attention import causal_attention_with_dropout
 from retro_platform.model.loss import linear_cross_entropy
 from retro_platform.protocols import AttentionRole, PositionalEncoding
 
@@ -145,14 +146,14 @@ class Attention(nn.Module):
             # a 4-d float mask keeps the fused kernels on CPU and GPU
             attn_mask = attn_mask.to(q.dtype).expand(q.shape[0], self.heads, -1, -1)
 
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal,
-        )
+        dropout_p = self.dropout if self.training else 0.0
+        if is_causal and dropout_p > 0 and q.device.type == "cpu":
+            # the fused CPU kernel has no dropout; this avoids the quadratic-memory fallback
+            out = causal_attention_with_dropout(q, k, v, dropout_p)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal
+            )
         out = self.to_out(out.transpose(1, 2).flatten(2))
         if exists(key_mask):
             # a query with nothing to attend to gets nothing, not an average of padding
@@ -286,8 +287,10 @@ class RETRO(nn.Module):
         dec_dim: width of the decoder.
         dim_head: width of one attention head.
         enc_attn_dropout, enc_ff_dropout, dec_attn_dropout, dec_ff_dropout: dropout rates.
-            Attention dropout acts on attention weights; on CPU, PyTorch has no fused kernel for
-            it, so a rate above 0 costs memory quadratic in the sequence length there.
+            Attention dropout acts on attention weights. PyTorch's fused CPU kernel has none, so
+            on CPU the decoder's causal self-attention uses a blockwise kernel of our own
+            (``dropout_attention.py``, memory linear in the sequence length); attentions with
+            an additive bias (ALiBi, T5) fall back to PyTorch's quadratic-memory math path.
         ff_mult: feed-forward hidden width as a multiple of the model width.
         chunk_size: ``m``, tokens per retrieval chunk (64 in the paper).
         neighbour_len: ``r``, tokens per retrieved neighbour: its chunk plus the continuation

@@ -34,29 +34,27 @@ class RotaryEncoding(PositionalEncoding):
         inv_freq = theta ** -(torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim)
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
 
-    def _angles(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        # (n, rotary_dim / 2); computed in fp32 so long sequences keep their precision
-        freqs = positions.to(self.inv_freq.dtype)[:, None] * self.inv_freq[None, :]
-        return freqs.cos(), freqs.sin()
+    def _phases(self, positions: Tensor) -> Tensor:
+        # unit complex numbers (n, rotary_dim / 2), in fp32 so long sequences keep precision
+        angles = positions.to(self.inv_freq.dtype)[:, None] * self.inv_freq[None, :]
+        return torch.polar(torch.ones_like(angles), angles)
 
-    def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        half = self.rotary_dim // 2
-        x1, x2 = x[..., :half], x[..., half : self.rotary_dim]
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        rotated = (x1 * cos - x2 * sin, x2 * cos + x1 * sin)
+    def _rotate(self, x: Tensor, phases: Tensor) -> Tensor:
+        # consecutive feature pairs are complex numbers, rotated by one complex multiply; a
+        # contiguous input makes this several times faster than the half-split form with cat
+        rotating = x[..., : self.rotary_dim].float().contiguous()
+        pairs = torch.view_as_complex(rotating.unflatten(-1, (-1, 2)))
+        rotated = torch.view_as_real(pairs * phases).flatten(-2).to(x.dtype)
         if self.rotary_dim == x.shape[-1]:
-            return torch.cat(rotated, dim=-1)
-        return torch.cat((*rotated, x[..., self.rotary_dim :]), dim=-1)
+            return rotated
+        return torch.cat((rotated, x[..., self.rotary_dim :]), dim=-1)
 
     def rotate(
         self, q: Tensor, k: Tensor, q_positions: Tensor, k_positions: Tensor
     ) -> tuple[Tensor, Tensor]:
-        q_cos, q_sin = self._angles(q_positions)
-        if k_positions is q_positions:
-            k_cos, k_sin = q_cos, q_sin
-        else:
-            k_cos, k_sin = self._angles(k_positions)
-        return self._rotate(q, q_cos, q_sin), self._rotate(k, k_cos, k_sin)
+        q_phases = self._phases(q_positions)
+        k_phases = q_phases if k_positions is q_positions else self._phases(k_positions)
+        return self._rotate(q, q_phases), self._rotate(k, k_phases)
 
 
 @hookimpl
