@@ -91,3 +91,10 @@ def test_the_warning_examples_are_what_retro_platform_prints(
         if line.startswith("Warning:")
     ]
     assert sorted(printed) == sorted(documented)
+
+
+def test_cli_reference_matches_the_commands_help():
+    from retro_platform.cli_reference import render
+
+    written = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    assert written == render(), "regenerate: python -m retro_platform.cli_reference > docs/cli.md"
