@@ -29,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from retro_platform.errors import ConfigError
 from retro_platform.model.dropout_attention import causal_attention_with_dropout
+from retro_platform.model.feed_forward import FeedForward
 from retro_platform.model.loss import linear_cross_entropy
 from retro_platform.protocols import AttentionRole, PositionalEncoding
 
@@ -64,20 +65,6 @@ class Positions:
 
 # ---------------------------------------------------------------------------------------------
 # building blocks
-
-
-class FeedForward(nn.Module):
-    def __init__(self, dim: int, *, mult: int = 4, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(dim, dim * mult),
-            nn.GELU(),
-            nn.Dropout(dropout),
-            nn.Linear(dim * mult, dim),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
 
 
 class Attention(nn.Module):
