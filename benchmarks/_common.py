@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: loading the reference model, reading memory, machine facts.
+"""Helpers shared by the benchmarks: the reference model, memory, guarded workers, FLOPs, tables.
 
 The reference is ``retro-pytorch`` 0.3.9 (installed with ``--no-deps``). Its package ``__init__``
 imports ``autofaiss``, which we do not install, so :func:`load_reference_retro` loads only its
@@ -9,12 +9,18 @@ module takes from ``retro_pytorch.retrieval`` (``BERT_VOCAB_SIZE``) is served by
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import platform
+import resource
 import sys
+import threading
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import torch
 
 #: The repository root, so that ``retro_platform`` imports without being installed.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -108,8 +114,6 @@ def peak_rss_bytes() -> int:
 
 def ru_maxrss_bytes() -> int:
     """``resource.getrusage(RUSAGE_SELF).ru_maxrss`` in bytes (Linux reports KiB)."""
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -132,6 +136,116 @@ def available_memory_bytes() -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# guarding a worker process
+# ---------------------------------------------------------------------------------------------
+
+#: A worker's exit status when its memory guard stopped it.
+EXIT_OUT_OF_MEMORY = 86
+#: Stop a worker when the machine has less than this available, whatever its own RSS.
+MACHINE_MEMORY_FLOOR = 1 * GIB
+
+#: What a worker's task has established so far (baseline RSS, parameter count): reported even
+#: when the task is stopped for memory half-way.
+PROGRESS: dict[str, Any] = {}
+
+
+def is_allocation_failure(error: BaseException) -> bool:
+    """Whether torch or Python could not allocate memory (the address-space limit was hit)."""
+    if isinstance(error, MemoryError):
+        return True
+    message = str(error).lower()
+    return isinstance(error, RuntimeError) and (
+        "can't allocate memory" in message or "not enough memory" in message
+    )
+
+
+class MemoryGuard(threading.Thread):
+    """Watchdog: exit with :data:`EXIT_OUT_OF_MEMORY` when RSS passes the limit.
+
+    Polls every 50 ms, and also stops the worker when the whole machine runs short (other
+    work shares it). :meth:`limit_address_space` adds a hard backstop for allocations too large
+    and too fast for polling to see.
+    """
+
+    def __init__(self, limit_bytes: int, out_path: Path) -> None:
+        super().__init__(daemon=True)
+        self.limit_bytes = limit_bytes
+        self.out_path = out_path
+        self.max_seen = 0
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        polls = 0
+        while not self._stopped.wait(0.05):
+            rss = current_rss_bytes()
+            self.max_seen = max(self.max_seen, rss)
+            if rss > self.limit_bytes:
+                self._abort(f"RSS {format_bytes(rss)} passed the limit")
+            polls += 1
+            available = available_memory_bytes() if polls % 4 == 0 else None
+            if available is not None and available < MACHINE_MEMORY_FLOOR:
+                self._abort(f"machine had only {format_bytes(available)} available")
+
+    def _abort(self, reason: str) -> None:
+        payload = {**PROGRESS, "status": "oom", "detail": reason, "peak_rss": self.max_seen}
+        write_json(self.out_path, payload)
+        os._exit(EXIT_OUT_OF_MEMORY)
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+def limit_address_space(limit_bytes: int) -> None:
+    """Backstop to :class:`MemoryGuard`: cap the address space at its size now plus the limit.
+
+    An allocation too large and too fast for polling to catch then fails inside torch, and the
+    worker reports it as out of memory.
+    """
+    cap = virtual_size_bytes() + limit_bytes
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.write_text(json.dumps(payload, default=list))
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOP counting
+# ---------------------------------------------------------------------------------------------
+
+
+def _attention_flops(query_shape: Any, key_shape: Any, value_shape: Any) -> int:
+    """Scores (q·kᵀ) and weighted sum (p·v), over the full score matrix as the counter does."""
+    batch, heads, queries, query_dim = query_shape
+    keys, value_dim = key_shape[-2], value_shape[-1]
+    return 2 * batch * heads * queries * keys * (query_dim + value_dim)
+
+
+def _cpu_flash_attention_flop(
+    query_shape: Any, key_shape: Any, value_shape: Any, *_: Any, **__: Any
+) -> int:
+    return _attention_flops(query_shape, key_shape, value_shape)
+
+
+def _cpu_flash_attention_backward_flop(
+    _grad_out_shape: Any, query_shape: Any, key_shape: Any, value_shape: Any, *_: Any, **__: Any
+) -> int:
+    return 2 * _attention_flops(query_shape, key_shape, value_shape)
+
+
+#: torch's counter knows the CUDA SDPA kernels but not the CPU flash kernel (it counts 0).
+CPU_ATTENTION_FLOPS: dict[Any, Callable[..., int]] = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flop,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: (
+        _cpu_flash_attention_backward_flop
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------
 # machine
 # ---------------------------------------------------------------------------------------------
 
@@ -151,8 +265,6 @@ def cpu_model() -> str:
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's (if present) and torch's generators."""
     import random
-
-    import torch
 
     random.seed(seed)
     try:
@@ -180,3 +292,30 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: jsonable(item) for key, item in value.items()}
     return value
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+# ---------------------------------------------------------------------------------------------
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    return f"{seconds:.2f}" if seconds >= 1 else f"{seconds:.3f}"
+
+
+def fmt_number(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
+    return "—" if value is None else f"{value / scale:,.{digits}f}"
+
+
+def fmt_ratio(numerator: float | None, denominator: float | None) -> str:
+    if numerator is None or denominator is None or denominator == 0:
+        return "—"
+    return f"{numerator / denominator:.2f}×"

@@ -7,8 +7,8 @@ Every measurement (one implementation, one configuration, one pass) runs in a fr
 process (this script re-invoked with the hidden ``--worker`` flag), so that its peak RSS is its
 own. A watchdog thread and an address-space limit in each worker turn "more memory than allowed"
 into a table entry instead of a machine brought to its knees; a timeout does the same for time.
-FLOPs are counted once per model and configuration with ``torch.utils.flop_counter`` on the meta
-device (no memory, no time), separately from the timed runs. See ``benchmarks/README.md``.
+FLOPs are counted once per model and configuration with ``torch.utils.flop_counter``, in workers
+of their own (on the meta device where the model allows it). See ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ import argparse
 import gc
 import json
 import os
-import resource
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -32,17 +31,25 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from _common import (
+    CPU_ATTENTION_FLOPS,
     GIB,
-    available_memory_bytes,
+    PROGRESS,
+    MemoryGuard,
     cpu_model,
     current_rss_bytes,
     ensure_repo_on_path,
+    fmt_number,
+    fmt_ratio,
+    fmt_seconds,
     format_bytes,
+    is_allocation_failure,
+    limit_address_space,
     load_reference_retro,
+    markdown_table,
     peak_rss_bytes,
     ru_maxrss_bytes,
     seed_everything,
-    virtual_size_bytes,
+    write_json,
 )
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -53,10 +60,6 @@ CHUNK_SIZE = 64
 NEIGHBOURS = 2
 NEIGHBOUR_LEN = 128
 
-#: A worker's exit status when its memory guard stopped it.
-EXIT_OUT_OF_MEMORY = 86
-#: Stop a worker when the machine has less than this available, whatever its own RSS.
-MACHINE_MEMORY_FLOOR = 1 * GIB
 #: Fraction of --timeout-s a worker plans to use, leaving room for start-up and reporting.
 TIME_BUDGET_FRACTION = 0.85
 
@@ -187,76 +190,21 @@ def run_worker(task: Task, out_path: Path) -> int:
     try:
         result = handlers[task.kind](task, started)
     except Exception as error:  # reported in the table, never raised past the worker
-        status = "oom" if is_allocation_failure(error) else "error"
-        result = {"status": status, "detail": f"{type(error).__name__}: {error}".splitlines()[0]}
+        if is_allocation_failure(error):
+            result = {
+                **PROGRESS,
+                "status": "oom",
+                "detail": "an allocation would pass the address-space cap",
+            }
+        else:
+            message = f"{type(error).__name__}: {error}".splitlines()[0]
+            result = {**PROGRESS, "status": "error", "detail": message}
     result.setdefault("status", "ok")
     result["peak_rss"] = max(peak_rss_bytes(), guard.max_seen)
     result["ru_maxrss"] = ru_maxrss_bytes()
     guard.stop()
     write_json(out_path, result)
     return 0
-
-
-def is_allocation_failure(error: BaseException) -> bool:
-    """Whether torch or Python could not allocate memory (the address-space limit was hit)."""
-    if isinstance(error, MemoryError):
-        return True
-    message = str(error).lower()
-    return isinstance(error, RuntimeError) and (
-        "can't allocate memory" in message or "not enough memory" in message
-    )
-
-
-class MemoryGuard(threading.Thread):
-    """Watchdog: exit with :data:`EXIT_OUT_OF_MEMORY` when RSS passes the limit.
-
-    Polls every 20 ms, and also stops the worker when the whole machine runs short (other
-    work shares it). :meth:`limit_address_space` adds a hard backstop for allocations too large
-    and too fast for polling to see.
-    """
-
-    def __init__(self, limit_bytes: int, out_path: Path) -> None:
-        super().__init__(daemon=True)
-        self.limit_bytes = limit_bytes
-        self.out_path = out_path
-        self.max_seen = 0
-        self._stopped = threading.Event()
-
-    def run(self) -> None:
-        polls = 0
-        while not self._stopped.wait(0.02):
-            rss = current_rss_bytes()
-            self.max_seen = max(self.max_seen, rss)
-            if rss > self.limit_bytes:
-                self._abort(f"RSS {format_bytes(rss)} passed the limit")
-            polls += 1
-            available = available_memory_bytes() if polls % 10 == 0 else None
-            if available is not None and available < MACHINE_MEMORY_FLOOR:
-                self._abort(f"machine had only {format_bytes(available)} available")
-
-    def _abort(self, reason: str) -> None:
-        write_json(self.out_path, {"status": "oom", "detail": reason, "peak_rss": self.max_seen})
-        os._exit(EXIT_OUT_OF_MEMORY)
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-
-def limit_address_space(limit_bytes: int) -> None:
-    """Backstop to :class:`MemoryGuard`: cap the address space at its size now plus the limit.
-
-    An allocation too large and too fast for polling to catch then fails inside torch, and the
-    worker reports it as out of memory.
-    """
-    cap = virtual_size_bytes() + limit_bytes
-    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    if hard != resource.RLIM_INFINITY:
-        cap = min(cap, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.write_text(json.dumps(payload, default=list))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,6 +292,7 @@ def machine_task(task: Task, started: float) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "cpu": cpu_model(),
+        "load_average_1min": os.getloadavg()[0],
         "matmul_flops_per_s": rates,
     }
 
@@ -359,20 +308,14 @@ def time_task(task: Task, started: float) -> dict[str, Any]:
     step = make_step(task, model, seq, retrieved)
     torch.mm(torch.ones(64, 64), torch.ones(64, 64))  # start the thread pool before the cap
     gc.collect()
-    baseline_rss = current_rss_bytes()
+    PROGRESS.update(baseline_rss=current_rss_bytes(), params=parameter_count(model))
     limit_address_space(task.mem_limit_bytes)
 
     warm_up = timed(step)
     remaining = task.time_budget_s * TIME_BUDGET_FRACTION - (time.perf_counter() - started)
-    repeats = min(task.repeats, int(remaining // warm_up))
+    repeats = max(0, min(task.repeats, int(remaining // warm_up)))
     times = [timed(step) for _ in range(repeats)] if repeats > 0 else [warm_up]
-    return {
-        "times_s": times,
-        "warm_up_s": warm_up,
-        "repeats_done": repeats,
-        "baseline_rss": baseline_rss,
-        "params": parameter_count(model),
-    }
+    return {**PROGRESS, "times_s": times, "warm_up_s": warm_up, "repeats_done": repeats}
 
 
 def timed(step: Callable[[], None]) -> float:
@@ -382,22 +325,23 @@ def timed(step: Callable[[], None]) -> float:
 
 
 def flops_task(task: Task, started: float) -> dict[str, Any]:
-    """Model FLOPs of one step: on the meta device where the model allows it, else for real.
+    """Model FLOPs of one step, by one convention for both implementations.
 
-    Counts forward (+ backward for training) with checkpointing off: recomputation is not
-    model FLOPs. The optimizer's elementwise work is not counted by FlopCounterMode. A model
-    that reads a tensor's value (``bool(mask.all())``) cannot run on meta; it is then run on
-    the CPU with dropout set to 0, which changes no counted FLOP (the attention FLOPs are the
-    same whichever SDPA kernel runs) but lets SDPA use its memory-efficient kernel.
+    Forward (+ backward for training) as a plain implementation computes it: every matmul,
+    attention over the full score matrix, nothing recomputed. So checkpointing is off and so is
+    dropout, which changes no matmul but decides which attention kernel runs (a fused or
+    blockwise kernel may skip or recompute blocks). The optimizer's elementwise work is not
+    counted. On the meta device where the model allows it (no memory, no time); a model that
+    reads a tensor's value (``bool(mask.all())``) is run on the CPU instead.
     """
-    task = replace(task, checkpoint=False)
+    no_dropout = {
+        key: (0.0 if key.endswith("dropout") else value) for key, value in task.model.items()
+    }
+    task = replace(task, checkpoint=False, model=no_dropout)
     try:
         return {"flops": count_flops(task, "meta"), "flops_device": "meta"}
     except Exception as meta_error:
-        no_dropout = {
-            key: (0.0 if key.endswith("dropout") else value) for key, value in task.model.items()
-        }
-        flops = count_flops(replace(task, model=no_dropout), "cpu")
+        flops = count_flops(task, "cpu")
         reason = str(meta_error).splitlines()[0]
         return {"flops": flops, "flops_device": "cpu", "detail": f"not on meta: {reason}"}
 
@@ -416,34 +360,6 @@ def count_flops(task: Task, device: str) -> int:
             model.train()
             training_loss(model, seq, neighbours).backward()
     return counter.get_total_flops()
-
-
-def _attention_flops(query_shape: Any, key_shape: Any, value_shape: Any) -> int:
-    """Scores (q·kᵀ) and weighted sum (p·v), over the full score matrix as the counter does."""
-    batch, heads, queries, query_dim = query_shape
-    keys, value_dim = key_shape[-2], value_shape[-1]
-    return 2 * batch * heads * queries * keys * (query_dim + value_dim)
-
-
-def _cpu_flash_attention_flop(
-    query_shape: Any, key_shape: Any, value_shape: Any, *_: Any, **__: Any
-) -> int:
-    return _attention_flops(query_shape, key_shape, value_shape)
-
-
-def _cpu_flash_attention_backward_flop(
-    _grad_out_shape: Any, query_shape: Any, key_shape: Any, value_shape: Any, *_: Any, **__: Any
-) -> int:
-    return 2 * _attention_flops(query_shape, key_shape, value_shape)
-
-
-#: torch's counter knows the CUDA SDPA kernels but not the CPU flash kernel (it counts 0).
-CPU_ATTENTION_FLOPS: dict[Any, Callable[..., int]] = {
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flop,
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: (
-        _cpu_flash_attention_backward_flop
-    ),
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,6 +464,7 @@ def profile_task(task: Task, started: float) -> dict[str, Any]:
         for mode in ("train", "forward")
     }
     clock = ModuleClock(groups, backward=True)
+    warm_up_start = time.perf_counter()
     try:
         steps["train"]()  # warm-up, and a check that the backward hooks work with this model
     except RuntimeError as error:
@@ -557,9 +474,12 @@ def profile_task(task: Task, started: float) -> dict[str, Any]:
         steps["train"]()
     steps["forward"]()  # warm-up of the eval path
     clock.take()
+    per_repeat = time.perf_counter() - warm_up_start
+    remaining = task.time_budget_s * TIME_BUDGET_FRACTION - (time.perf_counter() - started)
+    repeats = max(1, min(task.repeats, int(remaining // per_repeat)))
     result: dict[str, Any] = {"modules": names, "notes": notes}
     for mode, step in steps.items():
-        result[mode] = [timed_with_split(step, clock) for _ in range(task.repeats)]
+        result[mode] = [timed_with_split(step, clock) for _ in range(repeats)]
     return result
 
 
@@ -632,16 +552,8 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
         for impl in ("ours", "reference"):
             for retrieval in (True, False):
                 for mode in ("train", "forward"):
-                    task = Task(
-                        "time",
-                        impl,
-                        shape.model,
-                        shape.batch,
-                        shape.seq_len,
-                        retrieval,
-                        mode,
-                        **common,
-                    )
+                    task = Task("time", impl, shape.model, shape.batch, shape.seq_len, **common)
+                    task = replace(task, retrieval=retrieval, mode=mode)
                     jobs.append(Job(name, impl, task, replace(task, kind="flops")))
     if "scaling" in args.configs:
         lengths = scaling_lengths(args.quick)
@@ -652,7 +564,7 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
             for impl, checkpoint in variants:
                 if impl == "ours" and not checkpoint and seq_len == lengths[-1]:
                     continue  # ours without checkpointing only at the two shorter lengths
-                task = Task("time", impl, model, 1, seq_len, True, "train", checkpoint, **common)
+                task = Task("time", impl, model, 1, seq_len, checkpoint=checkpoint, **common)
                 flops = replace(task, kind="flops", checkpoint=False)
                 jobs.append(Job("scaling", impl_label(impl, checkpoint), task, flops))
     return jobs
@@ -690,6 +602,8 @@ class WorkerPool:
         except subprocess.TimeoutExpired:
             return {"status": "timeout", "detail": f"timeout (> {self.timeout_s:g} s)"}
         result = json.loads(out_path.read_text()) if out_path.exists() else None
+        if result is None and completed.returncode == -signal.SIGKILL:
+            return {"status": "oom", "detail": "killed by SIGKILL (the kernel's OOM killer?)"}
         if result is None:
             tail = (completed.stderr.strip().splitlines() or ["no output"])[-1]
             return {"status": "error", "detail": f"worker exited {completed.returncode}: {tail}"}
@@ -739,28 +653,6 @@ def make_row(job: Job, timing: dict[str, Any], flops: dict[str, Any], matmul_pea
 # ---------------------------------------------------------------------------------------------
 # reporting
 # ---------------------------------------------------------------------------------------------
-
-
-def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def fmt_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    return f"{seconds:.2f}" if seconds >= 1 else f"{seconds:.3f}"
-
-
-def fmt_number(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
-    return "—" if value is None else f"{value / scale:,.{digits}f}"
-
-
-def fmt_ratio(numerator: float | None, denominator: float | None) -> str:
-    if numerator is None or denominator is None or denominator == 0:
-        return "—"
-    return f"{numerator / denominator:.2f}×"
 
 
 def results_table(rows: list[Row]) -> str:
@@ -813,6 +705,34 @@ def find_row(rows: list[Row], **match: Any) -> Row | None:
     return None
 
 
+STATUS_SHORT = {"oom": "out of memory", "timeout": "timeout", "error": "error"}
+
+
+def speed_ratio(ours: Row, ref: Row) -> str:
+    """ours / reference tokens per second, or which of them did not finish."""
+    for name, row in (("ours", ours), ("ref", ref)):
+        if row.status != "ok":
+            return f"{name}: {STATUS_SHORT.get(row.status, row.status)}"
+    return fmt_ratio(ours.tokens_per_s, ref.tokens_per_s)
+
+
+def memory_ratio(ours: Row, ref: Row) -> str:
+    """ours / reference peak RSS; a bound where the reference was stopped for memory."""
+    if ours.status == "ok" and ref.status == "oom":
+        return "< " + fmt_ratio(ours.peak_rss, ref.peak_rss) + " (ref stopped)"
+    if ours.status != "ok" or ref.status != "ok":
+        return "—"
+    return fmt_ratio(ours.peak_rss, ref.peak_rss)
+
+
+def on_off_ratio(rows: list[Row], impl: str, section: str, mode: str) -> str:
+    """Time with retrieval on / time with retrieval off, for one implementation."""
+    pick = {"impl": impl, "section": section, "mode": mode}
+    on = find_row(rows, retrieval=True, **pick)
+    off = find_row(rows, retrieval=False, **pick)
+    return fmt_ratio(on and on.median_s, off and off.median_s)
+
+
 def ratio_table(rows: list[Row]) -> str:
     """ours / reference speed and memory, and retrieval on / off time, per configuration."""
     headers = [
@@ -833,21 +753,18 @@ def ratio_table(rows: list[Row]) -> str:
                 ref = find_row(rows, impl="reference", **pick)
                 if ours is None or ref is None:
                     continue
-                on_off = []
+                on_off = ["", ""]
                 if retrieval:
-                    for impl in ("ours", "reference"):
-                        on = find_row(rows, impl=impl, **pick)
-                        off = find_row(rows, impl=impl, **{**pick, "retrieval": False})
-                        on_off.append(fmt_ratio(on and on.median_s, off and off.median_s))
-                else:
-                    on_off = ["", ""]
+                    on_off = [
+                        on_off_ratio(rows, impl, section, mode) for impl in ("ours", "reference")
+                    ]
                 body.append(
                     [
                         section,
                         mode,
                         "on" if retrieval else "off",
-                        fmt_ratio(ours.tokens_per_s, ref.tokens_per_s),
-                        fmt_ratio(ours.peak_rss, ref.peak_rss),
+                        speed_ratio(ours, ref),
+                        memory_ratio(ours, ref),
                         *on_off,
                     ]
                 )
@@ -855,21 +772,18 @@ def ratio_table(rows: list[Row]) -> str:
         if row.section != "scaling" or row.impl != "ours":
             continue
         ref = find_row(rows, section="scaling", impl="reference", seq_len=row.seq_len)
-        if ref is None:
-            continue
-        body.append(
-            [
-                f"scaling {row.seq_len}",
-                f"train ({row.label})",
-                "on",
-                fmt_ratio(row.tokens_per_s, ref.tokens_per_s)
-                if ref.status == "ok"
-                else f"ref: {ref.status}",
-                fmt_ratio(row.peak_rss, ref.peak_rss),
-                "",
-                "",
-            ]
-        )
+        if ref is not None:
+            body.append(
+                [
+                    f"scaling {row.seq_len}",
+                    f"train ({row.label})",
+                    "on",
+                    speed_ratio(row, ref),
+                    memory_ratio(row, ref),
+                    "",
+                    "",
+                ]
+            )
     return markdown_table(headers, body)
 
 
@@ -918,8 +832,7 @@ def result_notes(rows: list[Row]) -> list[str]:
     for row in rows:
         if row.flops_device == "cpu":
             notes.add(
-                f"FLOPs of {row.impl} counted by running it on the CPU (dropout 0), "
-                f"{row.flops_detail}"
+                f"FLOPs of {row.impl} counted by running it once on the CPU, {row.flops_detail}"
             )
         elif row.flops is None and row.flops_detail:
             notes.add(f"FLOPs of {row.impl} not counted: {row.flops_detail}")
@@ -935,8 +848,8 @@ def result_notes(rows: list[Row]) -> list[str]:
 
 def header_lines(machine: list[dict[str, Any]], args: argparse.Namespace, peak: float) -> list[str]:
     first = machine[0]
-    rates = "; ".join(
-        f"{label}: "
+    samples = "; ".join(
+        f"{label} (load {m['load_average_1min']:.1f}): "
         + ", ".join(f"{size}² {rate / 1e9:.0f}" for size, rate in m["matmul_flops_per_s"].items())
         for label, m in zip(("start", "end"), machine, strict=False)
     )
@@ -945,13 +858,13 @@ def header_lines(machine: list[dict[str, Any]], args: argparse.Namespace, peak: 
         "",
         f"- torch {first['torch']}, {first['threads']} threads (os.cpu_count() = "
         f"{first['cpu_count']}), CPU: {first['cpu']}",
-        f"- fp32 matmul GFLOP/s (median per size) — {rates}; MFU denominator: "
-        f"{peak / 1e9:.0f} GFLOP/s",
-        f"- repeats {args.repeats} after 1 warm-up (median); memory limit "
-        f"{args.mem_limit_gb:g} GiB and timeout {args.timeout_s:g} s per worker"
+        f"- fp32 matmul GFLOP/s, median per size, 1-min load average in brackets — {samples}; "
+        f"MFU denominator (the best of them): {peak / 1e9:.0f} GFLOP/s",
+        f"- {args.repeats} timed repeat(s) after 1 warm-up, median; per worker: memory limit "
+        f"{args.mem_limit_gb:g} GiB, timeout {args.timeout_s:g} s"
         + ("; --quick (tiny sizes)" if args.quick else ""),
-        "- FLOPs: torch.utils.flop_counter on the meta device, forward (+ backward), "
-        "checkpointing off; RSS: each measurement in its own process",
+        "- FLOPs: torch.utils.flop_counter, forward (+ backward for train), checkpointing off; "
+        "each measurement in its own process (RSS = that process's)",
     ]
 
 
@@ -1011,64 +924,67 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    """Plan, run every worker, print the tables; return everything for --json."""
-    wall_start = time.perf_counter()
-    pool = WorkerPool(args.timeout_s, args.mem_limit_gb)
-    limits = {"mem_limit_bytes": int(args.mem_limit_gb * GIB), "time_budget_s": args.timeout_s}
-    try:
-        machine = [pool.run(Task("machine", **limits))]
-        jobs = plan_jobs(args)
-        flop_results = {}
-        for job in jobs:
-            flop_results[job.flops.key()] = pool.run(job.flops)
-        log(f"counted FLOPs of {len(flop_results)} model/configurations")
+def measure_machine(pool: WorkerPool, limits: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Run the machine task (at least 2 GiB allowed: the 4096² matmul needs it) or exit."""
+    mem_limit = max(limits["mem_limit_bytes"], 2 * GIB)
+    result = pool.run(Task("machine", seed=seed, **{**limits, "mem_limit_bytes": mem_limit}))
+    if result.get("status") != "ok":
+        raise SystemExit(f"the matmul benchmark failed: {result.get('detail')}")
+    return result
 
-        provisional_peak = matmul_peak(machine)
-        timings = []
-        for index, job in enumerate(jobs, 1):
-            timing = pool.run(job.timing)
-            timings.append(timing)
-            row = make_row(job, timing, flop_results[job.flops.key()], provisional_peak)
-            log(
-                f"[{index}/{len(jobs)}] {row.section} {row.label} retrieval "
-                f"{'on' if row.retrieval else 'off'} {row.mode} {row.seq_len}: "
-                f"{fmt_seconds(row.median_s)} s/step, peak {format_bytes(row.peak_rss)} "
-                f"{row.status} [{time.perf_counter() - wall_start:.0f} s]"
-            )
 
-        profiles = {}
-        shapes = configurations(args.quick)
-        for name in ("small", "seed"):
-            if name in args.configs:
-                shape = shapes[name]
-                profiles[name] = pool.run(
-                    Task(
-                        "profile",
-                        "ours",
-                        shape.model,
-                        shape.batch,
-                        shape.seq_len,
-                        repeats=args.repeats,
-                        **limits,
-                    )
-                )
-                log(f"profiled {name}")
-        machine.append(pool.run(replace(Task("machine", **limits), seed=SEED + 1)))
-    finally:
-        pool.close()
+def run_jobs(
+    pool: WorkerPool, jobs: list[Job], matmul_rate: float, wall_start: float
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Count every job's FLOPs, then time every job; log progress to stderr."""
+    flop_results = {job.flops.key(): pool.run(job.flops) for job in jobs}
+    log(f"counted FLOPs of {len(flop_results)} model/configurations")
+    timings = []
+    for index, job in enumerate(jobs, 1):
+        timing = pool.run(job.timing)
+        timings.append(timing)
+        row = make_row(job, timing, flop_results[job.flops.key()], matmul_rate)
+        log(
+            f"[{index}/{len(jobs)}] {row.section} {row.label} retrieval "
+            f"{'on' if row.retrieval else 'off'} {row.mode} {row.seq_len}: "
+            f"{fmt_seconds(row.median_s)} s/step, peak {format_bytes(row.peak_rss)} "
+            f"{row.status} [{time.perf_counter() - wall_start:.0f} s]"
+        )
+    return flop_results, timings
 
-    failed_machine = [m for m in machine if m.get("status") != "ok"]
-    if failed_machine:
-        raise SystemExit(f"the matmul benchmark failed: {failed_machine[0].get('detail')}")
-    peak = matmul_peak(machine)
-    rows = [
-        make_row(job, timing, flop_results[job.flops.key()], peak)
-        for job, timing in zip(jobs, timings, strict=True)
-    ]
-    wall_s = time.perf_counter() - wall_start
 
-    print("\n".join(header_lines(machine, args, peak)))
+def run_profiles(
+    pool: WorkerPool, args: argparse.Namespace, limits: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The encoder / CCA time split of ours, retrieval on, at the small and seed configurations."""
+    profiles = {}
+    shapes = configurations(args.quick)
+    for name in ("small", "seed"):
+        if name not in args.configs:
+            continue
+        shape = shapes[name]
+        task = Task(
+            "profile",
+            "ours",
+            shape.model,
+            shape.batch,
+            shape.seq_len,
+            repeats=args.repeats,
+            **limits,
+        )
+        profiles[name] = pool.run(task)
+        log(f"profiled {name}")
+    return profiles
+
+
+def print_report(
+    machine: list[dict[str, Any]],
+    args: argparse.Namespace,
+    rows: list[Row],
+    profiles: dict[str, dict[str, Any]],
+    wall_s: float,
+) -> None:
+    print("\n".join(header_lines(machine, args, matmul_peak(machine))))
     print("\n## Results\n")
     print(results_table(rows))
     print("\n## Ratios\n")
@@ -1081,9 +997,33 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"- {name}: {note}")
             for group, names in profile.get("modules", {}).items():
                 print(f"- {name}: {group} = {', '.join(names)}")
+    print()
     for note in result_notes(rows):
         print(f"- {note}")
     print(f"\nwall time: {wall_s:.0f} s")
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Plan, run every worker, print the tables; return everything for --json."""
+    wall_start = time.perf_counter()
+    pool = WorkerPool(args.timeout_s, args.mem_limit_gb)
+    limits = {"mem_limit_bytes": int(args.mem_limit_gb * GIB), "time_budget_s": args.timeout_s}
+    jobs = plan_jobs(args)
+    try:
+        machine = [measure_machine(pool, limits, SEED)]
+        flop_results, timings = run_jobs(pool, jobs, matmul_peak(machine), wall_start)
+        profiles = run_profiles(pool, args, limits)
+        machine.append(measure_machine(pool, limits, SEED + 1))  # a second, independent sample
+    finally:
+        pool.close()
+
+    peak = matmul_peak(machine)
+    rows = [
+        make_row(job, timing, flop_results[job.flops.key()], peak)
+        for job, timing in zip(jobs, timings, strict=True)
+    ]
+    wall_s = time.perf_counter() - wall_start
+    print_report(machine, args, rows, profiles, wall_s)
     return {
         "machine": machine,
         "matmul_peak_flops_per_s": peak,

@@ -421,7 +421,8 @@ class RETRO(nn.Module):
         ``(b * u, k * r)``, or None when no neighbour token is padding."""
         b, u, k, r = neighbours.shape
         mask = neighbours != self.pad_id
-        has_padding = not bool(mask.all())
+        # on the meta device (FLOP counting) nothing can be read: assume padding
+        has_padding = neighbours.is_meta or not bool(mask.all())
 
         y = self.to_encoder_dim(self.token_emb(neighbours))
         token_positions = torch.arange(r, device=neighbours.device)
