@@ -27,58 +27,58 @@ def _keep_mask(seed: int, shape: tuple[int, ...], keep_prob: float, device) -> T
     return torch.rand(shape, generator=generator, device=device) < keep_prob
 
 
-def _block_scores(q: Tensor, k: Tensor, start: int, scale: float) -> Tensor:
-    """Scores of queries ``start...`` against keys ``0...start + len(q)``, future masked."""
-    scores = (q @ k.transpose(-1, -2)) * scale  # (..., block, start + block)
+def _block_weights(q: Tensor, k: Tensor, start: int) -> Tensor:
+    """Softmax weights of (pre-scaled) queries ``start...`` over keys ``0...start + len(q)``."""
+    scores = q @ k.transpose(-1, -2)  # (..., block, start + block)
     block = q.shape[-2]
     future = torch.ones(block, block, dtype=torch.bool, device=q.device).triu(1)
     scores[..., start:].masked_fill_(future, float("-inf"))
-    return scores
+    return torch.softmax(scores, dim=-1)
 
 
 class _CausalDropoutAttention(torch.autograd.Function):
+    # Passes over the (block, keys) matrices are what costs time here, not the matmuls, so
+    # the scale goes into q once, 1 / (1 - p) into the (n, dim_head) output and gradient, and
+    # the backward pass recomputes the fused softmax instead of keeping a normaliser.
+
     @staticmethod
     def forward(ctx, q, k, v, dropout_p, seed):
-        n, scale, keep_prob = q.shape[-2], 1.0 / math.sqrt(q.shape[-1]), 1.0 - dropout_p
+        n, keep_prob = q.shape[-2], 1.0 - dropout_p
+        q_scaled = q * (1.0 / math.sqrt(q.shape[-1]))
         out = torch.empty_like(q)
-        # the softmax normaliser, at least fp32 even for half-precision inputs
-        normaliser = torch.empty(
-            q.shape[:-1], dtype=torch.promote_types(q.dtype, torch.float32), device=q.device
-        )
         for index, start in enumerate(range(0, n, _BLOCK)):
             end = min(start + _BLOCK, n)
-            scores = _block_scores(q[..., start:end, :], k[..., :end, :], start, scale)
-            lse = torch.logsumexp(scores, dim=-1, keepdim=True)
-            weights = (scores - lse).exp_()
-            keep = _keep_mask(seed + index, weights.shape, keep_prob, q.device)
-            weights.mul_(keep.to(weights.dtype) / keep_prob)
+            weights = _block_weights(q_scaled[..., start:end, :], k[..., :end, :], start)
+            weights.mul_(_keep_mask(seed + index, weights.shape, keep_prob, q.device))
             out[..., start:end, :] = weights @ v[..., :end, :]
-            normaliser[..., start:end] = lse.squeeze(-1)
-        ctx.save_for_backward(q, k, v, out, normaliser)
-        ctx.dropout_p, ctx.seed = dropout_p, seed
+        out.div_(keep_prob)
+        ctx.save_for_backward(q_scaled, k, v, out)
+        ctx.dropout_p, ctx.seed, ctx.scale = dropout_p, seed, 1.0 / math.sqrt(q.shape[-1])
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, normaliser = ctx.saved_tensors
-        n, scale, keep_prob = q.shape[-2], 1.0 / math.sqrt(q.shape[-1]), 1.0 - ctx.dropout_p
-        grad_q, grad_k, grad_v = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        grad_out = grad_out.contiguous()
+        q_scaled, k, v, out = ctx.saved_tensors
+        n, keep_prob = q_scaled.shape[-2], 1.0 - ctx.dropout_p
+        grad_q, grad_k, grad_v = (
+            torch.zeros_like(q_scaled),
+            torch.zeros_like(k),
+            torch.zeros_like(v),
+        )
         # sum_j dP_ij P_ij equals grad_out . out, row by row: the softmax backward's correction
         correction = (grad_out * out).sum(-1, keepdim=True)
+        grad_kept = grad_out / keep_prob
         for index, start in enumerate(range(0, n, _BLOCK)):
             end = min(start + _BLOCK, n)
-            q_block, g_block = q[..., start:end, :], grad_out[..., start:end, :]
-            scores = _block_scores(q_block, k[..., :end, :], start, scale)
-            weights = (scores - normaliser[..., start:end, None]).exp_().to(q.dtype)
-            keep = _keep_mask(ctx.seed + index, weights.shape, keep_prob, q.device)
-            keep = keep.to(weights.dtype) / keep_prob
+            q_block, g_block = q_scaled[..., start:end, :], grad_kept[..., start:end, :]
+            weights = _block_weights(q_block, k[..., :end, :], start)
+            keep = _keep_mask(ctx.seed + index, weights.shape, keep_prob, q_scaled.device)
             grad_v[..., :end, :] += (weights * keep).transpose(-1, -2) @ g_block
-            grad_weights = (g_block @ v[..., :end, :].transpose(-1, -2)) * keep
-            grad_scores = weights * (grad_weights - correction[..., start:end, :]) * scale
+            grad_scores = (g_block @ v[..., :end, :].transpose(-1, -2)).mul_(keep)
+            grad_scores.sub_(correction[..., start:end, :]).mul_(weights)
             grad_q[..., start:end, :] = grad_scores @ k[..., :end, :]
             grad_k[..., :end, :] += grad_scores.transpose(-1, -2) @ q_block
-        return grad_q, grad_k, grad_v, None, None
+        return grad_q.mul_(ctx.scale), grad_k, grad_v, None, None
 
 
 def causal_attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, dropout_p: float) -> Tensor:
