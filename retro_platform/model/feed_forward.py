@@ -28,17 +28,16 @@ class _GeluDropoutLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         hidden, keep, weight = ctx.saved_tensors
-        with torch.enable_grad():
-            hidden_ = hidden.detach().requires_grad_(True)
-            activated = F.gelu(hidden_)
-        dropped = activated.detach() if keep is None else activated.detach() * keep * ctx.scale
+        activated = F.gelu(hidden)  # recomputed: this is the memory saved
+        if keep is not None:
+            activated = activated * keep * ctx.scale
         grad_flat = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_weight = grad_flat.t() @ dropped.reshape(-1, dropped.shape[-1])
+        grad_weight = grad_flat.t() @ activated.reshape(-1, activated.shape[-1])
         grad_bias = grad_flat.sum(0) if ctx.has_bias else None
         grad_activated = grad_out @ weight
         if keep is not None:
             grad_activated = grad_activated * keep * ctx.scale
-        (grad_hidden,) = torch.autograd.grad(activated, hidden_, grad_activated)
+        grad_hidden = torch.ops.aten.gelu_backward(grad_activated, hidden)
         return grad_hidden, None, None, grad_weight, grad_bias
 
 

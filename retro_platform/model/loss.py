@@ -32,13 +32,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         for part in _slices(x.shape[0], chunk_tokens):
             logits = F.linear(x[part], weight, bias).float()  # (tokens, vocab)
-            lse = torch.logsumexp(logits, dim=-1)
-            target = logits.gather(1, safe_labels[part, None]).squeeze(1)
+            log_probs = torch.log_softmax(logits, dim=-1)
+            del logits
             keep = valid[part].float()
-            total += ((lse - target) * keep).sum()
-            # d loss / d logits = (softmax - one_hot) * keep / count, built in place of logits
-            grad = logits.sub_(lse[:, None]).exp_()
-            grad.scatter_add_(1, safe_labels[part, None], -torch.ones_like(lse)[:, None])
+            total -= (log_probs.gather(1, safe_labels[part, None]).squeeze(1) * keep).sum()
+            # d loss / d logits = (softmax - one_hot) * keep / count, built in place
+            grad = log_probs.exp_()
+            grad.scatter_add_(1, safe_labels[part, None], -torch.ones_like(keep)[:, None])
             grad.mul_((keep / count)[:, None])
             if want_x:
                 grad_x[part] = (grad.to(weight.dtype) @ weight).to(x.dtype)

@@ -75,3 +75,11 @@ def test_the_model_uses_it_on_cpu_in_training_and_stays_causal():
     torch.manual_seed(5)
     b = model(changed, random_tokens(1, 5, 2, 16))
     assert torch.equal(a[:, :20], b[:, :20])
+
+
+@pytest.mark.parametrize("keep_prob", [0.0, 0.5, 0.75, 1.0])
+def test_keep_masks_have_the_asked_for_density_and_any_shape(keep_prob):
+    mask = _keep_mask(7, (3, 333, 517), keep_prob, "cpu")  # not a multiple of 4 elements
+    assert mask.shape == (3, 333, 517) and mask.dtype == torch.bool
+    assert abs(mask.float().mean().item() - keep_prob) < 0.005
+    assert torch.equal(mask, _keep_mask(7, (3, 333, 517), keep_prob, "cpu"))
