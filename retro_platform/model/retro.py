@@ -116,6 +116,9 @@ class Attention(nn.Module):
             q, k, v = self.to_qkv(x).chunk(3, dim=-1)
         q, k, v = map(self._split_heads, (q, k, v))
         q, k = positions.encoding.rotate(q, k, positions.q, positions.k)
+        # a view of v would keep the whole fused projection alive until backward; a
+        # token-major copy keeps only v (the layout rotary gives q and k)
+        v = v.transpose(1, 2).contiguous().transpose(1, 2)
 
         attn_mask = positions.bias
         is_causal = self.causal and attn_mask is None and key_mask is None
