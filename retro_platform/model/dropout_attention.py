@@ -6,9 +6,9 @@ them for backward (8.5 GB per layer at n = 8192) and spends most of its time on 
 over the future half of the matrix that the causal mask throws away.
 
 This computes the same function a block of queries at a time: each block attends only to the
-keys up to its own end, the forward pass keeps just the output and the softmax normaliser, and
-the backward pass recomputes each block's weights and regenerates its dropout mask from a
-per-block seed. Memory is linear in n and about half the arithmetic of the math path is skipped.
+keys up to its own end, the forward pass keeps just the inputs and the output, and the
+backward pass recomputes each block's softmax and regenerates its dropout mask from a per-block
+seed. Memory is linear in n and about half the arithmetic of the math path is skipped.
 """
 
 from __future__ import annotations
@@ -43,6 +43,12 @@ def _keep_mask(seed: int, shape: tuple[int, ...], keep_prob: float, device) -> T
     return (words.view(torch.int16)[:count] < threshold).view(shape)
 
 
+def _blocks(n: int):
+    """``(index, start, end)`` of each block of queries; the index seeds its dropout mask."""
+    for index, start in enumerate(range(0, n, _BLOCK)):
+        yield index, start, min(start + _BLOCK, n)
+
+
 def _block_weights(q: Tensor, k: Tensor, start: int) -> Tensor:
     """Softmax weights of (pre-scaled) queries ``start...`` over keys ``0...start + len(q)``."""
     scores = q @ k.transpose(-1, -2)  # (..., block, start + block)
@@ -59,23 +65,22 @@ class _CausalDropoutAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, dropout_p, seed):
-        n, keep_prob = q.shape[-2], 1.0 - dropout_p
-        q_scaled = q * (1.0 / math.sqrt(q.shape[-1]))
+        keep_prob, scale = 1.0 - dropout_p, 1.0 / math.sqrt(q.shape[-1])
+        q_scaled = q * scale
         out = torch.empty_like(q)
-        for index, start in enumerate(range(0, n, _BLOCK)):
-            end = min(start + _BLOCK, n)
+        for index, start, end in _blocks(q.shape[-2]):
             weights = _block_weights(q_scaled[..., start:end, :], k[..., :end, :], start)
             weights.mul_(_keep_mask(seed + index, weights.shape, keep_prob, q.device))
             out[..., start:end, :] = weights @ v[..., :end, :]
         out.div_(keep_prob)
         ctx.save_for_backward(q_scaled, k, v, out)
-        ctx.dropout_p, ctx.seed, ctx.scale = dropout_p, seed, 1.0 / math.sqrt(q.shape[-1])
+        ctx.dropout_p, ctx.seed, ctx.scale = dropout_p, seed, scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q_scaled, k, v, out = ctx.saved_tensors
-        n, keep_prob = q_scaled.shape[-2], 1.0 - ctx.dropout_p
+        keep_prob = 1.0 - ctx.dropout_p
         grad_q, grad_k, grad_v = (
             torch.zeros_like(q_scaled),
             torch.zeros_like(k),
@@ -84,8 +89,7 @@ class _CausalDropoutAttention(torch.autograd.Function):
         # sum_j dP_ij P_ij equals grad_out . out, row by row: the softmax backward's correction
         correction = (grad_out * out).sum(-1, keepdim=True)
         grad_kept = grad_out / keep_prob
-        for index, start in enumerate(range(0, n, _BLOCK)):
-            end = min(start + _BLOCK, n)
+        for index, start, end in _blocks(q_scaled.shape[-2]):
             q_block, g_block = q_scaled[..., start:end, :], grad_kept[..., start:end, :]
             weights = _block_weights(q_block, k[..., :end, :], start)
             keep = _keep_mask(ctx.seed + index, weights.shape, keep_prob, q_scaled.device)
@@ -105,6 +109,4 @@ def causal_attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, dropout_p: fl
     ``torch.manual_seed`` makes a run repeatable.
     """
     seed = int(torch.randint(0, 2**62, (1,)).item())
-    return _CausalDropoutAttention.apply(
-        q.contiguous(), k.contiguous(), v.contiguous(), dropout_p, seed
-    )
+    return _CausalDropoutAttention.apply(q, k, v, dropout_p, seed)

@@ -14,13 +14,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _dropped(t: Tensor, keep: Tensor | None, scale: float) -> Tensor:
+    """``t`` with dropout applied: zero where ``keep`` is False, the rest scaled up."""
+    return t if keep is None else t * keep * scale
+
+
 class _GeluDropoutLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, keep, scale, weight, bias):
         # keep: None, or a boolean dropout mask (a byte per element, not a float)
-        activated = F.gelu(hidden)
-        if keep is not None:
-            activated = activated * keep * scale
+        activated = _dropped(F.gelu(hidden), keep, scale)
         ctx.save_for_backward(hidden, keep, weight)
         ctx.has_bias, ctx.scale = bias is not None, scale
         return F.linear(activated, weight, bias)
@@ -28,15 +31,11 @@ class _GeluDropoutLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         hidden, keep, weight = ctx.saved_tensors
-        activated = F.gelu(hidden)  # recomputed: this is the memory saved
-        if keep is not None:
-            activated = activated * keep * ctx.scale
+        activated = _dropped(F.gelu(hidden), keep, ctx.scale)  # recomputed: the memory saved
         grad_flat = grad_out.reshape(-1, grad_out.shape[-1])
         grad_weight = grad_flat.t() @ activated.reshape(-1, activated.shape[-1])
         grad_bias = grad_flat.sum(0) if ctx.has_bias else None
-        grad_activated = grad_out @ weight
-        if keep is not None:
-            grad_activated = grad_activated * keep * ctx.scale
+        grad_activated = _dropped(grad_out @ weight, keep, ctx.scale)
         grad_hidden = torch.ops.aten.gelu_backward(grad_activated, hidden)
         return grad_hidden, None, None, grad_weight, grad_bias
 
@@ -58,5 +57,4 @@ class FeedForward(nn.Module):
         if torch.is_grad_enabled() and (hidden.requires_grad or self.proj_out.weight.requires_grad):
             weight, bias = self.proj_out.weight, self.proj_out.bias
             return _GeluDropoutLinear.apply(hidden, keep, scale, weight, bias)
-        activated = F.gelu(hidden)
-        return self.proj_out(activated if keep is None else activated * keep * scale)
+        return self.proj_out(_dropped(F.gelu(hidden), keep, scale))
