@@ -86,10 +86,6 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-if __name__ == "__main__":  # python -m retro_platform.cli
-    cli(prog_name="retro-platform")
-
-
 @cli.command()
 @click.option("--files", default=40, show_default=True, help="Standard-library files to read.")
 @click.option("--steps", default=300, show_default=True, help="Training steps.")
@@ -101,3 +97,7 @@ def demo(files: int, steps: int, seed: int) -> None:
     if files < 2 or steps < 1:
         raise ConfigError("demo needs --files of at least 2 and --steps of at least 1")
     run_demo(files=files, steps=steps, seed=seed, echo=click.echo)
+
+
+if __name__ == "__main__":  # python -m retro_platform.cli
+    cli(prog_name="retro-platform")

@@ -37,3 +37,15 @@ def test_demo_command_rejects_bad_options_with_exit_code_2():
     outcome = CliRunner().invoke(cli, ["demo", "--steps", "0"])
     assert outcome.exit_code == 2
     assert outcome.output.strip().startswith("Error: demo needs")
+
+
+def test_every_command_is_reachable_through_python_dash_m():
+    # `python -m retro_platform.cli` must see commands defined anywhere in the module
+    from tests.test_cli_plugins import run_cli
+
+    outcome = run_cli("demo", "--steps", "0")
+    assert outcome.returncode == 2
+    assert (
+        outcome.stderr.strip()
+        == "Error: demo needs --files of at least 2 and --steps of at least 1"
+    )
