@@ -315,6 +315,10 @@ def fmt_number(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
     return "—" if value is None else f"{value / scale:,.{digits}f}"
 
 
+def fmt_percent(fraction: float | None) -> str:
+    return "—" if fraction is None else f"{100 * fraction:.0f}%"
+
+
 def fmt_ratio(numerator: float | None, denominator: float | None) -> str:
     if numerator is None or denominator is None or denominator == 0:
         return "—"

@@ -39,6 +39,7 @@ from _common import (
     current_rss_bytes,
     ensure_repo_on_path,
     fmt_number,
+    fmt_percent,
     fmt_ratio,
     fmt_seconds,
     format_bytes,
@@ -165,6 +166,7 @@ class Task:
     retrieval: bool = True
     mode: str = "train"
     checkpoint: bool = False
+    system_malloc: bool = False  # True: leave glibc's malloc as it is (the allocator rows)
     repeats: int = 3
     seed: int = SEED
     mem_limit_bytes: int = 16 * GIB
@@ -179,6 +181,12 @@ def run_worker(task: Task, out_path: Path) -> int:
     """Entry point of ``--worker``: run one task under a memory guard, write its result."""
     started = time.perf_counter()
     torch.set_num_threads(os.cpu_count() or 1)
+    malloc_kept = False
+    if not task.system_malloc:  # what retro-platform's training commands do, for both models
+        ensure_repo_on_path()
+        from retro_platform.cpu_allocator import keep_freed_memory
+
+        malloc_kept = keep_freed_memory()
     guard = MemoryGuard(task.mem_limit_bytes, out_path)
     guard.start()
     handlers: dict[str, Callable[[Task, float], dict[str, Any]]] = {
@@ -200,6 +208,7 @@ def run_worker(task: Task, out_path: Path) -> int:
             message = f"{type(error).__name__}: {error}".splitlines()[0]
             result = {**PROGRESS, "status": "error", "detail": message}
     result.setdefault("status", "ok")
+    result["malloc_kept"] = malloc_kept
     result["peak_rss"] = max(peak_rss_bytes(), guard.max_seen)
     result["ru_maxrss"] = ru_maxrss_bytes()
     guard.stop()
@@ -533,6 +542,7 @@ class Row:
     peak_rss: int | None = None
     ru_maxrss: int | None = None
     params: int | None = None
+    malloc_kept: bool | None = None
 
 
 def impl_label(impl: str, checkpoint: bool) -> str:
@@ -558,6 +568,21 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                     task = Task("time", impl, shape.model, shape.batch, shape.seq_len, **common)
                     task = replace(task, retrieval=retrieval, mode=mode)
                     jobs.append(Job(name, impl, task, replace(task, kind="flops")))
+    for name in ("small", "seed"):  # the same training steps with glibc's malloc left alone
+        if name not in args.configs:
+            continue
+        shape = shapes[name]
+        for impl in ("ours", "reference"):
+            task = Task("time", impl, shape.model, shape.batch, shape.seq_len, **common)
+            task = replace(task, system_malloc=True)
+            jobs.append(
+                Job(
+                    f"allocator {name}",
+                    f"{impl}, system malloc",
+                    task,
+                    replace(task, kind="flops", system_malloc=False),
+                )
+            )
     if "scaling" in args.configs:
         lengths = scaling_lengths(args.quick)
         base = shapes["seed"].model
@@ -641,6 +666,7 @@ def make_row(job: Job, timing: dict[str, Any], flops: dict[str, Any], matmul_pea
     row.peak_rss = timing.get("peak_rss")
     row.ru_maxrss = timing.get("ru_maxrss")
     row.params = timing.get("params")
+    row.malloc_kept = timing.get("malloc_kept")
     if timing["status"] != "ok":
         return row
     row.times_s = timing["times_s"]
@@ -692,7 +718,7 @@ def results_table(rows: list[Row]) -> str:
                 fmt_number(row.tokens_per_s, digits=0),
                 fmt_number(row.flops, 1e9),
                 fmt_number(row.flops_per_s, 1e9),
-                "—" if row.mfu is None else f"{100 * row.mfu:.0f}%",
+                fmt_percent(row.mfu),
                 format_bytes(row.baseline_rss),
                 format_bytes(row.peak_rss),
                 row.status if row.status == "ok" else row.detail,
@@ -785,6 +811,42 @@ def ratio_table(rows: list[Row]) -> str:
                     memory_ratio(row, ref),
                     "",
                     "",
+                ]
+            )
+    return markdown_table(headers, body)
+
+
+def allocator_table(rows: list[Row]) -> str:
+    """Training step with freed memory kept (every other row) against glibc's default malloc."""
+    headers = [
+        "config",
+        "implementation",
+        "s/step, kept",
+        "s/step, system malloc",
+        "speed-up",
+        "MFU, kept",
+        "MFU, system malloc",
+        "peak RSS, kept",
+        "peak RSS, system malloc",
+    ]
+    body = []
+    for section in ("small", "seed"):
+        for impl in ("ours", "reference"):
+            kept = find_row(rows, section=section, impl=impl, mode="train", retrieval=True)
+            system = find_row(rows, section=f"allocator {section}", impl=impl)
+            if kept is None or system is None:
+                continue
+            body.append(
+                [
+                    section,
+                    impl,
+                    fmt_seconds(kept.median_s),
+                    fmt_seconds(system.median_s),
+                    fmt_ratio(system.median_s, kept.median_s),
+                    fmt_percent(kept.mfu),
+                    fmt_percent(system.mfu),
+                    format_bytes(kept.peak_rss),
+                    format_bytes(system.peak_rss),
                 ]
             )
     return markdown_table(headers, body)
@@ -992,6 +1054,10 @@ def print_report(
     print(results_table(rows))
     print("\n## Ratios\n")
     print(ratio_table(rows))
+    allocator = allocator_table(rows)
+    if allocator.count("\n") > 1:
+        print("\n## Allocator: freed memory kept (all rows above) vs glibc's default malloc\n")
+        print(allocator)
     if profiles:
         print("\n## Where the time goes (ours, retrieval on; median seconds per step)\n")
         print(profile_table(profiles))
