@@ -7,7 +7,9 @@ every step, so each step pays the kernel to map and zero the same gigabytes agai
 4 GB/s, and that page-fault time was 8% of a small training step and 16% of the seed
 configuration's (``benchmarks/train_step.py`` measures it: the ``allocator`` rows). Telling
 glibc to take every block from its heap and not to trim the heap back keeps those pages mapped
-from one step to the next; peak RSS stays within a few percent.
+from one step to the next. The price is memory held but not in use: glibc's heap fragments
+(a block freed and requested again can take a few copies of itself before the heap settles),
+so the benchmark reports peak RSS with and without the setting.
 
 This is a process-wide setting, so the library never applies it on import: the commands that
 train (``retro-platform demo``, and the benchmark for both implementations) call

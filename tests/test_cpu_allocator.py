@@ -1,7 +1,7 @@
 """keep_freed_memory: a large block freed and allocated again is not mapped and zeroed anew.
 
 Measured by counting minor page faults (the kernel mapping a fresh page), not by timing: with
-glibc's default, every 256 MiB allocation is a fresh mmap and faults on each of its pages.
+glibc's default, every 64 MiB allocation is a fresh mmap and faults on each of its pages.
 Each case runs in a subprocess because the setting is process-wide.
 """
 
@@ -26,16 +26,19 @@ PROBE = """
 import json, resource, sys, torch
 from retro_platform.cpu_allocator import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else False
-for _ in range(2):  # 256 MiB, allocated, touched and freed: the heap reaches its steady state
-    torch.ones(64 * 2**20)
+# 64 MiB (over glibc's 32 MiB mmap threshold), allocated, touched and freed: the heap grows for
+# a few rounds (a freed block sits in a bin, a little too small for the next aligned request)
+# and then settles; up to 6 rounds were seen
+for _ in range(16):
+    torch.ones(16 * 2**20)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(3):
-    torch.ones(64 * 2**20)
+    torch.ones(16 * 2**20)
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 print(json.dumps({"applied": applied, "faults": faults}))
 """
 
-PAGES_PER_BLOCK = 256 * 2**20 // 4096
+PAGES_PER_BLOCK = 64 * 2**20 // 4096
 
 
 def probe(mode: str, **env: str) -> dict:
