@@ -20,6 +20,18 @@ class UnknownPluginError(ConfigError):
     """A plugin name that no installed plugin registered."""
 
 
+class StoreError(RetroPlatformError):
+    """The retrieval store cannot be used as it is (schema version, missing or corrupt files)."""
+
+
+class IndexFileError(StoreError):
+    """A vector-index file that is missing, unreadable or does not match its record."""
+
+
+class CorpusError(RetroPlatformError):
+    """A corpus that yields nothing usable."""
+
+
 class PluginConflictError(RetroPlatformError):
     """Two plugins registered the same name."""
 

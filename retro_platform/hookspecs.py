@@ -40,9 +40,55 @@ def register_positional_encodings(register: Register) -> None:
     """
 
 
+@hookspec
+def register_corpus_readers(register: Register) -> None:
+    """Register corpus readers: where ``ingest`` gets documents from.
+
+    Call ``register(name, factory)`` with a subclass of
+    :class:`retro_platform.protocols.CorpusReader`. The experiment file picks one with
+    ``[corpus] name = "..."``; the table's other keys are validated by its ``Options`` model.
+    """
+
+
+@hookspec
+def register_tokenizers(register: Register) -> None:
+    """Register tokenizers: text to token ids, for chunking and for the model's vocabulary.
+
+    Call ``register(name, factory)`` with a subclass of
+    :class:`retro_platform.protocols.Tokenizer`; picked with ``[tokenizer] name = "..."``.
+    """
+
+
+@hookspec
+def register_embedders(register: Register) -> None:
+    """Register embedders: chunk text to the frozen vectors that retrieval searches.
+
+    Call ``register(name, factory)`` with a subclass of
+    :class:`retro_platform.protocols.Embedder`; picked with ``[embedder] name = "..."``.
+    """
+
+
+@hookspec
+def register_retrievers(register: Register) -> None:
+    """Register retrievers: vector indexes over chunk embeddings (Faiss and others).
+
+    Call ``register(name, factory)`` with a subclass of
+    :class:`retro_platform.protocols.Retriever`; picked with ``[retriever] name = "..."``.
+    """
+
+
 def hook_names() -> list[str]:
     """The names of every hook defined here (used by the docs test and ``plugins``)."""
     return sorted(name for name, obj in globals().items() if hasattr(obj, "retro_platform_spec"))
 
 
-__all__: list[Any] = ["hookimpl", "hookspec", "register_positional_encodings", "hook_names"]
+__all__: list[Any] = [
+    "hook_names",
+    "hookimpl",
+    "hookspec",
+    "register_corpus_readers",
+    "register_embedders",
+    "register_positional_encodings",
+    "register_retrievers",
+    "register_tokenizers",
+]

@@ -25,19 +25,23 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pluggy
+from pydantic import ValidationError
 
 from retro_platform import hookspecs
 from retro_platform.errors import (
+    ConfigError,
     PluginConflictError,
     RetroPlatformError,
     UnknownPluginError,
     did_you_mean,
 )
+from retro_platform.protocols.options import BASE_DIR
 
 #: The allow-list environment variable (see the module docstring).
 LOAD_PLUGINS_ENV = "RETRO_PLATFORM_LOAD_PLUGINS"
@@ -61,6 +65,10 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 #: family is ``register_<family>``; a new family needs that hookspec plus one line here.
 FAMILIES: dict[str, str] = {
     "positional_encodings": "positional encoding",
+    "corpus_readers": "corpus reader",
+    "tokenizers": "tokenizer",
+    "embedders": "embedder",
+    "retrievers": "retriever",
 }
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
@@ -354,6 +362,65 @@ def get_positional_encoding(name: str) -> Registration:
     return get_registration("positional_encodings", name)
 
 
+def plugin_options(
+    family: str,
+    table: Mapping[str, Any],
+    *,
+    table_name: str | None = None,
+    base_dir: Path | None = None,
+) -> tuple[Registration, Any]:
+    """Look up ``table["name"]`` in ``family`` and validate the table's other keys.
+
+    ``table`` is an experiment-file plugin table (``name`` plus options). Returns the
+    registration and an instance of the plugin's ``Options`` model; relative paths resolve
+    from ``base_dir``. Raises a one-line :class:`ConfigError` naming the table and key.
+    """
+    where = f"[{table_name or family}]"
+    name = table.get("name")
+    if not isinstance(name, str):
+        installed = ", ".join(get_registry(family)) or "none"
+        raise ConfigError(f'{where} needs name = "...": one of {installed}')
+    registration = get_registration(family, name)
+    options_model = getattr(registration.factory, "Options", None)
+    if options_model is None:
+        raise ConfigError(f"{FAMILIES[family]} {name!r} declares no Options model")
+    values = {key: value for key, value in table.items() if key != "name"}
+    try:
+        options = options_model.model_validate(values, context={BASE_DIR: base_dir})
+    except ValidationError as error:
+        raise ConfigError(
+            _options_error(error, where, f"{FAMILIES[family]} {name!r}", options_model)
+        ) from None
+    return registration, options
+
+
+def build_plugin(
+    family: str,
+    table: Mapping[str, Any],
+    *args: Any,
+    table_name: str | None = None,
+    base_dir: Path | None = None,
+) -> Any:
+    """Validate ``table`` (see :func:`plugin_options`) and build the plugin:
+    ``factory(options, *args)``."""
+    registration, options = plugin_options(family, table, table_name=table_name, base_dir=base_dir)
+    return registration.factory(options, *args)
+
+
+def _options_error(error: ValidationError, where: str, what: str, model: type) -> str:
+    """The first problem of a validation error as one line: which key, what is wrong."""
+    problem = error.errors()[0]
+    key = ".".join(str(part) for part in problem["loc"])
+    known = list(model.model_fields)
+    if problem["type"] == "extra_forbidden":
+        choices = ", ".join(known) or "none"
+        return (
+            f"unknown option {key!r} in {where} for {what}{did_you_mean(key, known)}; "
+            f"its options: {choices}"
+        )
+    return f"{where} {key}: {problem['msg']} (got {problem.get('input')!r}) for {what}"
+
+
 def load_errors() -> list[RetroPlatformError]:
     """Problems found while loading: :class:`PluginLoadError` and ``PluginConflictError``."""
     load_plugins()
@@ -423,12 +490,14 @@ __all__ = [
     "LOAD_PLUGINS_ENV",
     "PluginLoadError",
     "Registration",
+    "build_plugin",
     "get_positional_encoding",
     "get_registration",
     "get_registry",
     "load_errors",
     "load_plugins",
     "plugin_info",
+    "plugin_options",
     "pm",
     "reset_plugins",
 ]

@@ -1,0 +1,46 @@
+"""The ``retro-platform`` command line.
+
+Every command is a subcommand of :data:`cli`, defined in a module of this package that
+``retro_platform/cli/__init__.py`` imports. Adding one is::
+
+    @cli.command()
+    @click.argument("experiment", type=click.Path(exists=True, dir_okay=False))
+    def validate(experiment: str) -> None:
+        \"\"\"Check EXPERIMENT.toml without running it.\"\"\"
+        ...  # raise a RetroPlatformError (e.g. ConfigError) for anything the user must fix
+
+Commands never
+catch :class:`~retro_platform.errors.RetroPlatformError` themselves: :class:`RetroGroup` turns it
+into one ``Error: <message>`` line on stderr and exit code 2, the same for every command.
+Import heavy libraries (torch, faiss, mlflow) inside command bodies, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from retro_platform.errors import RetroPlatformError
+
+
+class RetroGroup(click.Group):
+    """A click group that reports a :class:`RetroPlatformError` from any subcommand as one line.
+
+    Wrapping ``invoke`` covers the subcommand's own parameter parsing and callbacks as well as
+    its body, and nested groups, since they all run inside it.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RetroPlatformError as exc:
+            message = " ".join(str(exc).splitlines()) or type(exc).__name__
+            click.echo(f"Error: {message}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=RetroGroup)
+@click.version_option(package_name="retro-platform", prog_name="retro-platform")
+def cli() -> None:
+    """Train, retrieve with and compare RETRO models; swap parts through plugins."""

@@ -1,0 +1,45 @@
+"""Plugin options: each plugin declares a pydantic model of its own options.
+
+An experiment file's plugin table is ``name = "..."`` plus that plugin's options, e.g.::
+
+    [retriever]
+    name = "faiss-hnsw"
+    M = 32
+
+The core looks the plugin up by ``name`` and validates the rest with the plugin's ``Options``
+model, which forbids unknown keys, so a typo is an error that names the key and the plugin
+instead of a silently ignored setting. Relative paths among the options are relative to the
+experiment file: annotate them with :data:`RelativePath`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
+
+#: The pydantic validation-context key that holds the folder relative paths are resolved from.
+BASE_DIR = "base_dir"
+
+
+class PluginOptions(BaseModel):
+    """Base of every plugin's options: unknown keys are refused, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _resolve(path: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get(BASE_DIR)
+    path = path.expanduser()
+    return path if path.is_absolute() or base is None else Path(base) / path
+
+
+#: A path option: ``~`` is expanded and a relative path is taken from the experiment file's
+#: folder (the ``base_dir`` of the validation context; the working directory without one).
+RelativePath = Annotated[Path, AfterValidator(_resolve)]
+
+
+def options_dict(options: BaseModel) -> dict[str, Any]:
+    """Every option with its default filled in, JSON-ready: what the store and MLflow record."""
+    return options.model_dump(mode="json")

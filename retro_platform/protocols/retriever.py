@@ -1,0 +1,67 @@
+"""The retriever protocol: a vector index over chunk embeddings, searched by vector.
+
+The ids a retriever stores are the chunks' primary keys in SQL, so a search result is a chunk
+id with no mapping table in between, and ``store check`` can compare the two sides.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from retro_platform.protocols.options import PluginOptions
+
+#: The id a search returns where it found fewer than k results.
+MISSING = -1
+
+
+class Retriever(ABC):
+    """Base class of retrievers, registered with ``register_retrievers``.
+
+    Built as ``Retriever(options, dimension)``, then either :meth:`build` or :meth:`load`.
+    """
+
+    Options: ClassVar[type[PluginOptions]] = PluginOptions
+
+    #: The file name extension of :meth:`save`'s file.
+    file_suffix: ClassVar[str] = ".index"
+
+    def __init__(self, options: PluginOptions, dimension: int) -> None:
+        self.options = options
+        self.dimension = dimension
+
+    @abstractmethod
+    def build(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Index ``vectors`` ``(n, dimension)`` float32 under ``ids`` ``(n,)`` int64 (training
+        first where the index needs it). Raises ``ConfigError`` when the options cannot work
+        with ``n`` vectors (e.g. more IVF lists than vectors)."""
+
+    @abstractmethod
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest stored vectors of each query ``(q, dimension)`` float32.
+
+        Returns ``(scores, ids)``, both ``(q, k)``: float32 scores, higher is nearer (inner
+        product, or minus the squared L2 distance), each row best first; int64 ids, with
+        :data:`MISSING` where fewer than ``k`` were found.
+        """
+
+    @abstractmethod
+    def save(self, path: Path) -> None:
+        """Write the index to ``path`` (the core renames it into place afterwards)."""
+
+    @abstractmethod
+    def load(self, path: Path) -> None:
+        """Read an index :meth:`save` wrote. Raises ``IndexFileError`` if ``path`` is missing,
+        unreadable, of another kind or dimension."""
+
+    @property
+    @abstractmethod
+    def size(self) -> int:
+        """Number of stored vectors."""
+
+    @abstractmethod
+    def stored_ids(self) -> np.ndarray:
+        """Every stored id, ``(size,)`` int64 in any order (for ``store check``)."""
