@@ -59,6 +59,17 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "retro_platform.default_plugins.positional_encodings.alibi",
     "retro_platform.default_plugins.positional_encodings.t5_relative_bias",
     "retro_platform.default_plugins.positional_encodings.nope",
+    "retro_platform.default_plugins.corpus_readers.text_files",
+    "retro_platform.default_plugins.corpus_readers.jsonl",
+    "retro_platform.default_plugins.corpus_readers.python_stdlib",
+    "retro_platform.default_plugins.tokenizers.byte_level",
+    "retro_platform.default_plugins.tokenizers.bpe",
+    "retro_platform.default_plugins.tokenizers.pretrained",
+    "retro_platform.default_plugins.embedders.sentence_transformer",
+    "retro_platform.default_plugins.embedders.hashing",
+    "retro_platform.default_plugins.retrievers.faiss_flat",
+    "retro_platform.default_plugins.retrievers.faiss_ivfpq",
+    "retro_platform.default_plugins.retrievers.faiss_hnsw",
 )
 
 #: Registry families: family -> what one of its members is called in messages. The hook of a

@@ -1,0 +1,1 @@
+"""Built-in corpus readers: where ``ingest`` gets documents."""

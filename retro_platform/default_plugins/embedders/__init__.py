@@ -1,0 +1,1 @@
+"""Built-in embedders: chunk text to frozen vectors."""

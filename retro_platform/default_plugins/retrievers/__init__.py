@@ -1,0 +1,1 @@
+"""Built-in retrievers: Faiss indexes over chunk embeddings."""

@@ -1,0 +1,1 @@
+"""The retrieval store: chunk text and metadata in SQL, vectors in files beside it."""
