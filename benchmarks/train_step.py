@@ -182,7 +182,9 @@ def run_worker(task: Task, out_path: Path) -> int:
     started = time.perf_counter()
     torch.set_num_threads(os.cpu_count() or 1)
     malloc_kept = False
-    if not task.system_malloc:  # what retro-platform's training commands do, for both models
+    # what retro-platform's training commands do, for both models: keep freed memory, unless
+    # the run checkpoints activations (it asked for memory over speed; see cpu_allocator.py)
+    if not task.system_malloc and not task.checkpoint:
         ensure_repo_on_path()
         from retro_platform.cpu_allocator import keep_freed_memory
 
