@@ -10,9 +10,9 @@ glibc to take every block from its heap and not to trim the heap back keeps thos
 from one step to the next. The price is memory held but not in use: glibc's heap fragments
 (a block freed and requested again can take a few copies of itself before the heap settles),
 so the benchmark reports peak RSS with and without the setting. It matters most for a run
-that checkpoints activations to fit a long sequence
-(``checkpoint_activations=True``) reached 11.1 GiB at 8,192 tokens with the setting against
-7.6 GiB without it. Such a run has asked for memory over speed, so it leaves malloc alone.
+that checkpoints activations to fit a long sequence: at 8,192 tokens such a run peaked at
+11.1 GiB with the setting against 7.6 GiB without it. That run has asked for memory over
+speed (``checkpoint_activations=True``), so it leaves malloc alone.
 
 This is a process-wide setting, so the library never applies it on import: the commands that
 train (``retro-platform demo``, and the benchmark for both implementations) call

@@ -65,3 +65,19 @@ def plugin_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
     yield make
     for module in modules:
         sys.modules.pop(module, None)
+
+
+# ---- the store's databases: a real PostgreSQL server (tests/postgres.py) and SQLite --------
+from tests.postgres import postgres_server, postgres_url  # noqa: E402, F401  (fixtures)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store database: a SQLite file, then a PostgreSQL database.
+
+    The PostgreSQL server starts on first use; without one the ``postgresql`` case is skipped
+    (fails in CI). ``-m "not postgres"`` leaves it out.
+    """
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store' / 'retro.db'}"
+    return request.getfixturevalue("postgres_url")

@@ -98,3 +98,25 @@ def test_cli_reference_matches_the_commands_help():
 
     written = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
     assert written == render(), "regenerate: python -m retro_platform.cli_reference > docs/cli.md"
+
+
+def test_every_experiment_file_key_is_documented() -> None:
+    from retro_platform.config.experiment import (
+        Experiment,
+        ExperimentTable,
+        RetrievalTable,
+        StoreTable,
+    )
+
+    text = (DOC.parent / "experiment-file.md").read_text()
+    tables = [name for name in Experiment.model_fields if name not in ("source", "base_dir")]
+    for table in tables:
+        assert f"[{table}]" in text, f"docs/experiment-file.md does not mention [{table}]"
+    for model, table in (
+        (ExperimentTable, "experiment"),
+        (StoreTable, "store"),
+        (RetrievalTable, "retrieval"),
+    ):
+        section = text.split(f"## `[{table}]`", 1)[1].split("\n## ", 1)[0]
+        for key in model.model_fields:
+            assert f"| `{key}` |" in section, f"[{table}] {key} is not documented"

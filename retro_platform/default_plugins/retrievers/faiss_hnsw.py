@@ -1,1 +1,52 @@
-"""Being written (issue 3): registers nothing yet."""
+"""``faiss-hnsw``: a hierarchical navigable small-world graph (Malkov & Yashunin 2016).
+
+Approximate search that needs no training and stays fast at a million vectors, at the price of
+memory (the full vectors plus ``2 * M`` neighbour links each) and build time. Faiss's HNSW
+cannot remove vectors; the store rebuilds the index instead. ``efSearch`` is a search-time
+setting: changing it takes effect on an index built earlier.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import faiss
+from pydantic import Field
+
+from retro_platform.default_plugins.retrievers._faiss import FaissOptions, FaissRetriever
+from retro_platform.hookspecs import hookimpl
+from retro_platform.protocols import PluginOptions
+
+
+class HNSWOptions(FaissOptions):
+    """``[retriever] name = "faiss-hnsw"``: graph degree, build and search breadth."""
+
+    M: int = Field(32, ge=2, le=256, description="neighbours per node in the graph")
+    efConstruction: int = Field(
+        80, ge=1, le=4096, description="candidate list length while building the graph"
+    )
+    efSearch: int = Field(
+        64, ge=1, le=65536, description="candidate list length while searching (at least k is used)"
+    )
+
+
+class FaissHNSWRetriever(FaissRetriever):
+    """``IndexHNSWFlat`` under an id map of chunk ids."""
+
+    Options: ClassVar[type[PluginOptions]] = HNSWOptions
+    plugin_name: ClassVar[str] = "faiss-hnsw"
+    inner_types: ClassVar[tuple[type, ...]] = (faiss.IndexHNSWFlat,)
+
+    def factory(self, n: int) -> str:
+        return f"HNSW{self.options.M},Flat"
+
+    def prepare(self, inner: Any) -> None:
+        inner.hnsw.efConstruction = self.options.efConstruction
+
+    def configure(self, inner: Any) -> None:
+        inner.hnsw.efSearch = self.options.efSearch
+
+
+@hookimpl
+def register_retrievers(register):
+    register("faiss-hnsw", FaissHNSWRetriever)
