@@ -1,0 +1,74 @@
+"""The retrieval stages on their own: ``ingest``, ``index`` and ``search``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from retro_platform.cli.common import experiment_argument, open_experiment
+from retro_platform.cli.group import cli
+
+
+@cli.command()
+@experiment_argument
+def ingest(experiment_file: str) -> None:
+    """Read the corpus, tokenize it and store its chunks in SQL.
+
+    Idempotent and resumable: documents already stored with the same content are skipped, so
+    running it again after an interruption (or after adding files) does only what is left.
+    Files that are not UTF-8 or are empty are skipped and counted.
+    """
+    from retro_platform.pipeline import ingest as run_ingest
+
+    experiment, store = open_experiment(experiment_file)
+    report = run_ingest(experiment, store)
+    click.echo(report.summary())
+
+
+@cli.command()
+@experiment_argument
+@click.option(
+    "--rebuild", is_flag=True, help="Rebuild the vector index and the neighbours even if stored."
+)
+def index(experiment_file: str, rebuild: bool) -> None:
+    """Embed every chunk, build the vector index and every chunk's neighbours.
+
+    Reuses what is stored: a second run with the same options does no work, and a different
+    [embedder] or [retriever] builds a new index beside the old one. Interrupted embedding and
+    neighbour searches resume where they stopped.
+    """
+    from retro_platform.pipeline import run_index
+
+    experiment, store = open_experiment(experiment_file)
+    result = run_index(experiment, store, rebuild=rebuild, log=click.echo)
+    neighbours = result.neighbours
+    click.echo(
+        f"embeddings {result.embeddings.id}: {result.embeddings.count} chunks, "
+        f"{result.embeddings.dimension}-d\n"
+        f"index {result.index.id} ({result.index.retriever}): {result.index.count} vectors, "
+        f"{result.index.path}\n"
+        f"neighbours {neighbours.id}: k={neighbours.k}, exclusion {neighbours.exclusion}, "
+        f"{neighbours.path}"
+    )
+
+
+@cli.command()
+@experiment_argument
+@click.argument("query")
+@click.option("-k", "k", default=5, show_default=True, help="How many chunks to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
+def search(experiment_file: str, query: str, k: int, as_json: bool) -> None:
+    """Show the chunks nearest to QUERY: score, document, position and text."""
+    from retro_platform.pipeline import search as run_search
+
+    experiment, store = open_experiment(experiment_file)
+    hits = run_search(experiment, store, query, k)
+    if as_json:
+        click.echo(json.dumps([hit.__dict__ for hit in hits], indent=2))
+        return
+    for rank, hit in enumerate(hits, 1):
+        click.echo(
+            f"{rank}. score {hit.score:.4f}  {hit.document}  chunk {hit.position}  (id {hit.chunk_id})"
+        )
+        click.echo("    " + hit.text.strip().replace("\n", "\n    "))

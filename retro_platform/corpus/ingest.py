@@ -1,0 +1,363 @@
+"""``retro-platform ingest``: stream a corpus into SQL as documents and chunks.
+
+Documents are read, decoded, tokenized and chunked one batch at a time, and each batch is
+committed in one transaction, so memory stays bounded whatever the corpus size and a killed
+ingest resumes where it stopped: a document whose ``external_id`` is stored with the same
+checksum is skipped. A document whose content changed is replaced (its old chunks go with it).
+Files that are not UTF-8 or are empty are skipped, counted and reported; they never stop the
+run. A corpus that yields no usable document at all is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select
+from tqdm import tqdm
+
+from retro_platform.config import Experiment
+from retro_platform.corpus.chunking import chunk_document
+from retro_platform.errors import CorpusError, StoreError
+from retro_platform.protocols import CorpusReader, SourceDocument, Tokenizer
+from retro_platform.store.fingerprints import fingerprint, short
+from retro_platform.store.models import Chunk, Corpus, Document
+
+#: A batch is committed when it holds this many documents or this many bytes, whichever first.
+BATCH_DOCUMENTS = 256
+BATCH_BYTES = 8 * 2**20
+
+#: How many skipped documents a report names (the counts cover all of them).
+EXAMPLES = 5
+
+
+@dataclass
+class IngestReport:
+    """What one ingest did (also stored as the corpus's ``last_ingest``)."""
+
+    corpus_id: int
+    read: int = 0
+    added: int = 0
+    replaced: int = 0
+    unchanged: int = 0
+    chunks_added: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    skipped_examples: list[str] = field(default_factory=list)
+    documents: int = 0  # in the corpus after this ingest
+    chunks: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "read": self.read,
+            "added": self.added,
+            "replaced": self.replaced,
+            "unchanged": self.unchanged,
+            "chunks_added": self.chunks_added,
+            "skipped": dict(self.skipped),
+            "skipped_examples": self.skipped_examples,
+            "seconds": round(self.seconds, 3),
+        }
+
+    def summary(self) -> str:
+        skipped = sum(self.skipped.values())
+        reasons = ", ".join(f"{count} {reason}" for reason, count in self.skipped.most_common())
+        line = (
+            f"read {self.read} documents: {self.added} added, {self.replaced} replaced, "
+            f"{self.unchanged} unchanged, {skipped} skipped"
+        )
+        if skipped:
+            line += f" ({reasons}; e.g. {'; '.join(self.skipped_examples)})"
+        return (
+            f"{line}\ncorpus {self.corpus_id}: {self.documents} documents, {self.chunks} chunks "
+            f"(+{self.chunks_added}) in {self.seconds:.1f} s"
+        )
+
+
+def ingest(experiment: Experiment, store: Any, *, progress: bool | None = None) -> IngestReport:
+    """Ingest the experiment's corpus into ``store``; return what was done.
+
+    Args:
+        progress: show a progress bar (None: only on a terminal).
+    """
+    started = time.perf_counter()
+    reader: CorpusReader = experiment.plugin("corpus")
+    reader.check()
+    tokenizer: Tokenizer = experiment.plugin("tokenizer")
+    corpus_id = prepare_corpus(experiment, store, reader, tokenizer)
+    report = IngestReport(corpus_id)
+    chunk_size = experiment.retrieval.chunk_size
+
+    bar = tqdm(total=reader.count_hint(), unit="doc", desc="ingest", disable=_no_bar(progress))
+    bumped = False
+    with bar:
+        for batch in _batches(reader.documents()):
+            changed = _ingest_batch(store, corpus_id, batch, tokenizer, chunk_size, report, bumped)
+            bumped = bumped or changed
+            bar.update(len(batch))
+            bar.set_postfix(added=report.added, chunks=report.chunks_added, refresh=False)
+
+    with store.session() as session:
+        corpus = session.get(Corpus, corpus_id)
+        report.documents = session.scalar(
+            select(func.count()).select_from(Document).where(Document.corpus_id == corpus_id)
+        )
+        report.chunks = session.scalar(
+            select(func.count())
+            .select_from(Chunk)
+            .join(Document)
+            .where(Document.corpus_id == corpus_id)
+        )
+        report.seconds = time.perf_counter() - started
+        corpus.last_ingest = report.as_dict()
+    if report.documents == 0:
+        raise CorpusError(
+            f"the corpus ({reader.describe()}) has no usable documents: {report.read} read"
+            + (f", skipped {dict(report.skipped)}" if report.skipped else "")
+            + "; check the [corpus] table"
+        )
+    return report
+
+
+def prepare_corpus(
+    experiment: Experiment, store: Any, reader: CorpusReader, tokenizer: Tokenizer
+) -> int:
+    """The id of the experiment's corpus row, created if new; the tokenizer trained or loaded.
+
+    A tokenizer that learns from the corpus is trained once, on the corpus's usable texts, and
+    saved in the store folder; every later stage (and run) loads that file.
+    """
+    reader_name, reader_options = experiment.plugin_options("corpus")
+    tokenizer_name, tokenizer_options = experiment.plugin_options("tokenizer")
+    key = corpus_fingerprint(experiment)
+    tokenizer_file = None
+    if tokenizer.needs_training:
+        tokenizer_file = f"tokenizers/{short(key)}.json"
+        path = store.path(tokenizer_file)
+        if not path.exists():
+            texts = _usable_texts(reader.documents())
+            first = next(texts, None)
+            if first is None:
+                raise CorpusError(
+                    f"the corpus ({reader.describe()}) has no usable documents to train the "
+                    f"{tokenizer_name!r} tokenizer on; check the [corpus] table"
+                )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(path.name + ".partial")
+            tokenizer.train(itertools.chain([first], texts), partial)
+            os.replace(partial, path)  # atomic: a killed training leaves no half file
+        tokenizer.load(path)
+
+    with store.session() as session:
+        corpus = session.scalar(select(Corpus).where(Corpus.fingerprint == key))
+        if corpus is None:
+            corpus = Corpus(
+                fingerprint=key,
+                reader=reader_name,
+                reader_options=reader_options,
+                tokenizer=tokenizer_name,
+                tokenizer_options=tokenizer_options,
+                tokenizer_file=tokenizer_file,
+                vocab_size=tokenizer.vocab_size,
+                pad_id=tokenizer.pad_id,
+                chunk_size=experiment.retrieval.chunk_size,
+                version=0,
+            )
+            session.add(corpus)
+            session.flush()
+        return corpus.id
+
+
+def corpus_fingerprint(experiment: Experiment) -> str:
+    """What identifies the experiment's corpus: reader, tokenizer and chunk size, all options."""
+    reader_name, reader_options = experiment.plugin_options("corpus")
+    tokenizer_name, tokenizer_options = experiment.plugin_options("tokenizer")
+    return fingerprint(
+        reader=reader_name,
+        reader_options=reader_options,
+        tokenizer=tokenizer_name,
+        tokenizer_options=tokenizer_options,
+        chunk_size=experiment.retrieval.chunk_size,
+    )
+
+
+def find_corpus_id(experiment: Experiment, store: Any) -> int:
+    """The id of the experiment's ingested corpus, or a StoreError saying to ingest it."""
+    key = corpus_fingerprint(experiment)
+    with store.session() as session:
+        corpus_id = session.scalar(select(Corpus.id).where(Corpus.fingerprint == key))
+        has_documents = corpus_id is not None and session.scalar(
+            select(Document.id).where(Document.corpus_id == corpus_id).limit(1)
+        )
+    if not has_documents:
+        source = experiment.source or "EXPERIMENT.toml"
+        raise StoreError(
+            f"this experiment's corpus is not ingested yet (no documents for its [corpus], "
+            f"[tokenizer] and chunk_size); run: retro-platform ingest {source}"
+        )
+    return corpus_id
+
+
+def load_tokenizer(experiment: Experiment, store: Any, corpus: Corpus) -> Tokenizer:
+    """The tokenizer a stored corpus was cut with, loaded from the store where it trained."""
+    tokenizer: Tokenizer = experiment.plugin("tokenizer")
+    if corpus.tokenizer_file:
+        tokenizer.load(store.path(corpus.tokenizer_file))
+    return tokenizer
+
+
+# --- one batch --------------------------------------------------------------------------------
+
+
+def _ingest_batch(
+    store: Any,
+    corpus_id: int,
+    batch: list[SourceDocument],
+    tokenizer: Tokenizer,
+    chunk_size: int,
+    report: IngestReport,
+    bumped: bool,
+) -> bool:
+    """Store a batch's new and changed documents in one transaction; True if any."""
+    report.read += len(batch)
+    candidates: dict[str, tuple[str, str, int]] = {}  # external_id -> (text, checksum, bytes)
+    for document in batch:
+        text, reason = _decode(document)
+        if reason is not None:
+            _skip(report, document.external_id, reason)
+        elif document.external_id in candidates:
+            _skip(report, document.external_id, "duplicate id")
+        else:
+            checksum = hashlib.sha256(document.data).hexdigest()
+            candidates[document.external_id] = (text, checksum, len(document.data))
+    if not candidates:
+        return False
+
+    with store.session() as session:
+        stored = dict(
+            session.execute(
+                select(Document.external_id, Document.checksum).where(
+                    Document.corpus_id == corpus_id,
+                    Document.external_id.in_(list(candidates)),
+                )
+            ).all()
+        )
+        fresh = {}
+        for external_id, (text, checksum, size) in candidates.items():
+            if stored.get(external_id) == checksum:
+                report.unchanged += 1
+            else:
+                fresh[external_id] = (text, checksum, size)
+        if not fresh:
+            return False
+
+        replaced = [external_id for external_id in fresh if external_id in stored]
+        if replaced:
+            old = select(Document.id).where(
+                Document.corpus_id == corpus_id, Document.external_id.in_(replaced)
+            )
+            session.execute(delete(Chunk).where(Chunk.document_id.in_(old)))
+            session.execute(
+                delete(Document).where(
+                    Document.corpus_id == corpus_id, Document.external_id.in_(replaced)
+                )
+            )
+            report.replaced += len(replaced)
+
+        texts = [text for text, _, _ in fresh.values()]
+        encodings = tokenizer.encode_batch(texts)
+        document_rows, chunk_lists = [], []
+        for (external_id, (text, checksum, size)), encoding in zip(
+            fresh.items(), encodings, strict=True
+        ):
+            spans = chunk_document(text, encoding, chunk_size)
+            if not spans:
+                _skip(report, external_id, "no tokens")
+                continue
+            document_rows.append(
+                {
+                    "corpus_id": corpus_id,
+                    "external_id": external_id,
+                    "checksum": checksum,
+                    "num_bytes": size,
+                    "num_tokens": len(encoding.ids),
+                    "num_chunks": len(spans),
+                }
+            )
+            chunk_lists.append(spans)
+        if not document_rows:
+            return False
+        ids = session.scalars(
+            insert(Document).returning(Document.id, sort_by_parameter_order=True), document_rows
+        ).all()
+        chunk_rows = [
+            {
+                "document_id": document_id,
+                "position": span.position,
+                "token_start": span.token_start,
+                "token_end": span.token_end,
+                "text": span.text,
+                "token_ids": span.token_ids.astype("<i4").tobytes(),
+            }
+            for document_id, spans in zip(ids, chunk_lists, strict=True)
+            for span in spans
+        ]
+        session.execute(insert(Chunk), chunk_rows)
+        if not bumped:  # derived data built from the old version is now stale
+            corpus = session.get(Corpus, corpus_id)
+            corpus.version += 1
+        report.added += len(document_rows) - len(
+            [row for row in document_rows if row["external_id"] in replaced]
+        )
+        report.chunks_added += len(chunk_rows)
+    return True
+
+
+def _decode(document: SourceDocument) -> tuple[str, str | None]:
+    """The document's text, or the reason it is skipped."""
+    if document.problem is not None:
+        return "", document.problem
+    try:
+        text = document.data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "", "not UTF-8"
+    if not text.strip():
+        return "", "empty"
+    return text, None
+
+
+def _skip(report: IngestReport, external_id: str, reason: str) -> None:
+    report.skipped[reason] += 1
+    if len(report.skipped_examples) < EXAMPLES:
+        report.skipped_examples.append(f"{external_id}: {reason}")
+
+
+def _usable_texts(documents: Iterable[SourceDocument]) -> Iterator[str]:
+    for document in documents:
+        text, reason = _decode(document)
+        if reason is None:
+            yield text
+
+
+def _batches(documents: Iterable[SourceDocument]) -> Iterator[list[SourceDocument]]:
+    batch: list[SourceDocument] = []
+    size = 0
+    for document in documents:
+        batch.append(document)
+        size += len(document.data)
+        if len(batch) >= BATCH_DOCUMENTS or size >= BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _no_bar(progress: bool | None) -> bool | None:
+    """tqdm's ``disable``: None lets tqdm hide the bar when stderr is not a terminal."""
+    return None if progress is None else not progress

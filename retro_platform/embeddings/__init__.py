@@ -1,0 +1,1 @@
+"""Chunks to embeddings: every chunk's text through the experiment's embedder, into a file."""

@@ -1,0 +1,145 @@
+"""Build (or reuse) the experiment's vector index over the retrieval database.
+
+The retrieval database is every chunk of the documents not held out for validation
+(``[retrieval] validation_fraction``), so a validation chunk can never retrieve itself or its
+own document. The index file is written under a temporary name and renamed into place, and its
+row turns ``ready`` only after that: a killed build leaves nothing that looks finished.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from retro_platform.config import Experiment
+from retro_platform.corpus.chunk_table import ChunkTable, load_chunk_table, validation_documents
+from retro_platform.embeddings.embed import EmbeddingFile
+from retro_platform.errors import IndexFileError
+from retro_platform.plugins import build_plugin
+from retro_platform.protocols import Retriever
+from retro_platform.store.fingerprints import fingerprint, short
+from retro_platform.store.models import BUILDING, READY, VectorIndex
+
+
+@dataclass(frozen=True)
+class IndexRecord:
+    """A finished vector index: its row, file and the retriever that reads it."""
+
+    id: int
+    fingerprint: str
+    retriever: str
+    options: dict[str, Any]
+    path: Path
+    dimension: int
+    count: int
+
+    @classmethod
+    def from_row(cls, row: VectorIndex, store: Any) -> IndexRecord:
+        return cls(
+            row.id,
+            row.fingerprint,
+            row.retriever,
+            row.retriever_options,
+            store.path(row.file),
+            row.dimension,
+            row.count,
+        )
+
+
+def index_fingerprint(embeddings: EmbeddingFile, retriever: str, options: dict, fraction: float):
+    return fingerprint(
+        embeddings=embeddings.fingerprint,
+        retriever=retriever,
+        options=options,
+        validation_fraction=fraction,
+    )
+
+
+def database_rows(table: ChunkTable, held_out: np.ndarray) -> np.ndarray:
+    """Rows of the chunk table that make up the retrieval database (held-out documents out)."""
+    return np.flatnonzero(~np.isin(table.document_ids, held_out))
+
+
+def build_index(
+    experiment: Experiment,
+    store: Any,
+    corpus_id: int,
+    embeddings: EmbeddingFile,
+    *,
+    rebuild: bool = False,
+    log: Any = print,
+) -> IndexRecord:
+    """The experiment's index over ``embeddings``: reused when built, else built now."""
+    name, options = experiment.plugin_options("retriever")
+    fraction = experiment.retrieval.validation_fraction
+    key = index_fingerprint(embeddings, name, options, fraction)
+    retriever: Retriever = experiment.plugin("retriever", embeddings.dimension)
+    with store.session() as session:
+        row = session.scalar(select(VectorIndex).where(VectorIndex.fingerprint == key))
+        if row is None:
+            row = VectorIndex(
+                embedding_set_id=embeddings.id,
+                fingerprint=key,
+                retriever=name,
+                retriever_options=options,
+                validation_fraction=fraction,
+                dimension=embeddings.dimension,
+                file=f"indexes/{short(key)}{retriever.file_suffix}",
+                status=BUILDING,
+            )
+            session.add(row)
+            session.flush()
+        record = IndexRecord.from_row(row, store)
+        status = row.status
+        table = load_chunk_table(session, corpus_id)
+        held_out = validation_documents(session, corpus_id, fraction)
+
+    path = record.path
+    if status == READY and path.exists() and not rebuild:
+        return record
+
+    rows = database_rows(table, held_out)
+    if len(rows) == 0:
+        raise IndexFileError(
+            "the retrieval database is empty: every document is held out for validation; "
+            "lower [retrieval] validation_fraction"
+        )
+    started = time.perf_counter()
+    log(f"building {name} index over {len(rows)} chunks ({len(table) - len(rows)} held out)")
+    vectors = np.ascontiguousarray(embeddings.open()[rows])
+    retriever.build(vectors, table.chunk_ids[rows])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    retriever.save(partial)
+    os.replace(partial, path)
+    seconds = time.perf_counter() - started
+    with store.session() as session:
+        row = session.get(VectorIndex, record.id)
+        row.status, row.count, row.seconds = READY, int(len(rows)), seconds
+        return IndexRecord.from_row(row, store)
+
+
+def open_index(record: IndexRecord, experiment_file: str = "EXPERIMENT.toml") -> Retriever:
+    """Load a finished index with the retriever and options it was built with."""
+    retriever: Retriever = build_plugin(
+        "retrievers", {"name": record.retriever, **record.options}, record.dimension
+    )
+    rebuild = f"run: retro-platform index {experiment_file} --rebuild"
+    if not record.path.exists():
+        raise IndexFileError(f"index file {record.path} is missing; {rebuild}")
+    try:
+        retriever.load(record.path)
+    except IndexFileError as error:
+        raise IndexFileError(f"{error}; {rebuild}") from None
+    if retriever.size != record.count:
+        raise IndexFileError(
+            f"index file {record.path} holds {retriever.size} vectors, its record says "
+            f"{record.count}; {rebuild}"
+        )
+    return retriever

@@ -1,0 +1,180 @@
+"""Every chunk's ``k`` nearest neighbours in the retrieval database, resumably, into a file.
+
+The file is an int64 ``(chunks, k)`` array of chunk ids, row ``i`` for the ``i``-th chunk in
+id order, best first. With ``exclude_same_document`` a chunk never gets a neighbour from its own
+document (the paper's rule; otherwise the model learns to copy the rest of the document). A
+neighbour that cannot be found — fewer than ``k`` candidates survive the exclusion in the whole
+database — is :data:`~retro_platform.protocols.MISSING` (``-1``): padding for the model, never a
+stand-in chunk.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from tqdm import tqdm
+
+from retro_platform.config import Experiment
+from retro_platform.corpus.chunk_table import ChunkTable, load_chunk_table
+from retro_platform.embeddings.embed import EmbeddingFile
+from retro_platform.errors import StoreError
+from retro_platform.index.build import IndexRecord
+from retro_platform.protocols import MISSING, Retriever
+from retro_platform.store.fingerprints import fingerprint, short
+from retro_platform.store.models import BUILDING, READY, NeighbourSet
+
+#: Queries per search call, and the first candidate count per wanted neighbour.
+QUERY_BATCH = 2048
+FIRST_CANDIDATES = 4
+COMMIT_EVERY_S = 5.0
+
+
+@dataclass(frozen=True)
+class NeighbourFile:
+    id: int
+    fingerprint: str
+    path: Path
+    k: int
+    exclusion: str
+    count: int
+
+    def open(self) -> np.ndarray:
+        """``(count, k)`` int64 chunk ids, memory-mapped read-only."""
+        return open_neighbours(self.path, self.count, self.k)
+
+
+def find_neighbours(
+    retriever: Retriever,
+    queries: np.ndarray,
+    query_documents: np.ndarray | None,
+    table: ChunkTable,
+    k: int,
+) -> np.ndarray:
+    """The ``k`` nearest chunk ids of each query, skipping chunks of ``query_documents``.
+
+    Args:
+        queries: ``(q, dimension)`` float32.
+        query_documents: ``(q,)`` the document each query must not retrieve from, or None.
+        table: the chunk table that maps retrieved ids to their documents.
+    Returns:
+        ``(q, k)`` int64, ``-1`` where fewer than ``k`` candidates remain.
+    """
+    result = np.full((len(queries), k), MISSING, dtype=np.int64)
+    pending = np.arange(len(queries))
+    candidates = k if query_documents is None else FIRST_CANDIDATES * k
+    while len(pending):
+        candidates = min(candidates, retriever.size)
+        _, ids = retriever.search(np.ascontiguousarray(queries[pending]), candidates)
+        usable = ids != MISSING
+        if query_documents is not None:
+            documents = np.where(usable, table.document_ids[table.rows_of(ids).clip(min=0)], -1)
+            usable &= documents != query_documents[pending, None]
+        first = np.argsort(~usable, axis=1, kind="stable")[:, :k]  # usable ones, nearest first
+        chosen = np.take_along_axis(ids, first, axis=1)
+        chosen[~np.take_along_axis(usable, first, axis=1)] = MISSING
+        if chosen.shape[1] < k:  # the whole database is smaller than k
+            chosen = np.pad(chosen, ((0, 0), (0, k - chosen.shape[1])), constant_values=MISSING)
+        result[pending] = chosen
+        short_rows = (chosen == MISSING).any(axis=1)
+        if candidates >= retriever.size or not short_rows.any():
+            break
+        pending = pending[short_rows]  # widen the search only for the queries that ran short
+        candidates *= 4
+    return result
+
+
+def compute_neighbours(
+    experiment: Experiment,
+    store: Any,
+    corpus_id: int,
+    embeddings: EmbeddingFile,
+    index: IndexRecord,
+    retriever: Retriever,
+    *,
+    rebuild: bool = False,
+    progress: bool | None = None,
+) -> NeighbourFile:
+    """Compute (or reuse) the neighbour set of every chunk of the corpus."""
+    k = experiment.retrieval.neighbours
+    exclusion = "same-document" if experiment.retrieval.exclude_same_document else "none"
+    key = fingerprint(index=index.fingerprint, k=k, exclusion=exclusion)
+    with store.session() as session:
+        row = session.scalar(select(NeighbourSet).where(NeighbourSet.fingerprint == key))
+        if row is None:
+            row = NeighbourSet(
+                vector_index_id=index.id,
+                fingerprint=key,
+                k=k,
+                exclusion=exclusion,
+                count=embeddings.count,
+                done=0,
+                file=f"neighbours/{short(key)}.npy",
+                status=BUILDING,
+            )
+            session.add(row)
+            session.flush()
+        if rebuild:
+            row.done, row.status = 0, BUILDING
+        set_id, file, status, done = row.id, row.file, row.status, row.done
+        table = load_chunk_table(session, corpus_id)
+
+    path = store.path(file)
+    record = NeighbourFile(set_id, key, path, k, exclusion, embeddings.count)
+    if status == READY and path.exists():
+        return record
+    if done == 0 or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        out = np.lib.format.open_memmap(path, "w+", np.int64, (embeddings.count, k))
+        done = 0
+    else:
+        out = open_neighbours(path, embeddings.count, k, mode="r+")
+
+    vectors = embeddings.open()
+    exclude = table.document_ids if exclusion == "same-document" else None
+    last_commit = time.perf_counter()
+    bar = tqdm(
+        total=embeddings.count,
+        initial=done,
+        unit="chunk",
+        desc="neighbours",
+        disable=None if progress is None else not progress,
+    )
+    with bar:
+        for start in range(done, embeddings.count, QUERY_BATCH):
+            stop = min(start + QUERY_BATCH, embeddings.count)
+            documents = None if exclude is None else exclude[start:stop]
+            out[start:stop] = find_neighbours(retriever, vectors[start:stop], documents, table, k)
+            bar.update(stop - start)
+            now = time.perf_counter()
+            if now - last_commit >= COMMIT_EVERY_S or stop == embeddings.count:
+                out.flush()  # on disk before SQL says so
+                with store.session() as session:
+                    row = session.get(NeighbourSet, set_id)
+                    row.done = stop
+                    row.seconds = (row.seconds or 0.0) + now - last_commit
+                    if stop == embeddings.count:
+                        row.status = READY
+                last_commit = now
+    return record
+
+
+def open_neighbours(path: Path, count: int, k: int, mode: str = "r") -> np.ndarray:
+    """Open a neighbour file, checking that it holds ``(count, k)`` int64."""
+    try:
+        neighbours = np.load(path, mmap_mode=mode)
+    except (OSError, ValueError) as error:
+        raise StoreError(
+            f"neighbour file {path} is unreadable ({error}); "
+            f"run: retro-platform index EXPERIMENT.toml --rebuild"
+        ) from None
+    if neighbours.shape != (count, k) or neighbours.dtype != np.int64:
+        raise StoreError(
+            f"neighbour file {path} holds {neighbours.dtype} {neighbours.shape}, expected int64 "
+            f"{(count, k)}; run: retro-platform index EXPERIMENT.toml --rebuild"
+        )
+    return neighbours

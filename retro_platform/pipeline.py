@@ -1,0 +1,130 @@
+"""The retrieval pipeline, stage by stage: corpus -> chunks (SQL) -> embeddings -> index ->
+neighbours. Each stage reuses what is stored and resumes what was interrupted; this module only
+puts them in order for the commands (``ingest``, ``index``, ``search``) and the runner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from retro_platform.config import Experiment
+from retro_platform.corpus.ingest import find_corpus_id, ingest
+from retro_platform.embeddings.embed import EmbeddingFile, embed_corpus, embedding_fingerprint
+from retro_platform.errors import ConfigError, IndexFileError
+from retro_platform.index.build import IndexRecord, build_index, index_fingerprint, open_index
+from retro_platform.neighbours.compute import NeighbourFile, compute_neighbours
+from retro_platform.protocols import MISSING, Embedder
+from retro_platform.store.models import READY, Chunk, Corpus, Document, EmbeddingSet, VectorIndex
+
+__all__ = ["IndexResult", "SearchHit", "ingest", "run_index", "search"]
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    corpus_id: int
+    embeddings: EmbeddingFile
+    index: IndexRecord
+    neighbours: NeighbourFile
+
+
+def run_index(
+    experiment: Experiment,
+    store: Any,
+    *,
+    rebuild: bool = False,
+    progress: bool | None = None,
+    log: Callable[[str], None] = print,
+) -> IndexResult:
+    """Embed the ingested corpus, build the vector index, compute every chunk's neighbours.
+
+    ``rebuild`` rebuilds the index and the neighbours even when they are stored (embeddings
+    are rebuilt only when missing or unreadable: they depend on nothing the index does).
+    """
+    corpus_id = find_corpus_id(experiment, store)
+    embeddings = embed_corpus(experiment, store, corpus_id, progress=progress)
+    index = build_index(experiment, store, corpus_id, embeddings, rebuild=rebuild, log=log)
+    retriever = open_index(index, str(experiment.source or "EXPERIMENT.toml"))
+    neighbours = compute_neighbours(
+        experiment,
+        store,
+        corpus_id,
+        embeddings,
+        index,
+        retriever,
+        rebuild=rebuild,
+        progress=progress,
+    )
+    return IndexResult(corpus_id, embeddings, index, neighbours)
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    score: float
+    chunk_id: int
+    document: str
+    position: int
+    text: str
+
+
+def search(
+    experiment: Experiment, store: Any, query: str, k: int, *, embedder: Embedder | None = None
+) -> list[SearchHit]:
+    """The ``k`` chunks nearest to ``query`` in the experiment's stored index, best first."""
+    if k < 1:
+        raise ConfigError("-k must be at least 1")
+    index = stored_index(experiment, store)
+    retriever = open_index(index, str(experiment.source or "EXPERIMENT.toml"))
+    embedder = embedder or experiment.plugin("embedder")
+    vector = np.asarray(embedder.embed([query]), dtype=np.float32)
+    if vector.shape != (1, index.dimension):
+        raise ConfigError(
+            f"the embedder gives {vector.shape[-1]}-d vectors but index {index.id} holds "
+            f"{index.dimension}-d ones; run: retro-platform index "
+            f"{experiment.source or 'EXPERIMENT.toml'} --rebuild"
+        )
+    scores, ids = retriever.search(vector, k)
+    found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i != MISSING]
+    with store.session() as session:
+        rows = {
+            chunk_id: (external_id, position, text)
+            for chunk_id, external_id, position, text in session.execute(
+                select(Chunk.id, Document.external_id, Chunk.position, Chunk.text)
+                .join(Document)
+                .where(Chunk.id.in_([i for _, i in found]))
+            )
+        }
+    missing = [i for _, i in found if i not in rows]
+    if missing:
+        raise IndexFileError(
+            f"index {index.id} returned chunk ids that are not in SQL (e.g. {missing[0]}); "
+            f"run: retro-platform store check {experiment.source or 'EXPERIMENT.toml'}"
+        )
+    return [SearchHit(score, i, *rows[i]) for score, i in found]
+
+
+def stored_index(experiment: Experiment, store: Any) -> IndexRecord:
+    """The finished index of the experiment's current corpus, embedder and retriever."""
+    corpus_id = find_corpus_id(experiment, store)
+    embedder_name, embedder_options = experiment.plugin_options("embedder")
+    retriever_name, retriever_options = experiment.plugin_options("retriever")
+    fraction = experiment.retrieval.validation_fraction
+    with store.session() as session:
+        corpus = session.get(Corpus, corpus_id)
+        key = embedding_fingerprint(corpus, embedder_name, embedder_options)
+        embedding_set = session.scalar(select(EmbeddingSet).where(EmbeddingSet.fingerprint == key))
+        row = None
+        if embedding_set is not None and embedding_set.status == READY:
+            embeddings = EmbeddingFile.from_row(embedding_set, store)
+            index_key = index_fingerprint(embeddings, retriever_name, retriever_options, fraction)
+            row = session.scalar(select(VectorIndex).where(VectorIndex.fingerprint == index_key))
+        if row is None or row.status != READY:
+            raise IndexFileError(
+                "no finished index for this experiment's [embedder] and [retriever]; "
+                f"run: retro-platform index {experiment.source or 'EXPERIMENT.toml'}"
+            )
+        return IndexRecord.from_row(row, store)
