@@ -37,16 +37,19 @@ def run_index(
     store: Any,
     *,
     rebuild: bool = False,
+    reembed: bool = False,
     progress: bool | None = None,
     log: Callable[[str], None] = print,
 ) -> IndexResult:
     """Embed the ingested corpus, build the vector index, compute every chunk's neighbours.
 
-    ``rebuild`` rebuilds the index and the neighbours even when they are stored (embeddings
-    are rebuilt only when missing or unreadable: they depend on nothing the index does).
+    ``rebuild`` rebuilds the index and the neighbours even when they are stored; ``reembed``
+    also embeds every chunk again (embeddings are otherwise rebuilt only when their file is
+    missing: an index problem never needs them redone).
     """
+    rebuild = rebuild or reembed
     corpus_id = find_corpus_id(experiment, store)
-    embeddings = embed_corpus(experiment, store, corpus_id, progress=progress)
+    embeddings = embed_corpus(experiment, store, corpus_id, reembed=reembed, progress=progress)
     index = build_index(experiment, store, corpus_id, embeddings, rebuild=rebuild, log=log)
     retriever = open_index(index, str(experiment.source or "EXPERIMENT.toml"))
     neighbours = compute_neighbours(
@@ -84,8 +87,8 @@ def search(
     if vector.shape != (1, index.dimension):
         raise ConfigError(
             f"the embedder gives {vector.shape[-1]}-d vectors but index {index.id} holds "
-            f"{index.dimension}-d ones; run: retro-platform index "
-            f"{experiment.source or 'EXPERIMENT.toml'} --rebuild"
+            f"{index.dimension}-d ones (did the model change?); run: retro-platform index "
+            f"{experiment.source or 'EXPERIMENT.toml'} --reembed"
         )
     scores, ids = retriever.search(vector, k)
     found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i != MISSING]

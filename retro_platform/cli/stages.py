@@ -31,7 +31,12 @@ def ingest(experiment_file: str) -> None:
 @click.option(
     "--rebuild", is_flag=True, help="Rebuild the vector index and the neighbours even if stored."
 )
-def index(experiment_file: str, rebuild: bool) -> None:
+@click.option(
+    "--reembed",
+    is_flag=True,
+    help="Also embed every chunk again (after the embedding model's files changed).",
+)
+def index(experiment_file: str, rebuild: bool, reembed: bool) -> None:
     """Embed every chunk, build the vector index and every chunk's neighbours.
 
     Reuses what is stored: a second run with the same options does no work, and a different
@@ -41,7 +46,7 @@ def index(experiment_file: str, rebuild: bool) -> None:
     from retro_platform.pipeline import run_index
 
     experiment, store = open_experiment(experiment_file)
-    result = run_index(experiment, store, rebuild=rebuild, log=click.echo)
+    result = run_index(experiment, store, rebuild=rebuild, reembed=reembed, log=click.echo)
     neighbours = result.neighbours
     click.echo(
         f"embeddings {result.embeddings.id}: {result.embeddings.count} chunks, "

@@ -61,9 +61,14 @@ def embed_corpus(
     corpus_id: int,
     *,
     embedder: Embedder | None = None,
+    reembed: bool = False,
     progress: bool | None = None,
 ) -> EmbeddingFile:
-    """Embed the corpus's chunks with the experiment's embedder, or reuse a finished set."""
+    """Embed the corpus's chunks with the experiment's embedder, or reuse a finished set.
+
+    ``reembed`` embeds again from the first chunk even when a finished set is stored (for a
+    model whose files changed under the same options).
+    """
     name, options = experiment.plugin_options("embedder")
     embedder = embedder or experiment.plugin("embedder")
     with store.session() as session:
@@ -97,17 +102,20 @@ def embed_corpus(
                 f"embedding set {row.id} records {row.count} chunks but corpus {corpus_id} "
                 f"has {count}; the store was changed outside retro-platform"
             )
+        elif reembed:
+            row.done, row.status = 0, BUILDING
+            row.dimension, row.normalized = embedder.dimension, embedder.normalized
         record = _snapshot(row)
 
+    if embedder.dimension != record["dimension"]:
+        raise ConfigError(
+            f"embedder {name!r} now gives {embedder.dimension}-d vectors but the stored "
+            f"embeddings of this corpus are {record['dimension']}-d (did the model change?); "
+            f"run: retro-platform index {experiment.source or 'EXPERIMENT.toml'} --reembed"
+        )
     path = store.path(record["file"])
     if record["status"] == READY and path.exists():
         return _finished(record, path)
-    if embedder.dimension != record["dimension"]:
-        raise ConfigError(
-            f"embedder {name!r} now gives {embedder.dimension}-d vectors but embedding set "
-            f"{record['id']} holds {record['dimension']}-d ones (did the model change?); "
-            f"run: retro-platform index EXPERIMENT.toml --rebuild"
-        )
     _fill(store, record, path, embedder, progress)
     record["status"] = READY
     return _finished(record, path)

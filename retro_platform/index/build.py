@@ -122,6 +122,7 @@ def build_index(
     with store.session() as session:
         row = session.get(VectorIndex, record.id)
         row.status, row.count, row.seconds = READY, int(len(rows)), seconds
+        row.dimension = embeddings.dimension  # changes only when the embeddings were redone
         return IndexRecord.from_row(row, store)
 
 
