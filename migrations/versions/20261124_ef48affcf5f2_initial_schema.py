@@ -105,6 +105,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_chunks")),
         sa.UniqueConstraint("document_id", "position", name=op.f("uq_chunks_document_id")),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "vector_indexes",

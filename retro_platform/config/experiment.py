@@ -47,6 +47,7 @@ class StoreTable(_Table):
 
     path: RelativePath = Field(
         Path("store"),
+        validate_default=True,  # so the default, too, is taken from the experiment file's folder
         description="folder of the store's files (indexes, embeddings, the SQLite database)",
     )
     url: str | None = Field(
@@ -78,13 +79,13 @@ class RetrievalTable(_Table):
 class Experiment(_Table):
     """A validated experiment file."""
 
-    experiment: ExperimentTable = ExperimentTable()
-    store: StoreTable = StoreTable()
+    experiment: ExperimentTable = Field(default_factory=dict, validate_default=True)
+    store: StoreTable = Field(default_factory=dict, validate_default=True)
     corpus: dict[str, Any] = Field(default_factory=lambda: {"name": "python-stdlib"})
     tokenizer: dict[str, Any] = Field(default_factory=lambda: {"name": "bytes"})
     embedder: dict[str, Any] = Field(default_factory=lambda: {"name": "sentence-transformers"})
     retriever: dict[str, Any] = Field(default_factory=lambda: {"name": "faiss-flat"})
-    retrieval: RetrievalTable = RetrievalTable()
+    retrieval: RetrievalTable = Field(default_factory=dict, validate_default=True)
     model: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     eval: dict[str, Any] = Field(default_factory=dict)

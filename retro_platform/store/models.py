@@ -115,7 +115,9 @@ class Chunk(Base):
     """
 
     __tablename__ = "chunks"
-    __table_args__ = (UniqueConstraint("document_id", "position"),)
+    # ids are never reused (SQLite would reuse the highest after a delete): an index file
+    # built earlier must never name a different chunk with an old id
+    __table_args__ = (UniqueConstraint("document_id", "position"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))
