@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from retro_platform.store.models import Chunk, Document
@@ -49,6 +49,16 @@ class ChunkTable:
         same = self.document_ids[order[1:]] == self.document_ids[order[:-1]]
         following[order[:-1][same]] = order[1:][same]
         return following
+
+
+def count_chunks(session: Session, corpus_id: int) -> int:
+    """How many chunks the corpus has."""
+    return session.scalar(
+        select(func.count())
+        .select_from(Chunk)
+        .join(Document)
+        .where(Document.corpus_id == corpus_id)
+    )
 
 
 def load_chunk_table(session: Session, corpus_id: int) -> ChunkTable:

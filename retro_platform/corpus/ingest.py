@@ -23,6 +23,7 @@ from sqlalchemy import delete, func, insert, select
 from tqdm import tqdm
 
 from retro_platform.config import Experiment
+from retro_platform.corpus.chunk_table import count_chunks
 from retro_platform.corpus.chunking import chunk_document
 from retro_platform.errors import CorpusError, StoreError
 from retro_platform.protocols import CorpusReader, SourceDocument, Tokenizer
@@ -108,12 +109,7 @@ def ingest(experiment: Experiment, store: Any, *, progress: bool | None = None) 
         report.documents = session.scalar(
             select(func.count()).select_from(Document).where(Document.corpus_id == corpus_id)
         )
-        report.chunks = session.scalar(
-            select(func.count())
-            .select_from(Chunk)
-            .join(Document)
-            .where(Document.corpus_id == corpus_id)
-        )
+        report.chunks = count_chunks(session, corpus_id)
         report.seconds = time.perf_counter() - started
         corpus.last_ingest = report.as_dict()
     if report.documents == 0:

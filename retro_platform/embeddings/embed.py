@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import select
 from tqdm import tqdm
 
 from retro_platform.config import Experiment
+from retro_platform.corpus.chunk_table import count_chunks
 from retro_platform.errors import ConfigError, StoreError
 from retro_platform.protocols import Embedder
+from retro_platform.store.arrays import open_array
 from retro_platform.store.fingerprints import fingerprint, short
 from retro_platform.store.models import BUILDING, READY, Chunk, Corpus, Document, EmbeddingSet
 
@@ -75,12 +77,7 @@ def embed_corpus(
         corpus = session.get(Corpus, corpus_id)
         key = embedding_fingerprint(corpus, name, options)
         row = session.scalar(select(EmbeddingSet).where(EmbeddingSet.fingerprint == key))
-        count = session.scalar(
-            select(func.count())
-            .select_from(Chunk)
-            .join(Document)
-            .where(Document.corpus_id == corpus_id)
-        )
+        count = count_chunks(session, corpus_id)
         if row is None:
             row = EmbeddingSet(
                 corpus_id=corpus_id,
@@ -123,19 +120,8 @@ def embed_corpus(
 
 def open_vectors(path: Path, count: int, dimension: int, mode: str = "r") -> np.ndarray:
     """Open an embedding file, checking that it holds ``(count, dimension)`` float32."""
-    try:
-        vectors = np.load(path, mmap_mode=mode)
-    except (OSError, ValueError) as error:
-        raise StoreError(
-            f"embedding file {path} is unreadable ({error}); "
-            f"run: retro-platform index EXPERIMENT.toml --rebuild"
-        ) from None
-    if vectors.shape != (count, dimension) or vectors.dtype != np.float32:
-        raise StoreError(
-            f"embedding file {path} holds {vectors.dtype} {vectors.shape}, expected float32 "
-            f"{(count, dimension)}; run: retro-platform index EXPERIMENT.toml --rebuild"
-        )
-    return vectors
+    fix = "retro-platform index EXPERIMENT.toml --reembed"
+    return open_array(path, (count, dimension), np.float32, "embedding", fix, mode)
 
 
 def _fill(

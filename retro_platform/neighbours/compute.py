@@ -22,9 +22,9 @@ from tqdm import tqdm
 from retro_platform.config import Experiment
 from retro_platform.corpus.chunk_table import ChunkTable, load_chunk_table
 from retro_platform.embeddings.embed import EmbeddingFile
-from retro_platform.errors import StoreError
 from retro_platform.index.build import IndexRecord
 from retro_platform.protocols import MISSING, Retriever
+from retro_platform.store.arrays import open_array
 from retro_platform.store.fingerprints import fingerprint, short
 from retro_platform.store.models import BUILDING, READY, NeighbourSet
 
@@ -165,16 +165,5 @@ def compute_neighbours(
 
 def open_neighbours(path: Path, count: int, k: int, mode: str = "r") -> np.ndarray:
     """Open a neighbour file, checking that it holds ``(count, k)`` int64."""
-    try:
-        neighbours = np.load(path, mmap_mode=mode)
-    except (OSError, ValueError) as error:
-        raise StoreError(
-            f"neighbour file {path} is unreadable ({error}); "
-            f"run: retro-platform index EXPERIMENT.toml --rebuild"
-        ) from None
-    if neighbours.shape != (count, k) or neighbours.dtype != np.int64:
-        raise StoreError(
-            f"neighbour file {path} holds {neighbours.dtype} {neighbours.shape}, expected int64 "
-            f"{(count, k)}; run: retro-platform index EXPERIMENT.toml --rebuild"
-        )
-    return neighbours
+    fix = "retro-platform index EXPERIMENT.toml --rebuild"
+    return open_array(path, (count, k), np.int64, "neighbour", fix, mode)
