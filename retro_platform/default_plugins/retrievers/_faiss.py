@@ -1,0 +1,214 @@
+"""What the built-in Faiss retrievers share: one base class over an ``IndexIDMap2``.
+
+Every built-in index is ``IDMap2`` around the real index (flat, IVF-PQ, HNSW), built with
+``faiss.index_factory`` so that Faiss owns every sub-index, and written and read whole with
+``faiss.write_index`` / ``faiss.read_index``. The id map stores the chunk ids the core passes,
+so a search answers chunk ids directly and :meth:`stored_ids` is a copy of the map.
+
+A subclass says which factory string to build (:meth:`FaissRetriever.factory`), what Faiss
+class must sit inside the id map (:attr:`FaissRetriever.inner_types`), and sets its search-time
+parameters in :meth:`FaissRetriever.configure`, which also runs after :meth:`load` so that
+``nprobe`` / ``efSearch`` / ``k_factor`` take effect on an index built earlier.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import faiss
+import numpy as np
+from pydantic import Field
+
+from retro_platform.errors import ConfigError, IndexFileError
+from retro_platform.protocols import MISSING, PluginOptions, Retriever
+
+Metric = Literal["ip", "l2"]
+
+_METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+_METRIC_NAMES = {value: key for key, value in _METRICS.items()}
+
+_threads_lock = threading.Lock()
+_threads_set = False
+
+
+def configure_threads() -> None:
+    """Let Faiss use every core this process may run on, unless the user set
+    ``OMP_NUM_THREADS`` (then OpenMP already follows it). Runs once per process."""
+    global _threads_set
+    with _threads_lock:
+        if _threads_set:
+            return
+        _threads_set = True
+        if os.environ.get("OMP_NUM_THREADS"):
+            return
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+        faiss.omp_set_num_threads(max(1, cores))
+
+
+class FaissOptions(PluginOptions):
+    """Options every built-in Faiss retriever has."""
+
+    metric: Metric = Field(
+        "ip",
+        description='"ip": inner product (cosine on unit vectors); "l2": squared Euclidean',
+    )
+
+
+class FaissRetriever(Retriever):
+    """Base of the built-in Faiss retrievers (see the module docstring)."""
+
+    Options: ClassVar[type[PluginOptions]] = FaissOptions
+
+    #: The plugin's registered name, for messages.
+    plugin_name: ClassVar[str] = "faiss"
+    #: The Faiss classes that may sit inside the id map of this retriever's files.
+    inner_types: ClassVar[tuple[type, ...]] = ()
+
+    def __init__(self, options: Any, dimension: int) -> None:
+        if not isinstance(dimension, int | np.integer) or dimension < 1:
+            raise ConfigError(
+                f"{self.plugin_name} needs a positive vector dimension, got {dimension!r}"
+            )
+        super().__init__(options, int(dimension))
+        self._index: Any = None  # faiss.IndexIDMap2 once built or loaded
+        configure_threads()
+
+    # --- what a subclass provides --------------------------------------------------------------
+
+    def factory(self, n: int) -> str:
+        """The ``faiss.index_factory`` string of the index inside the id map, for ``n`` vectors
+        (raises ``ConfigError`` when the options cannot work with ``n``)."""
+        raise NotImplementedError
+
+    def training_sample(self, vectors: np.ndarray) -> np.ndarray | None:
+        """The vectors to train on (None: the index needs no training)."""
+        return None
+
+    def prepare(self, inner: Any) -> None:
+        """Set build-time parameters on the fresh inner index (before training and adding)."""
+
+    def configure(self, inner: Any) -> None:
+        """Set search-time parameters on the inner index (after build and after load)."""
+
+    # --- the protocol ------------------------------------------------------------------------
+
+    @property
+    def metric(self) -> str:
+        return self.options.metric
+
+    def build(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        vectors = self._as_matrix(vectors, "vectors")
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if ids.shape != (len(vectors),):
+            raise ValueError(f"expected {len(vectors)} ids, got an array of shape {ids.shape}")
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError("the ids given to build() are not unique")
+        index = faiss.index_factory(
+            self.dimension, f"IDMap2,{self.factory(len(vectors))}", _METRICS[self.metric]
+        )
+        inner = faiss.downcast_index(index.index)
+        self.prepare(inner)
+        sample = self.training_sample(vectors)
+        if sample is not None:
+            index.train(sample)
+        if len(vectors):
+            index.add_with_ids(vectors, ids)
+        self.configure(inner)
+        self._index = index
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        index = self._require_index()
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        queries = self._as_matrix(queries, "queries")
+        scores, ids = index.search(queries, int(k))
+        if self.metric == "l2":
+            np.negative(scores, out=scores)  # higher is nearer
+        missing = ids == MISSING
+        if missing.any():
+            scores[missing] = -np.inf
+        return scores, ids
+
+    def save(self, path: Path) -> None:
+        faiss.write_index(self._require_index(), str(path))
+
+    def load(self, path: Path) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise IndexFileError(f"index file {path} does not exist")
+        try:
+            index = faiss.read_index(str(path))
+        except (RuntimeError, MemoryError, OSError) as error:
+            reason = " ".join(str(error).split()) or type(error).__name__
+            if len(reason) > 160:
+                reason = reason[:157] + "..."
+            raise IndexFileError(
+                f"index file {path} is not a readable Faiss index ({reason})"
+            ) from None
+        inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else None
+        if inner is None or not isinstance(inner, self.inner_types):
+            found = type(inner if inner is not None else index).__name__
+            raise IndexFileError(
+                f"index file {path} holds a Faiss {found} index, not a {self.plugin_name} index"
+            )
+        if index.d != self.dimension:
+            raise IndexFileError(
+                f"index file {path} holds {index.d}-dimensional vectors, "
+                f"but the embedder makes {self.dimension}-dimensional ones"
+            )
+        found_metric = _METRIC_NAMES.get(index.metric_type, str(index.metric_type))
+        if found_metric != self.metric:
+            raise IndexFileError(
+                f"index file {path} was built with metric {found_metric!r}, "
+                f"but the retriever is configured with metric {self.metric!r}"
+            )
+        self.configure(inner)
+        self._index = index
+
+    @property
+    def size(self) -> int:
+        return 0 if self._index is None else int(self._index.ntotal)
+
+    def stored_ids(self) -> np.ndarray:
+        if self._index is None:
+            return np.zeros(0, dtype=np.int64)
+        return faiss.vector_to_array(self._index.id_map).astype(np.int64, copy=False)
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    @property
+    def index(self) -> Any:
+        """The Faiss index (an ``IndexIDMap2``), for benchmarks and power users."""
+        return self._require_index()
+
+    def _require_index(self) -> Any:
+        if self._index is None:
+            raise RuntimeError(
+                f"the {self.plugin_name} index is empty: call build() or load() first"
+            )
+        return self._index
+
+    def _as_matrix(self, array: np.ndarray, what: str) -> np.ndarray:
+        """``array`` as C-contiguous float32 ``(n, dimension)``, copied only when it must be."""
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        if array.ndim != 2 or array.shape[1] != self.dimension:
+            raise ValueError(
+                f"{what} must have shape (n, {self.dimension}), got {tuple(array.shape)}"
+            )
+        return array
+
+
+def sample_rows(vectors: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """At most ``size`` rows of ``vectors``, chosen without replacement by ``seed`` (in their
+    original order, so that the same data and seed always give the same sample)."""
+    if len(vectors) <= size:
+        return vectors
+    rows = np.random.default_rng(seed).choice(len(vectors), size=size, replace=False)
+    rows.sort()
+    return vectors[rows]
