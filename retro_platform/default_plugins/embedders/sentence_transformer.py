@@ -13,19 +13,31 @@ Vectors are pooled as the model defines (mean pooling for MiniLM) and scaled to 
 Texts are passed to the model's tokenizer unchanged, for stored chunks and queries alike: a
 WordPiece tokenizer already ignores how whitespace is laid out.
 
-Speed: :meth:`embed` hands sentence-transformers' ``encode`` all the texts of a call at once,
-which sorts them by length so that each batch pads little, and restores their order. On CPUs
-with fast bfloat16 (AVX512-BF16 or AMX) or on a GPU, ``precision = "auto"`` runs the matrix
-products in bfloat16 under ``torch.autocast``; see docs/plugins.md for the measurements.
+Speed: on the CPU, a call of at least :data:`POOL_MIN_TEXTS` texts is shared out between
+``workers`` processes (one per core by default), each holding the model and running one thread
+per core it owns: on two cores this ran 2.8x faster than one process with two threads while
+other jobs shared the machine, because a descheduled thread stalls the whole team of an
+intra-op parallel matrix product but not another process. Each process hands
+sentence-transformers' ``encode`` all its texts at once, which sorts them by length so that
+each batch pads little, and restores their order. fp32 is
+the default because it was the fastest on the CPUs we measured (AVX-512, no AMX: bfloat16
+matrix products ran at 0.6x the fp32 speed, float16 at 1.0x); ``precision = "bf16"`` or
+``"fp16"`` runs them under ``torch.autocast``, for GPUs and AMX CPUs. docs/plugins.md has the
+measurements.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
+import os
+import pickle
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator, Sequence
+import time
+import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -41,7 +53,11 @@ from retro_platform.protocols import Embedder, PluginOptions, RelativePath
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 #: Texts per forward pass; measured on 2 cores (see docs/plugins.md).
-DEFAULT_BATCH_SIZE = 64
+DEFAULT_BATCH_SIZE = 32
+
+#: Calls with fewer texts than this are embedded in this process, not in the workers
+#: (a search query should not wait for worker processes to start).
+POOL_MIN_TEXTS = 256
 
 #: How many texts :meth:`embed` receives at a time from the core: enough for sorting by
 #: length to leave little padding, few enough for a progress bar to move.
@@ -74,13 +90,25 @@ class SentenceTransformerOptions(PluginOptions):
     max_length: int | None = Field(
         None, ge=2, description="tokens per text, longer texts are cut; default: the model's"
     )
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto",
-        description='"auto": bf16 where the CPU or GPU has fast bfloat16, else fp32',
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description='matrix products in "fp32", or under autocast in "bf16" / "fp16"',
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description='"auto": the GPU when torch sees one, else the CPU'
     )
+    workers: int | Literal["auto"] = Field(
+        "auto",
+        description="processes that embed in parallel on the CPU, each with its share of the "
+        'cores; "auto": one per core, at most 4 (a GPU uses 1)',
+    )
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if value == "auto" or (type(value) is int and 1 <= value <= 64):
+            return value
+        raise PydanticCustomError("workers", 'must be "auto" or a whole number from 1 to 64')
 
     @field_validator("model")
     @classmethod
@@ -114,9 +142,11 @@ class SentenceTransformerEmbedder(Embedder):
         super().__init__(options)
         self.model_path = options.model or default_model_path()
         self.device = _resolve_device(options.device)
-        self.precision = _resolve_precision(options.precision, self.device)
+        self.precision = options.precision
+        self.workers, self.threads = _resolve_workers(options.workers, self.device)
         self._dimension = _dimension_from_files(self.model_path)
         self._model: Any = None
+        self._pool: _WorkerPool | None = None
         self._lock = threading.Lock()
 
     @property
@@ -135,7 +165,7 @@ class SentenceTransformerEmbedder(Embedder):
 
     @property
     def model(self) -> Any:
-        """The ``SentenceTransformer`` (loaded on first use)."""
+        """The ``SentenceTransformer`` of this process (loaded on first use)."""
         return self._load()
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -144,18 +174,43 @@ class SentenceTransformerEmbedder(Embedder):
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        model = self._load()
-        import torch
+        if self.workers > 1 and len(texts) >= POOL_MIN_TEXTS:
+            return self._embed_in_workers(texts)
+        return _encode(self._load(), texts, self._settings())
 
-        with torch.inference_mode(), self._autocast():
-            vectors = model.encode(
-                texts,
-                batch_size=self.options.batch_size,
-                convert_to_tensor=True,
-                show_progress_bar=False,
-            )
-            vectors = torch.nn.functional.normalize(vectors.float(), dim=1)
-        return np.ascontiguousarray(vectors.cpu().numpy(), dtype=np.float32)
+    def close(self) -> None:
+        """Stop the worker processes, if any (they also stop when this process exits)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    # --- worker processes --------------------------------------------------------------------
+
+    def _embed_in_workers(self, texts: list[str]) -> np.ndarray:
+        """Deal the texts, sorted by length, round-robin to the workers (each gets the same
+        mix of lengths), and put the rows back in the caller's order."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = _WorkerPool(self._settings(), self.workers, self.threads)
+            pool = self._pool
+        order = np.argsort(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)))
+        shards = [order[i :: self.workers] for i in range(self.workers)]
+        results = pool.map([[texts[row] for row in shard] for shard in shards])
+        vectors = np.empty((len(texts), results[0].shape[1]), dtype=np.float32)
+        for shard, result in zip(shards, results, strict=True):
+            vectors[shard] = result
+        return vectors
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            "model_path": str(self.model_path),
+            "device": self.device,
+            "precision": self.precision,
+            "batch_size": self.options.batch_size,
+            "max_length": self.options.max_length,
+            "dimension": self._dimension,
+        }
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -164,52 +219,200 @@ class SentenceTransformerEmbedder(Embedder):
             return self._model
         with self._lock:
             if self._model is None:
-                self._model = self._load_model()
+                self._model = _load_model(self._settings())
+                self._dimension = _model_dimension(self._model)
         return self._model
 
-    def _load_model(self) -> Any:
-        from sentence_transformers import SentenceTransformer
 
+def _load_model(settings: dict[str, Any]) -> Any:
+    """A frozen ``SentenceTransformer`` from ``settings`` (what :meth:`_settings` gives)."""
+    from sentence_transformers import SentenceTransformer
+
+    path = settings["model_path"]
+    try:
+        model = SentenceTransformer(path, device=settings["device"], local_files_only=True)
+    except (OSError, ValueError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise ConfigError(f"cannot load the embedding model at {path}: {reason}") from None
+    model.eval()
+    model.requires_grad_(False)
+    max_length = settings["max_length"]
+    if max_length is not None:
+        config = getattr(getattr(model[0], "auto_model", None), "config", None)
+        limit = getattr(config, "max_position_embeddings", None)
+        if limit is not None and max_length > limit:
+            raise ConfigError(
+                f"[embedder] max_length = {max_length} is more than the {limit} positions "
+                f"of the model at {path}: use at most {limit}"
+            )
+        model.max_seq_length = max_length
+    loaded, expected = _model_dimension(model), settings["dimension"]
+    if expected is not None and loaded != expected:
+        raise ConfigError(
+            f"the model at {path} makes {loaded}-dimensional vectors, but its "
+            f"configuration files say {expected}: check the model folder"
+        )
+    return model
+
+
+def _encode(model: Any, texts: list[str], settings: dict[str, Any]) -> np.ndarray:
+    """Unit-length float32 vectors of ``texts``, in their order (``encode`` sorts by length
+    inside and restores the order)."""
+    import torch
+
+    precision = settings["precision"]
+    autocast: Any = contextlib.nullcontext()
+    if precision != "fp32":
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        autocast = torch.autocast(settings["device"], dtype=dtype)
+    with torch.inference_mode(), autocast:
+        vectors = model.encode(
+            texts,
+            batch_size=settings["batch_size"],
+            convert_to_tensor=True,
+            show_progress_bar=False,
+        )
+        vectors = torch.nn.functional.normalize(vectors.float(), dim=1)
+    return np.ascontiguousarray(vectors.cpu().numpy(), dtype=np.float32)
+
+
+class _WorkerPool:
+    """Worker processes that each hold the model and embed a share of every call.
+
+    Each worker is a fresh interpreter (``python -c``, so a user's ``__main__`` is never
+    re-run, unlike multiprocessing's spawn) that talks pickle over its stdin and stdout. A
+    worker exits when its stdin closes: at :meth:`close`, or when this process ends.
+    """
+
+    def __init__(self, settings: dict[str, Any], workers: int, threads: int) -> None:
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "PYTHONPATH": os.pathsep.join(path for path in sys.path if path),
+        }
+        command = [sys.executable, "-c", f"from {__name__} import _serve; _serve()"]
+        self._procs = [
+            subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+            for _ in range(workers)
+        ]
+        self._finalizer = weakref.finalize(self, _stop, self._procs)
         try:
-            model = SentenceTransformer(
-                str(self.model_path), device=self.device, local_files_only=True
-            )
-        except (OSError, ValueError) as error:
-            reason = " ".join(str(error).split())[:200]
-            raise ConfigError(
-                f"cannot load the embedding model at {self.model_path}: {reason}"
-            ) from None
-        model.eval()
-        model.requires_grad_(False)
-        max_length = self.options.max_length
-        if max_length is not None:
-            limit = getattr(getattr(model[0], "auto_model", None), "config", None)
-            limit = getattr(limit, "max_position_embeddings", None)
-            if limit is not None and max_length > limit:
-                raise ConfigError(
-                    f"[embedder] max_length = {max_length} is more than the {limit} positions "
-                    f"of the model at {self.model_path}: use at most {limit}"
-                )
-            model.max_seq_length = max_length
-        loaded = _model_dimension(model)
-        if self._dimension is not None and loaded != self._dimension:
-            raise ConfigError(
-                f"the model at {self.model_path} makes {loaded}-dimensional vectors, but its "
-                f"configuration files say {self._dimension}: check the model folder"
-            )
-        self._dimension = loaded
-        return model
+            for proc in self._procs:
+                _send(proc, {**settings, "threads": threads})
+            for proc in self._procs:
+                _receive(proc)  # "ready", or the worker's one-line error
+        except BaseException:
+            self.close()
+            raise
 
-    @contextlib.contextmanager
-    def _autocast(self) -> Iterator[None]:
-        if self.precision == "fp32":
-            yield
-            return
+    def map(self, shards: list[list[str]]) -> list[np.ndarray]:
+        """Each worker embeds one shard; their results, in order."""
+        try:
+            for proc, shard in zip(self._procs, shards, strict=True):
+                _send(proc, shard)
+            return [_receive(proc) for proc in self._procs]
+        except BaseException:
+            self.close()  # a worker's stream is out of step now: never reuse it
+            raise
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _send(proc: subprocess.Popen, message: Any) -> None:
+    try:
+        pickle.dump(message, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        proc.stdin.flush()
+    except (BrokenPipeError, OSError):
+        raise RuntimeError(_died(proc)) from None
+
+
+def _receive(proc: subprocess.Popen) -> Any:
+    try:
+        kind, value = pickle.load(proc.stdout)
+    except (EOFError, OSError, pickle.UnpicklingError):
+        raise RuntimeError(_died(proc)) from None
+    if kind == "config-error":
+        raise ConfigError(value)
+    if kind == "error":
+        raise RuntimeError(f"an embedding worker failed: {value}")
+    return value
+
+
+def _died(proc: subprocess.Popen) -> str:
+    try:
+        code = proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        code = None
+    return f"an embedding worker process stopped (exit code {code}); its error is above"
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        with contextlib.suppress(OSError):
+            proc.stdout.close()
+
+
+def _die_with_parent() -> None:
+    """End this worker within a second of its parent's death, even a death by a signal that
+    left no time for :meth:`_WorkerPool.close` (a busy worker would not see EOF until it has
+    finished its texts): a watchdog thread notices that the parent process changed."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _serve() -> None:
+    """The loop of a worker process: settings, then texts in and vectors out until EOF."""
+    _die_with_parent()
+    protocol_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything a library prints goes to stderr, not into the protocol stream
+    sys.stdout = sys.stderr
+    protocol_in = sys.stdin.buffer
+
+    def reply(kind: str, value: Any) -> None:
+        pickle.dump((kind, value), protocol_out, protocol=pickle.HIGHEST_PROTOCOL)
+        protocol_out.flush()
+
+    settings = pickle.load(protocol_in)
+    try:
         import torch
 
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        with torch.autocast(self.device, dtype=dtype):
-            yield
+        torch.set_num_threads(settings["threads"])
+        model = _load_model(settings)
+    except ConfigError as error:
+        reply("config-error", str(error))
+        return
+    except Exception as error:  # reported in the parent, which stops
+        reply("error", f"{type(error).__name__}: {' '.join(str(error).split())}")
+        return
+    reply("ready", _model_dimension(model))
+    while True:
+        try:
+            texts = pickle.load(protocol_in)
+        except EOFError:
+            return
+        try:
+            reply("ok", _encode(model, texts, settings))
+        except Exception as error:
+            reply("error", f"{type(error).__name__}: {' '.join(str(error).split())}")
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -227,26 +430,22 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def _resolve_precision(precision: str, device: str) -> str:
-    """``"auto"`` becomes bf16 where bfloat16 matrix products are fast, else fp32."""
-    if precision != "auto":
-        return precision
-    if device == "cuda":
-        import torch
-
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if _cpu_has_fast_bf16() else "fp32"
-
-
-@functools.cache
-def _cpu_has_fast_bf16() -> bool:
-    """True when the CPU has bfloat16 dot-product instructions (AVX512-BF16 or AMX)."""
+def _usable_cores() -> int:
     try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _resolve_workers(workers: int | str, device: str) -> tuple[int, int]:
+    """``(processes, threads per process)``: data parallelism over the cores, which on two
+    cores shared with other jobs kept 74 chunks/s where one process with two threads fell to
+    27-52 (its threads wait for each other whenever one is descheduled)."""
+    cores = _usable_cores()
+    if device != "cpu":
+        return 1, cores
+    count = min(cores, 4) if workers == "auto" else int(workers)
+    return count, max(1, cores // count)
 
 
 def _model_dimension(model: Any) -> int:

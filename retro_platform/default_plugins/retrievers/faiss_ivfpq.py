@@ -18,7 +18,8 @@ from typing import Any, ClassVar, Literal
 
 import faiss
 import numpy as np
-from pydantic import Field, PositiveInt
+from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from retro_platform.default_plugins.retrievers._faiss import (
     FaissOptions,
@@ -36,17 +37,17 @@ MIN_POINTS_PER_LIST = 39
 class IVFPQOptions(FaissOptions):
     """``[retriever] name = "faiss-ivfpq"``."""
 
-    nlist: PositiveInt | Literal["auto"] = Field(
+    nlist: int | Literal["auto"] = Field(
         "auto",
         description='inverted lists; "auto": about 4 * sqrt(n), at least 39 training vectors each',
     )
-    m: PositiveInt | Literal["auto"] = Field(
+    m: int | Literal["auto"] = Field(
         "auto",
         description="PQ sub-quantizers (bytes per code at nbits = 8), must divide the dimension; "
         '"auto": dimension / 8, or the nearest divisor below it',
     )
     nbits: int = Field(8, ge=1, le=16, description="bits per sub-quantizer code")
-    nprobe: int = Field(16, ge=1, description="lists scanned per query")
+    nprobe: int = Field(32, ge=1, description="lists scanned per query")
     train_size: int = Field(
         262_144, ge=1, description="most vectors sampled (with `seed`) to train the lists and codes"
     )
@@ -55,6 +56,13 @@ class IVFPQOptions(FaissOptions):
     k_factor: float = Field(
         16.0, ge=1.0, description="with refine: re-rank the best k * k_factor PQ candidates"
     )
+
+    @field_validator("nlist", "m", mode="before")
+    @classmethod
+    def _positive_or_auto(cls, value: Any) -> Any:
+        if value == "auto" or (type(value) is int and value >= 1):
+            return value
+        raise PydanticCustomError("positive_or_auto", 'must be "auto" or a positive whole number')
 
 
 class FaissIVFPQRetriever(FaissRetriever):
