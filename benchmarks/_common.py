@@ -323,3 +323,98 @@ def fmt_ratio(numerator: float | None, denominator: float | None) -> str:
     if numerator is None or denominator is None or denominator == 0:
         return "—"
     return f"{numerator / denominator:.2f}×"
+
+
+# ---------------------------------------------------------------------------------------------
+# watching another process (added for benchmarks/retrieval.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def process_status_bytes(pid: int, field: str) -> int | None:
+    """A ``kB`` field (``VmHWM``, ``VmRSS``) of ``/proc/PID/status`` in bytes, or None when the
+    process is gone (a zombie has no memory fields) or /proc is missing."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class WatchedRun:
+    """What :func:`run_watched` saw of one child process."""
+
+    def __init__(self) -> None:
+        self.returncode: int | None = None
+        self.wall_s = 0.0
+        #: The child's own peak RSS: the last ``VmHWM`` read while it ran (polled), or None.
+        self.peak_rss: int | None = None
+        #: ``ru_maxrss`` of the child from ``wait4`` (bytes): at least the parent's RSS at the
+        #: fork, see :func:`peak_rss_bytes`; a cross-check of ``peak_rss``.
+        self.ru_maxrss: int | None = None
+        self.timed_out = False
+        #: True when ``stop_when`` asked for the child to be stopped (it was sent SIGTERM).
+        self.stopped = False
+        #: Seconds from the start to the poll at which ``stop_when`` answered True.
+        self.stopped_at_s: float | None = None
+        #: ``VmHWM`` read at that poll, before the child was stopped.
+        self.peak_rss_at_stop: int | None = None
+
+
+def run_watched(
+    command: list[str],
+    *,
+    cwd: Path | str | None = None,
+    env: dict[str, str] | None = None,
+    stdout: Any = None,
+    stderr: Any = None,
+    timeout_s: float | None = None,
+    poll_s: float = 0.05,
+    stop_when: Callable[[], bool] | None = None,
+    stop_poll_s: float = 0.25,
+) -> WatchedRun:
+    """Run ``command`` to its end, polling its ``VmHWM`` every ``poll_s``.
+
+    ``stop_when`` (called every ``stop_poll_s``) may end the child early: when it returns True
+    the child's peak so far is recorded and the child is sent SIGTERM (then SIGKILL after 10 s).
+    A child past ``timeout_s`` is killed and reported with ``timed_out``.
+    """
+    import subprocess
+    import time
+
+    result = WatchedRun()
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=stdout, stderr=stderr)
+    last_stop_check = started
+    terminated_at: float | None = None
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid == process.pid:
+            process.returncode = os.waitstatus_to_exitcode(status)  # reaped: Popen must not
+            result.returncode = process.returncode
+            result.ru_maxrss = usage.ru_maxrss * 1024
+            break
+        hwm = process_status_bytes(process.pid, "VmHWM")
+        if hwm is not None:
+            result.peak_rss = max(result.peak_rss or 0, hwm)
+        now = time.perf_counter()
+        if terminated_at is None:
+            if timeout_s is not None and now - started > timeout_s:
+                result.timed_out = True
+                process.kill()
+                terminated_at = now
+            elif stop_when is not None and now - last_stop_check >= stop_poll_s:
+                last_stop_check = now
+                if stop_when():
+                    result.stopped = True
+                    result.stopped_at_s = now - started
+                    result.peak_rss_at_stop = result.peak_rss
+                    process.terminate()
+                    terminated_at = now
+        elif now - terminated_at > 10:
+            process.kill()
+        time.sleep(poll_s)
+    result.wall_s = time.perf_counter() - started
+    return result
