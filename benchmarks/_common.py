@@ -343,8 +343,56 @@ def process_status_bytes(pid: int, field: str) -> int | None:
     return None
 
 
+def _proc_children() -> dict[int, list[int]]:
+    """Parent pid -> child pids, for every process /proc shows now."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return children
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    return children
+
+
+def process_tree(pid: int | None = None) -> list[int]:
+    """``pid`` (default: this process) and all its descendants alive now."""
+    root = os.getpid() if pid is None else pid
+    children = _proc_children()
+    tree, pending = [], [root]
+    while pending:
+        current = pending.pop()
+        tree.append(current)
+        pending.extend(children.get(current, []))
+    return tree
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree_cpu_seconds(pid: int | None = None) -> float:
+    """CPU seconds of a process and its living descendants, e.g. worker processes that an
+    embedder keeps (``time.process_time`` counts only the calling process's threads).
+    Resolution: one clock tick (10 ms); a descendant that exited is no longer counted."""
+    return sum(process_cpu_seconds(member) for member in process_tree(pid))
+
+
 class WatchedRun:
-    """What :func:`run_watched` saw of one child process."""
+    """What :func:`run_watched` saw of one child process (and the processes it started)."""
 
     def __init__(self) -> None:
         self.returncode: int | None = None
@@ -361,6 +409,13 @@ class WatchedRun:
         self.stopped_at_s: float | None = None
         #: ``VmHWM`` read at that poll, before the child was stopped.
         self.peak_rss_at_stop: int | None = None
+        #: The largest sum of ``VmRSS`` over the child and its descendants seen at one poll
+        #: (the memory of the whole job when the child starts worker processes), or None.
+        self.tree_peak_rss: int | None = None
+        #: The same, up to the poll at which ``stop_when`` answered True.
+        self.tree_peak_rss_at_stop: int | None = None
+        #: Largest number of processes seen in the tree at one poll.
+        self.tree_processes = 0
 
 
 def run_watched(
@@ -374,12 +429,14 @@ def run_watched(
     poll_s: float = 0.05,
     stop_when: Callable[[], bool] | None = None,
     stop_poll_s: float = 0.25,
+    tree_poll_s: float = 0.1,
 ) -> WatchedRun:
     """Run ``command`` to its end, polling its ``VmHWM`` every ``poll_s``.
 
     ``stop_when`` (called every ``stop_poll_s``) may end the child early: when it returns True
     the child's peak so far is recorded and the child is sent SIGTERM (then SIGKILL after 10 s).
-    A child past ``timeout_s`` is killed and reported with ``timed_out``.
+    A child past ``timeout_s`` is killed and reported with ``timed_out``. Every
+    ``tree_poll_s`` the RSS of the child and all its descendants is summed: ``tree_peak_rss``.
     """
     import subprocess
     import time
@@ -387,7 +444,7 @@ def run_watched(
     result = WatchedRun()
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=stdout, stderr=stderr)
-    last_stop_check = started
+    last_stop_check = last_tree_poll = started
     terminated_at: float | None = None
     while True:
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
@@ -400,6 +457,14 @@ def run_watched(
         if hwm is not None:
             result.peak_rss = max(result.peak_rss or 0, hwm)
         now = time.perf_counter()
+        if now - last_tree_poll >= tree_poll_s:
+            last_tree_poll = now
+            members = process_tree(process.pid)
+            sizes = [process_status_bytes(member, "VmRSS") for member in members]
+            total = sum(size for size in sizes if size is not None)
+            if total:
+                result.tree_peak_rss = max(result.tree_peak_rss or 0, total)
+                result.tree_processes = max(result.tree_processes, len(members))
         if terminated_at is None:
             if timeout_s is not None and now - started > timeout_s:
                 result.timed_out = True
@@ -411,6 +476,7 @@ def run_watched(
                     result.stopped = True
                     result.stopped_at_s = now - started
                     result.peak_rss_at_stop = result.peak_rss
+                    result.tree_peak_rss_at_stop = result.tree_peak_rss
                     process.terminate()
                     terminated_at = now
         elif now - terminated_at > 10:

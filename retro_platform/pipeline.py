@@ -51,7 +51,11 @@ def run_index(
     corpus_id = find_corpus_id(experiment, store)
     embeddings = embed_corpus(experiment, store, corpus_id, reembed=reembed, progress=progress)
     index = build_index(experiment, store, corpus_id, embeddings, rebuild=rebuild, log=log)
-    retriever = open_index(index, str(experiment.source or "EXPERIMENT.toml"))
+    retriever = open_index(
+        index,
+        str(experiment.source or "EXPERIMENT.toml"),
+        experiment.plugin_options("retriever")[1],
+    )
     neighbours = compute_neighbours(
         experiment,
         store,
@@ -81,7 +85,11 @@ def search(
     if k < 1:
         raise ConfigError("-k must be at least 1")
     index = stored_index(experiment, store)
-    retriever = open_index(index, str(experiment.source or "EXPERIMENT.toml"))
+    retriever = open_index(
+        index,
+        str(experiment.source or "EXPERIMENT.toml"),
+        experiment.plugin_options("retriever")[1],
+    )
     embedder = embedder or experiment.plugin("embedder")
     vector = np.asarray(embedder.embed([query]), dtype=np.float32)
     if vector.shape != (1, index.dimension):
@@ -113,8 +121,8 @@ def search(
 def stored_index(experiment: Experiment, store: Any) -> IndexRecord:
     """The finished index of the experiment's current corpus, embedder and retriever."""
     corpus_id = find_corpus_id(experiment, store)
-    embedder_name, embedder_options = experiment.plugin_options("embedder")
-    retriever_name, retriever_options = experiment.plugin_options("retriever")
+    embedder_name, embedder_options = experiment.plugin_stored_options("embedder")
+    retriever_name, retriever_options = experiment.plugin_stored_options("retriever")
     fraction = experiment.retrieval.validation_fraction
     with store.session() as session:
         corpus = session.get(Corpus, corpus_id)

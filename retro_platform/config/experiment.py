@@ -7,8 +7,8 @@ validated by the plugin itself (:func:`retro_platform.plugins.plugin_options`) w
 builds it, and by :meth:`Experiment.check_plugins` before any work. Relative paths are taken
 from the experiment file's folder.
 
-The tables of the runner (``[model]``, ``[train]``, ``[eval]``, ``[generate]``, ``[mlflow]``,
-``[sweep]``) are accepted here as they are; the runner validates them.
+The runner's tables (``[model]``, ``[train]``, ``[eval]``, ``[generate]``, ``[mlflow]``,
+``[sweep]``) are in :mod:`retro_platform.config.runner_tables`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from retro_platform.config.runner_tables import (
+    EvalTable,
+    GenerateTable,
+    MlflowTable,
+    ModelTable,
+    SweepTable,
+    TrainTable,
+)
 from retro_platform.errors import ConfigError, did_you_mean
 from retro_platform.protocols.options import BASE_DIR, RelativePath
 
@@ -86,12 +94,12 @@ class Experiment(_Table):
     embedder: dict[str, Any] = Field(default_factory=lambda: {"name": "sentence-transformers"})
     retriever: dict[str, Any] = Field(default_factory=lambda: {"name": "faiss-flat"})
     retrieval: RetrievalTable = Field(default_factory=dict, validate_default=True)
-    model: dict[str, Any] = Field(default_factory=dict)
-    train: dict[str, Any] = Field(default_factory=dict)
-    eval: dict[str, Any] = Field(default_factory=dict)
-    generate: dict[str, Any] = Field(default_factory=dict)
-    mlflow: dict[str, Any] = Field(default_factory=dict)
-    sweep: dict[str, Any] = Field(default_factory=dict)
+    model: ModelTable = Field(default_factory=dict, validate_default=True)
+    train: TrainTable = Field(default_factory=dict, validate_default=True)
+    eval: EvalTable = Field(default_factory=dict, validate_default=True)
+    generate: GenerateTable = Field(default_factory=dict, validate_default=True)
+    mlflow: MlflowTable = Field(default_factory=dict, validate_default=True)
+    sweep: SweepTable = Field(default_factory=dict, validate_default=True)
 
     #: The file this came from (None when built in code) and its folder.
     source: Path | None = Field(None, exclude=True)
@@ -118,6 +126,17 @@ class Experiment(_Table):
             PLUGIN_TABLES[table], getattr(self, table), table_name=table, base_dir=self.base_dir
         )
         return registration.name, options_dict(options)
+
+    def plugin_stored_options(self, table: str) -> tuple[str, dict[str, Any]]:
+        """Like :meth:`plugin_options` without the plugin's runtime options (batch size,
+        device, search breadth, ...): what fingerprints a stored result."""
+        from retro_platform.plugins import plugin_options
+        from retro_platform.protocols.options import stored_options
+
+        registration, options = plugin_options(
+            PLUGIN_TABLES[table], getattr(self, table), table_name=table, base_dir=self.base_dir
+        )
+        return registration.name, stored_options(options)
 
     def check_plugins(self) -> None:
         """Validate every plugin table against its plugin; raise ``ConfigError`` on the first

@@ -72,10 +72,11 @@ def embed_corpus(
     model whose files changed under the same options).
     """
     name, options = experiment.plugin_options("embedder")
+    _, identity = experiment.plugin_stored_options("embedder")
     embedder = embedder or experiment.plugin("embedder")
     with store.session() as session:
         corpus = session.get(Corpus, corpus_id)
-        key = embedding_fingerprint(corpus, name, options)
+        key = embedding_fingerprint(corpus, name, identity)
         row = session.scalar(select(EmbeddingSet).where(EmbeddingSet.fingerprint == key))
         count = count_chunks(session, corpus_id)
         if row is None:

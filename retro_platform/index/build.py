@@ -77,8 +77,9 @@ def build_index(
 ) -> IndexRecord:
     """The experiment's index over ``embeddings``: reused when built, else built now."""
     name, options = experiment.plugin_options("retriever")
+    _, identity = experiment.plugin_stored_options("retriever")
     fraction = experiment.retrieval.validation_fraction
-    key = index_fingerprint(embeddings, name, options, fraction)
+    key = index_fingerprint(embeddings, name, identity, fraction)
     retriever: Retriever = experiment.plugin("retriever", embeddings.dimension)
     with store.session() as session:
         row = session.scalar(select(VectorIndex).where(VectorIndex.fingerprint == key))
@@ -126,10 +127,17 @@ def build_index(
         return IndexRecord.from_row(row, store)
 
 
-def open_index(record: IndexRecord, experiment_file: str = "EXPERIMENT.toml") -> Retriever:
-    """Load a finished index with the retriever and options it was built with."""
+def open_index(
+    record: IndexRecord,
+    experiment_file: str = "EXPERIMENT.toml",
+    options: dict[str, Any] | None = None,
+) -> Retriever:
+    """Load a finished index with the retriever it was built with, and with ``options`` (the
+    experiment's current ones, whose runtime options such as a search breadth may differ from
+    the build's) or else the options it was built with."""
+    options = record.options if options is None else options
     retriever: Retriever = build_plugin(
-        "retrievers", {"name": record.retriever, **record.options}, record.dimension
+        "retrievers", {"name": record.retriever, **options}, record.dimension
     )
     rebuild = f"run: retro-platform index {experiment_file} --rebuild"
     if not record.path.exists():

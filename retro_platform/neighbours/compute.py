@@ -102,7 +102,9 @@ def compute_neighbours(
     """Compute (or reuse) the neighbour set of every chunk of the corpus."""
     k = experiment.retrieval.neighbours
     exclusion = "same-document" if experiment.retrieval.exclude_same_document else "none"
-    key = fingerprint(index=index.fingerprint, k=k, exclusion=exclusion)
+    # the index's fingerprint leaves search-time options out; the neighbours depend on them
+    _, search_options = experiment.plugin_options("retriever")
+    key = fingerprint(index=index.fingerprint, search=search_options, k=k, exclusion=exclusion)
     with store.session() as session:
         row = session.scalar(select(NeighbourSet).where(NeighbourSet.fingerprint == key))
         if row is None:

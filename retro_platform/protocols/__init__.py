@@ -2,7 +2,13 @@
 
 from retro_platform.protocols.corpus_reader import CorpusReader, SourceDocument
 from retro_platform.protocols.embedder import Embedder
-from retro_platform.protocols.options import BASE_DIR, PluginOptions, RelativePath, options_dict
+from retro_platform.protocols.options import (
+    BASE_DIR,
+    PluginOptions,
+    RelativePath,
+    options_dict,
+    stored_options,
+)
 from retro_platform.protocols.positional_encoding import AttentionRole, PositionalEncoding
 from retro_platform.protocols.retriever import MISSING, Retriever
 from retro_platform.protocols.tokenizer import Encoding, Tokenizer
@@ -21,4 +27,5 @@ __all__ = [
     "SourceDocument",
     "Tokenizer",
     "options_dict",
+    "stored_options",
 ]

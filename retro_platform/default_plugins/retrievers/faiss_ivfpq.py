@@ -37,6 +37,9 @@ MIN_POINTS_PER_LIST = 39
 class IVFPQOptions(FaissOptions):
     """``[retriever] name = "faiss-ivfpq"``."""
 
+    # search-time settings: an index built earlier is searched with the current values
+    runtime_options: ClassVar[frozenset[str]] = frozenset({"nprobe", "k_factor"})
+
     nlist: int | Literal["auto"] = Field(
         "auto",
         description='inverted lists; "auto": about 4 * sqrt(n), at least 39 training vectors each',
