@@ -107,6 +107,13 @@ def test_every_experiment_file_key_is_documented() -> None:
         RetrievalTable,
         StoreTable,
     )
+    from retro_platform.config.runner_tables import (
+        EvalTable,
+        GenerateTable,
+        MlflowTable,
+        ModelTable,
+        TrainTable,
+    )
 
     text = (DOC.parent / "experiment-file.md").read_text()
     tables = [name for name in Experiment.model_fields if name not in ("source", "base_dir")]
@@ -116,6 +123,11 @@ def test_every_experiment_file_key_is_documented() -> None:
         (ExperimentTable, "experiment"),
         (StoreTable, "store"),
         (RetrievalTable, "retrieval"),
+        (ModelTable, "model"),
+        (TrainTable, "train"),
+        (EvalTable, "eval"),
+        (GenerateTable, "generate"),
+        (MlflowTable, "mlflow"),
     ):
         section = text.split(f"## `[{table}]`", 1)[1].split("\n## ", 1)[0]
         for key in model.model_fields:

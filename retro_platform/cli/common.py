@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import click
@@ -13,14 +14,28 @@ experiment_argument = click.argument(
     "experiment_file", metavar="EXPERIMENT.toml", type=click.Path(dir_okay=False)
 )
 
+#: ``--set KEY=VALUE`` (repeatable), passed to the command as ``overrides``: a tuple of strings
+#: for :func:`~retro_platform.config.load_experiment`.
+set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Change a key of the experiment file, e.g. --set train.steps=100 (repeatable; "
+    "VALUE is a TOML value, else a plain string).",
+)
 
-def open_experiment(path: str) -> tuple[Experiment, Any]:
-    """Load and fully validate the experiment file (plugins included), then open its store.
+
+def open_experiment(path: str, overrides: Iterable[str] = ()) -> tuple[Experiment, Any]:
+    """Load the experiment file with its ``--set`` overrides and validate it in full (plugins,
+    the rules between tables, every sweep point), then open its store.
 
     Validation comes first so that a typo costs nothing and touches nothing.
     """
-    experiment = load_experiment(path)
-    experiment.check_plugins()
+    from retro_platform.config.rules import check_experiment
+
+    experiment = load_experiment(path, overrides)
+    check_experiment(experiment)
     from retro_platform.store.database import open_store
 
     store = open_store(experiment.store.database_url, experiment.store.path)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import click
 
+from retro_platform.cli.common import experiment_argument as _experiment_argument
+from retro_platform.cli.common import set_option
 from retro_platform.cli.group import cli
-
-_experiment_argument = click.argument(
-    "experiment_file", metavar="EXPERIMENT.toml", type=click.Path(dir_okay=False)
-)
 
 
 @cli.group()
@@ -22,7 +20,8 @@ def db() -> None:
 
 @db.command()
 @_experiment_argument
-def upgrade(experiment_file: str) -> None:
+@set_option
+def upgrade(experiment_file: str, overrides: tuple[str, ...]) -> None:
     """Upgrade the store database of EXPERIMENT.toml to the schema this version needs.
 
     Creates the database if it is empty. Does nothing to a database already at the head.
@@ -30,7 +29,7 @@ def upgrade(experiment_file: str) -> None:
     from retro_platform.config import load_experiment
     from retro_platform.store.database import safe_url, upgrade
 
-    experiment = load_experiment(experiment_file)
+    experiment = load_experiment(experiment_file, overrides)
     url = experiment.store.database_url
     before, head = upgrade(url)
     if before == head:
@@ -41,7 +40,8 @@ def upgrade(experiment_file: str) -> None:
 
 @db.command()
 @_experiment_argument
-def current(experiment_file: str) -> None:
+@set_option
+def current(experiment_file: str, overrides: tuple[str, ...]) -> None:
     """Show the store database's schema revision and whether it is the head.
 
     The head is the revision this version of retro-platform needs. Reads EXPERIMENT.toml's
@@ -50,7 +50,7 @@ def current(experiment_file: str) -> None:
     from retro_platform.config import load_experiment
     from retro_platform.store.database import head_revision, safe_url, schema_status
 
-    experiment = load_experiment(experiment_file)
+    experiment = load_experiment(experiment_file, overrides)
     url = experiment.store.database_url
     revision, kind = schema_status(url)
     head = head_revision()

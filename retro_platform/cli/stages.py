@@ -6,13 +6,14 @@ import json
 
 import click
 
-from retro_platform.cli.common import experiment_argument, open_experiment
+from retro_platform.cli.common import experiment_argument, open_experiment, set_option
 from retro_platform.cli.group import cli
 
 
 @cli.command()
 @experiment_argument
-def ingest(experiment_file: str) -> None:
+@set_option
+def ingest(experiment_file: str, overrides: tuple[str, ...]) -> None:
     """Read the corpus, tokenize it and store its chunks in SQL.
 
     Idempotent and resumable: documents already stored with the same content are skipped, so
@@ -21,13 +22,14 @@ def ingest(experiment_file: str) -> None:
     """
     from retro_platform.pipeline import ingest as run_ingest
 
-    experiment, store = open_experiment(experiment_file)
+    experiment, store = open_experiment(experiment_file, overrides)
     report = run_ingest(experiment, store)
     click.echo(report.summary())
 
 
 @cli.command()
 @experiment_argument
+@set_option
 @click.option(
     "--rebuild", is_flag=True, help="Rebuild the vector index and the neighbours even if stored."
 )
@@ -36,7 +38,7 @@ def ingest(experiment_file: str) -> None:
     is_flag=True,
     help="Also embed every chunk again (after the embedding model's files changed).",
 )
-def index(experiment_file: str, rebuild: bool, reembed: bool) -> None:
+def index(experiment_file: str, overrides: tuple[str, ...], rebuild: bool, reembed: bool) -> None:
     """Embed every chunk, build the vector index and every chunk's neighbours.
 
     Reuses what is stored: a second run with the same options does no work, and a different
@@ -45,7 +47,7 @@ def index(experiment_file: str, rebuild: bool, reembed: bool) -> None:
     """
     from retro_platform.pipeline import run_index
 
-    experiment, store = open_experiment(experiment_file)
+    experiment, store = open_experiment(experiment_file, overrides)
     result = run_index(experiment, store, rebuild=rebuild, reembed=reembed, log=click.echo)
     neighbours = result.neighbours
     click.echo(
@@ -61,13 +63,16 @@ def index(experiment_file: str, rebuild: bool, reembed: bool) -> None:
 @cli.command()
 @experiment_argument
 @click.argument("query")
+@set_option
 @click.option("-k", "k", default=5, show_default=True, help="How many chunks to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
-def search(experiment_file: str, query: str, k: int, as_json: bool) -> None:
+def search(
+    experiment_file: str, query: str, overrides: tuple[str, ...], k: int, as_json: bool
+) -> None:
     """Show the chunks nearest to QUERY: score, document, position and text."""
     from retro_platform.pipeline import search as run_search
 
-    experiment, store = open_experiment(experiment_file)
+    experiment, store = open_experiment(experiment_file, overrides)
     hits = run_search(experiment, store, query, k)
     if as_json:
         click.echo(json.dumps([hit.__dict__ for hit in hits], indent=2))

@@ -6,7 +6,12 @@ import json
 
 import click
 
-from retro_platform.cli.common import experiment_argument, human_bytes, open_experiment
+from retro_platform.cli.common import (
+    experiment_argument,
+    human_bytes,
+    open_experiment,
+    set_option,
+)
 from retro_platform.cli.group import cli
 from retro_platform.cli.tables import text_table
 
@@ -18,12 +23,13 @@ def store() -> None:
 
 @store.command()
 @experiment_argument
+@set_option
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def stats(experiment_file: str, as_json: bool) -> None:
+def stats(experiment_file: str, overrides: tuple[str, ...], as_json: bool) -> None:
     """Counts and sizes: corpora, documents, chunks, embeddings, indexes, neighbours."""
     from retro_platform.store.stats import store_stats
 
-    _, opened = open_experiment(experiment_file)
+    _, opened = open_experiment(experiment_file, overrides)
     figures = store_stats(opened)
     if as_json:
         click.echo(json.dumps(figures, indent=2))
@@ -50,7 +56,8 @@ def stats(experiment_file: str, as_json: bool) -> None:
 
 @store.command()
 @experiment_argument
-def check(experiment_file: str) -> None:
+@set_option
+def check(experiment_file: str, overrides: tuple[str, ...]) -> None:
     """Check that SQL and the index files agree; exit code 1 if they do not.
 
     Every id in every vector index must be a chunk in SQL and every chunk of the retrieval
@@ -58,7 +65,7 @@ def check(experiment_file: str) -> None:
     """
     from retro_platform.store.check import check_store
 
-    _, opened = open_experiment(experiment_file)
+    _, opened = open_experiment(experiment_file, overrides)
     report = check_store(opened)
     for line in report.checked:
         click.echo(f"checked {line}")

@@ -13,12 +13,15 @@ The runner's tables (``[model]``, ``[train]``, ``[eval]``, ``[generate]``, ``[ml
 
 from __future__ import annotations
 
+import re
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from retro_platform.config.overrides import apply_overrides
 from retro_platform.config.runner_tables import (
     EvalTable,
     GenerateTable,
@@ -27,7 +30,7 @@ from retro_platform.config.runner_tables import (
     SweepTable,
     TrainTable,
 )
-from retro_platform.errors import ConfigError, did_you_mean
+from retro_platform.errors import ConfigError, UnknownPluginError, did_you_mean
 from retro_platform.protocols.options import BASE_DIR, RelativePath
 
 #: The plugin tables: table name -> plugin family.
@@ -122,9 +125,12 @@ class Experiment(_Table):
         from retro_platform.plugins import plugin_options
         from retro_platform.protocols.options import options_dict
 
-        registration, options = plugin_options(
-            PLUGIN_TABLES[table], getattr(self, table), table_name=table, base_dir=self.base_dir
-        )
+        try:
+            registration, options = plugin_options(
+                PLUGIN_TABLES[table], getattr(self, table), table_name=table, base_dir=self.base_dir
+            )
+        except UnknownPluginError as error:  # the registry's message does not name the table
+            raise UnknownPluginError(f"[{table}] name: {error}") from None
         return registration.name, options_dict(options)
 
     def plugin_stored_options(self, table: str) -> tuple[str, dict[str, Any]]:
@@ -144,14 +150,30 @@ class Experiment(_Table):
         for table in PLUGIN_TABLES:
             self.plugin_options(table)
 
+    def check_runner(self) -> None:
+        """Check the rules between the runner's tables (a sequence length that is a multiple
+        of the chunk size, cross-attention layers within the depth, a positional encoding
+        that accepts its options, ...): see :mod:`retro_platform.config.rules`."""
+        from retro_platform.config.rules import check_runner
 
-def load_experiment(path: str | Path) -> Experiment:
-    """Read and validate ``path``; every problem is a one-line :class:`ConfigError`."""
+        check_runner(self)
+
+
+def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> Experiment:
+    """Read and validate ``path`` with ``--set`` ``overrides`` (``"train.steps=100"``, see
+    :mod:`retro_platform.config.overrides`) applied first; every problem is a one-line
+    :class:`ConfigError`.
+
+    This checks the tables; :meth:`Experiment.check_plugins`, :meth:`Experiment.check_runner`
+    and :func:`retro_platform.config.sweep.sweep_points` check the rest.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"experiment file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"experiment file {path} is a folder, not a TOML file") from None
     except UnicodeDecodeError:
         raise ConfigError(f"experiment file {path} is not UTF-8 text") from None
     except OSError as error:
@@ -159,7 +181,9 @@ def load_experiment(path: str | Path) -> Experiment:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path} is not valid TOML: {error}") from None
+        # tomllib's message ends with "(at line L, column C)": keep it, on one line
+        raise ConfigError(f"{path} is not valid TOML: {' '.join(str(error).split())}") from None
+    apply_overrides(data, overrides)
     return experiment_from_dict(data, base_dir=path.resolve().parent, source=path)
 
 
@@ -169,27 +193,88 @@ def experiment_from_dict(
     """Validate an already-parsed experiment (what :func:`load_experiment` does after TOML)."""
     where = str(source) if source else "experiment"
     try:
+        return validate_tables(data, base_dir=base_dir, source=source)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def validate_tables(
+    data: dict[str, Any], *, base_dir: Path, source: Path | None = None
+) -> Experiment:
+    """:func:`experiment_from_dict` with messages that do not name the file."""
+    try:
         experiment = Experiment.model_validate(data, context={BASE_DIR: base_dir})
     except ValidationError as error:
-        raise ConfigError(f"{where}: {_describe(error.errors()[0], data)}") from None
+        raise ConfigError(_describe(error.errors()[0])) from None
     for table in PLUGIN_TABLES:
         name = getattr(experiment, table).get("name")
         if not isinstance(name, str) or not name:
-            raise ConfigError(f'{where}: [{table}] needs name = "..." (a plugin name)')
+            raise ConfigError(f'[{table}] needs name = "..." (a plugin name)')
+    from retro_platform.config.sweep import check_sweep_keys
+
+    check_sweep_keys(experiment.sweep.grid)
     return experiment.model_copy(update={"source": source, "base_dir": base_dir})
 
 
-def _describe(problem: dict[str, Any], data: dict[str, Any]) -> str:
-    """One validation problem as ``[table] key: what is wrong``, with a suggestion for typos."""
-    loc = [str(part) for part in problem["loc"]]
-    if problem["type"] == "extra_forbidden":
-        *parents, key = loc
-        model: type[BaseModel] = Experiment
+#: The tables of an experiment file, in order.
+TABLES: tuple[str, ...] = tuple(
+    name for name in Experiment.model_fields if name not in ("source", "base_dir")
+)
+
+
+def table_model(table: str) -> type[BaseModel] | None:
+    """The pydantic model of a typed table (``"train"`` -> ``TrainTable``); None for a plugin
+    table or an unknown name."""
+    field = Experiment.model_fields.get(table)
+    annotation = field.annotation if field is not None else None
+    return (
+        annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    )
+
+
+def _describe(problem: dict[str, Any]) -> str:
+    """One validation problem as ``[table] key: what is wrong (got value)``, with a
+    suggestion for a misspelt key or choice."""
+    loc = list(problem["loc"])
+    kind = problem["type"]
+    if kind == "extra_forbidden":
+        *parents, key = (str(part) for part in loc)
+        model: Any = Experiment
         for part in parents:
-            model = model.model_fields[part].annotation  # type: ignore[assignment]
-        known = [name for name in model.model_fields if name not in ("source", "base_dir")]
-        where = f"[{'.'.join(parents)}] " if parents else "top level: "
-        kind = "table" if not parents else "key"
-        return f"{where}unknown {kind} {key!r}{did_you_mean(key, known)}; known: {', '.join(known)}"
-    where = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else f"[{loc[0]}]"
-    return f"{where}: {problem['msg']} (got {problem.get('input')!r})"
+            field = getattr(model, "model_fields", {}).get(part)
+            model = field.annotation if field is not None else None
+        known = [
+            name
+            for name in getattr(model, "model_fields", {})
+            if name not in ("source", "base_dir")
+        ]
+        if not parents:
+            return f"unknown table {key!r}{did_you_mean(key, known)}; known: {', '.join(known)}"
+        where = f"[{'.'.join(parents)}]"
+        hint = f"{did_you_mean(key, known)}; known: {', '.join(known)}" if known else ""
+        return f"{where} unknown key {key!r}{hint}"
+    where = f"[{loc[0]}]" if loc else "top level"
+    key = _key_path(loc[1:])
+    if kind == "value_error":  # our own validators' text, without pydantic's "Value error, "
+        message = str(problem.get("ctx", {}).get("error", problem["msg"]))
+    elif kind == "path_type":
+        message = "expected a path (a string)"
+    else:
+        message = problem["msg"]
+    if not key:
+        if kind in ("model_type", "dict_type"):
+            return f"{where} must be a table, got {problem.get('input')!r}"
+        return f"{where}: {message}"  # a rule over the whole table: its value says nothing
+    got = problem.get("input")
+    hint = ""
+    if kind == "literal_error" and isinstance(got, str):
+        hint = did_you_mean(got, re.findall(r"'([^']*)'", str(problem["ctx"]["expected"])))
+    return f"{where} {key}: {message} (got {got!r}){hint}"
+
+
+def _key_path(parts: list[Any]) -> str:
+    # ("betas", 0) -> "betas[0]"; ("options", "slope") -> "options.slope"
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text

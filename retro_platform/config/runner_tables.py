@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from retro_platform.config.overrides import flatten_sweep
 from retro_platform.protocols.options import RelativePath
 
 
@@ -193,19 +194,7 @@ class SweepTable(_Table):
     @classmethod
     def _dotted(cls, data: Any) -> Any:
         # TOML reads a bare dotted key (retriever.name = [...]) as nested tables: flatten them
-        if not isinstance(data, dict):
-            return data
-        flat: dict[str, Any] = {}
-
-        def walk(prefix: str, value: Any) -> None:
-            if isinstance(value, dict):
-                for key, inner in value.items():
-                    walk(f"{prefix}.{key}" if prefix else str(key), inner)
-            else:
-                flat[prefix] = value
-
-        walk("", data)
-        return flat
+        return flatten_sweep(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _lists(self) -> SweepTable:

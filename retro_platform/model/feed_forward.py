@@ -56,5 +56,12 @@ class FeedForward(nn.Module):
             keep, scale = torch.rand_like(hidden) >= self.dropout, 1.0 / (1.0 - self.dropout)
         if torch.is_grad_enabled() and (hidden.requires_grad or self.proj_out.weight.requires_grad):
             weight, bias = self.proj_out.weight, self.proj_out.bias
+            device = hidden.device.type
+            if torch.is_autocast_enabled(device):
+                # autocast does not reach inside a custom Function's backward: cast here, so
+                # both passes run in the autocast dtype (the casts carry gradients back to fp32)
+                dtype = torch.get_autocast_dtype(device)
+                hidden, weight = hidden.to(dtype), weight.to(dtype)
+                bias = None if bias is None else bias.to(dtype)
             return _GeluDropoutLinear.apply(hidden, keep, scale, weight, bias)
         return self.proj_out(_dropped(F.gelu(hidden), keep, scale))

@@ -1,5 +1,7 @@
 """What each swappable component must offer. The core is written against these alone."""
 
+from typing import TYPE_CHECKING, Any
+
 from retro_platform.protocols.corpus_reader import CorpusReader, SourceDocument
 from retro_platform.protocols.embedder import Embedder
 from retro_platform.protocols.options import (
@@ -9,9 +11,22 @@ from retro_platform.protocols.options import (
     options_dict,
     stored_options,
 )
-from retro_platform.protocols.positional_encoding import AttentionRole, PositionalEncoding
 from retro_platform.protocols.retriever import MISSING, Retriever
 from retro_platform.protocols.tokenizer import Encoding, Tokenizer
+
+if TYPE_CHECKING:
+    from retro_platform.protocols.positional_encoding import AttentionRole, PositionalEncoding
+
+
+def __getattr__(name: str) -> Any:
+    # the positional-encoding protocol needs torch: imported when asked for, so that the CLI
+    # and the experiment file's validation start without it
+    if name in ("AttentionRole", "PositionalEncoding"):
+        from retro_platform.protocols import positional_encoding
+
+        return getattr(positional_encoding, name)
+    raise AttributeError(f"module 'retro_platform.protocols' has no attribute {name!r}")
+
 
 __all__ = [
     "BASE_DIR",

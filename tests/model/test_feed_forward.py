@@ -40,3 +40,20 @@ def test_eval_and_no_grad_paths_agree():
         a = ff(x)
     assert torch.allclose(a, ff(x), atol=1e-6)
     assert torch.allclose(a, plain(ff, x, None), atol=1e-6)
+
+
+def test_bf16_autocast_gives_the_fp32_gradients_within_bf16_precision():
+    torch.manual_seed(0)
+    layer = FeedForward(32)
+    x = torch.randn(4, 8, 32, requires_grad=True)
+    layer(x).square().sum().backward()
+    expected = [p.grad.clone() for p in (x, *layer.parameters())]
+    x.grad = None
+    layer.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.bfloat16
+    out.float().square().sum().backward()
+    for grad, want in zip((x.grad, *(p.grad for p in layer.parameters())), expected, strict=True):
+        assert grad.dtype == torch.float32  # parameters keep fp32 gradients
+        assert torch.allclose(grad, want, rtol=0.05, atol=0.05 * want.abs().max().item())

@@ -230,7 +230,11 @@ class SentenceTransformerEmbedder(Embedder):
 def _load_model(settings: dict[str, Any]) -> Any:
     """A frozen ``SentenceTransformer`` from ``settings`` (what :meth:`_settings` gives)."""
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
 
+    # loading a local model needs no "Loading weights" bar per process, nor its INFO lines
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
     path = settings["model_path"]
     try:
         model = SentenceTransformer(path, device=settings["device"], local_files_only=True)

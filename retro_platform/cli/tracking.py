@@ -1,0 +1,166 @@
+"""``retro-platform ui`` and ``retro-platform runs``: the tracked runs, in a browser or a table."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import click
+
+from retro_platform.cli.common import experiment_argument
+from retro_platform.cli.group import cli
+from retro_platform.cli.tables import text_table
+from retro_platform.errors import ConfigError
+
+_STOP_TIMEOUT_S = 10.0
+
+
+@cli.command()
+@experiment_argument
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Interface to listen on (loopback)."
+)
+@click.option(
+    "--port", default=5000, show_default=True, type=click.IntRange(1, 65535), help="Port."
+)
+@click.option(
+    "--workers", default=1, show_default=True, type=click.IntRange(1), help="Server processes."
+)
+def ui(experiment_file: str, host: str, port: int, workers: int) -> None:
+    """Start the MLflow UI on the experiment's tracking store; Ctrl-C stops it.
+
+    Serves the tracking database of [mlflow] tracking_uri, else MLFLOW_TRACKING_URI, else
+    mlflow.db beside the experiment file. A tracking server has its own UI: open its URL
+    instead. The first start can take a minute on a slow machine.
+    """
+    from retro_platform.config import load_experiment
+    from retro_platform.tracking.client import TrackingError, quiet_mlflow_environment
+    from retro_platform.tracking.uri import (
+        HTTP_SCHEMES,
+        check_reachable,
+        is_database_uri,
+        safe_uri,
+        scheme,
+        tracking_uri,
+    )
+
+    experiment = load_experiment(experiment_file)
+    uri = tracking_uri(experiment)
+    if scheme(uri) in HTTP_SCHEMES:
+        raise ConfigError(
+            f"the tracking URI is a server, {safe_uri(uri)}: open that URL in a browser, it is "
+            "the UI"
+        )
+    if not is_database_uri(uri):
+        raise ConfigError(
+            f"retro-platform ui serves a tracking database (sqlite:///..., postgresql://...), "
+            f"not {safe_uri(uri)}: open that tracking store's own UI"
+        )
+    check_reachable(uri)
+    _check_port_free(host, port)
+    quiet_mlflow_environment()
+    command = [
+        sys.executable, "-m", "mlflow", "ui",
+        "--backend-store-uri", uri,
+        "--host", host,
+        "--port", str(port),
+        "--workers", str(workers),
+    ]  # fmt: skip
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    click.echo(f"MLflow UI of {safe_uri(uri)} at {url} (Ctrl-C stops it)")
+    # its own process group, so that stopping it reaches the server's workers too
+    env = dict(os.environ)
+    # MLflow's job runner (GenAI scoring, trace archival) is eight more processes that a
+    # UI of training runs never uses
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    server = subprocess.Popen(command, env=env, start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        code = server.wait()
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        _stop(server)
+        signal.signal(signal.SIGTERM, previous)
+    if code != 0:
+        raise TrackingError(f"the MLflow UI stopped with exit code {code} (its messages are above)")
+
+
+@cli.command()
+@experiment_argument
+@click.option("--all-params", is_flag=True, help="Show every param, not only those that differ.")
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+def runs(experiment_file: str, all_params: bool, as_json: bool) -> None:
+    """List the experiment's MLflow runs: status, the params that differ between runs, and
+    the final val/bpb, val/bpb_retrieval_off, val/loss and train/loss.
+
+    A sweep's runs are listed under their parent run, indented.
+    """
+    from retro_platform.config import load_experiment
+    from retro_platform.tracking import listing
+    from retro_platform.tracking.client import open_client, tracking_errors
+    from retro_platform.tracking.uri import experiment_name, safe_uri, sqlite_path, tracking_uri
+
+    experiment = load_experiment(experiment_file)
+    uri = tracking_uri(experiment)
+    name = experiment_name(experiment)
+    database = sqlite_path(uri)
+    found: list[listing.RunSummary] = []
+    if database is None or database.exists():  # a listing never creates a database
+        client = open_client(uri)
+        with tracking_errors(uri, "list the runs of"):
+            mlflow_experiment = client.get_experiment_by_name(name)
+            if mlflow_experiment is not None and mlflow_experiment.lifecycle_stage == "active":
+                found = listing.list_runs(client, mlflow_experiment.experiment_id)
+    keys = listing.all_params(found) if all_params else listing.differing_params(found)
+    if as_json:
+        click.echo(json.dumps([run.as_json(keys) for run in found], indent=2))
+        return
+    if not found:
+        click.echo(
+            f"No runs of experiment {name!r} in {safe_uri(uri)} yet: "
+            f"retro-platform run {experiment_file} starts one."
+        )
+        return
+    header, rows = listing.table_rows(found, keys)
+    click.echo(text_table(header, rows))
+
+
+def _check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # as the server will: a port in TIME_WAIT is free, a listening one is not
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({(error.strerror or str(error)).lower()}): "
+                "pass another --port, or --host 127.0.0.1"
+            ) from None
+
+
+def _raise_interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    """Stop the server's whole process group: TERM, then KILL if it lingers."""
+    for sig, wait_s in ((signal.SIGTERM, _STOP_TIMEOUT_S), (signal.SIGKILL, _STOP_TIMEOUT_S)):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            server.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # the leader is gone; its workers may not be
+            os.killpg(server.pid, 0)
+        except ProcessLookupError:
+            return

@@ -1,0 +1,125 @@
+"""Autoretrieval against the experiment's store: a generated chunk in, its neighbours out.
+
+A completed chunk's token ids are decoded to text, embedded by the experiment's embedder and
+searched in its finished index, exactly as ``retro-platform search`` searches a query; the
+neighbours' tokens plus continuations come from the stored chunk tokens, as in training. The
+chunk tokens and the chunk table are read once, when the retriever is made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from retro_platform.config import Experiment
+from retro_platform.corpus.chunk_table import ChunkTable, load_chunk_table
+from retro_platform.corpus.ingest import find_corpus_id
+from retro_platform.errors import ConfigError
+from retro_platform.evaluation.samples import NeighbourChunk
+from retro_platform.index.build import IndexRecord, open_index
+from retro_platform.neighbours.retrieved import load_chunk_tokens, neighbour_tokens
+from retro_platform.protocols import Embedder, Retriever, Tokenizer
+from retro_platform.store.models import Chunk, Document
+
+
+@dataclass(frozen=True)
+class StoreRetriever:
+    """Searches one stored index; call it with ``(c, m)`` chunk token ids (see
+    :class:`~retro_platform.evaluation.samples.Retrieve`)."""
+
+    store: Any
+    retriever: Retriever
+    embedder: Embedder
+    tokenizer: Tokenizer
+    table: ChunkTable
+    chunk_tokens: np.ndarray  # (chunks, m) int32, chunk-id order
+    continuation: np.ndarray  # (chunks,) row of each chunk's successor, -1 at a document's end
+    k: int
+
+    def __call__(self, chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(c, k, 2m)`` int64 neighbour tokens and ``(c, k)`` int64 chunk ids (``-1``: none)."""
+        chunks = np.asarray(chunks)
+        m = self.chunk_tokens.shape[1]
+        if chunks.ndim != 2 or chunks.shape[1] != m:
+            raise ValueError(f"chunks must be (c, {m}) token ids, got {chunks.shape}")
+        if len(chunks) == 0:
+            return np.empty((0, self.k, 2 * m), np.int64), np.empty((0, self.k), np.int64)
+        texts = [self.tokenizer.decode(row) for row in chunks]
+        vectors = np.asarray(self.embedder.embed(texts), dtype=np.float32)
+        _, ids = self.retriever.search(np.ascontiguousarray(vectors), self.k)
+        ids = np.asarray(ids, dtype=np.int64)
+        rows = self.table.rows_of(ids)
+        tokens = neighbour_tokens(self.chunk_tokens, self.continuation, rows, self.tokenizer.pad_id)
+        return tokens.astype(np.int64), ids
+
+    def describe(self, chunk_ids: np.ndarray) -> dict[int, NeighbourChunk]:
+        """Document, position and text of each chunk id, in one query."""
+        wanted = sorted({int(i) for i in np.asarray(chunk_ids).ravel() if i >= 0})
+        if not wanted:
+            return {}
+        with self.store.session() as session:
+            found = session.execute(
+                select(Chunk.id, Document.external_id, Chunk.position, Chunk.text)
+                .join(Document)
+                .where(Chunk.id.in_(wanted))
+            )
+            return {
+                chunk_id: NeighbourChunk(chunk_id, external_id, position, text)
+                for chunk_id, external_id, position, text in found
+            }
+
+    def decode(self, ids: Any) -> str:
+        return self.tokenizer.decode(ids)
+
+
+def make_retriever(
+    experiment: Experiment,
+    store: Any,
+    index_record: IndexRecord,
+    tokenizer: Tokenizer,
+    embedder: Embedder,
+    *,
+    table: ChunkTable | None = None,
+    chunk_tokens: np.ndarray | None = None,
+) -> StoreRetriever:
+    """A retriever over ``index_record`` for generation.
+
+    ``table`` and ``chunk_tokens`` (:func:`load_chunk_table`, :func:`load_chunk_tokens`) may be
+    passed when the caller has them already; otherwise they are read from the store.
+
+    Raises:
+        ConfigError: the embedder's vectors do not fit the index.
+    """
+    if embedder.dimension != index_record.dimension:
+        raise ConfigError(
+            f"the embedder gives {embedder.dimension}-d vectors but index {index_record.id} "
+            f"holds {index_record.dimension}-d ones (did the model change?); run: "
+            f"retro-platform index {experiment.source or 'EXPERIMENT.toml'} --reembed"
+        )
+    retriever = open_index(
+        index_record,
+        str(experiment.source or "EXPERIMENT.toml"),
+        experiment.plugin_options("retriever")[1],
+    )
+    if table is None or chunk_tokens is None:
+        corpus_id = find_corpus_id(experiment, store)
+        with store.session() as session:
+            if table is None:
+                table = load_chunk_table(session, corpus_id)
+            if chunk_tokens is None:
+                chunk_tokens = load_chunk_tokens(
+                    session, corpus_id, experiment.retrieval.chunk_size, tokenizer.pad_id
+                )
+    return StoreRetriever(
+        store=store,
+        retriever=retriever,
+        embedder=embedder,
+        tokenizer=tokenizer,
+        table=table,
+        chunk_tokens=chunk_tokens,
+        continuation=table.continuation_rows(),
+        k=experiment.retrieval.neighbours,
+    )

@@ -1,0 +1,1 @@
+"""The runner: everything ``retro-platform run`` does after validation, point by point."""

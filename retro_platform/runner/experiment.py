@@ -1,0 +1,127 @@
+"""``retro-platform run``: every point of an experiment file, in one MLflow experiment.
+
+All checking comes first, before any work: the tables, the plugins, the rules between tables,
+every sweep point and the tracking server. A file without ``[sweep]`` is one run; with one,
+a parent run holds a nested child run per grid point. Points share what they can: the store's
+fingerprints make a stage that two points have in common (the corpus, its embeddings) run once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from retro_platform.config import Experiment
+from retro_platform.config.rules import check_experiment
+from retro_platform.config.sweep import SweepPoint
+from retro_platform.runner.run import RunOutcome, run_point
+from retro_platform.store.fingerprints import fingerprint, short
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """The MLflow side of a run: a client on the tracking store and what to tag runs with."""
+
+    client: Any
+    experiment_name: str
+    uri: str
+
+    @property
+    def uri_for_display(self) -> str:
+        from retro_platform.tracking.uri import safe_uri
+
+        return safe_uri(self.uri)
+
+    def tags(self, experiment: Experiment, store_id: int | None = None) -> dict[str, str]:
+        from retro_platform.tracking.params import tags_for
+
+        return tags_for(experiment, store_id=store_id)
+
+
+def open_tracking(experiment: Experiment) -> Tracking:
+    """A client on the experiment's tracking store, after checking that it answers."""
+    from retro_platform.tracking.client import open_client
+    from retro_platform.tracking.uri import experiment_name, tracking_uri
+
+    uri = tracking_uri(experiment)
+    return Tracking(open_client(uri), experiment_name(experiment), uri)
+
+
+def run_experiment(
+    experiment: Experiment,
+    *,
+    progress: bool | None = None,
+    log: Callable[[str], None] = print,
+) -> list[RunOutcome]:
+    """Run every point of ``experiment``; see the module docstring."""
+    points = check_experiment(experiment)  # every point in full, before any work
+    tracking = open_tracking(experiment)
+    from retro_platform.store.database import open_store
+    from retro_platform.tracking.client import tracking_errors
+
+    store = open_store(experiment.store.database_url, experiment.store.path)
+    with tracking_errors(tracking.uri, "log to"):  # an MLflow failure is one line too
+        if not experiment.sweep.grid:
+            return [run_point(experiment, store, tracking, progress=progress, log=log)]
+        return _run_sweep(experiment, points, store, tracking, progress=progress, log=log)
+
+
+def _run_sweep(
+    experiment: Experiment,
+    points: list[SweepPoint],
+    store: Any,
+    tracking: Tracking,
+    *,
+    progress: bool | None,
+    log: Callable[[str], None],
+) -> list[RunOutcome]:
+    from retro_platform.config.resolved import flatten_config, resolved_config
+    from retro_platform.tracking.run import TrackedRun, load_run_id, save_run_id
+
+    grid = experiment.sweep.grid
+    key = short(fingerprint(config=flatten_config(resolved_config(experiment)), grid=grid))
+    sweep_dir = experiment.train.output / f"{experiment.experiment.name}-sweep-{key}"
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    parent = TrackedRun.start(
+        tracking.client,
+        tracking.experiment_name,
+        run_name=experiment.mlflow.run_name or f"{experiment.experiment.name} sweep",
+        run_id=load_run_id(sweep_dir),
+        tags={**tracking.tags(experiment), "retro.sweep": json.dumps(grid)},
+    )
+    save_run_id(sweep_dir, parent.run_id)
+    log(f"sweep of {len(points)} points: MLflow parent run {parent.run_id}")
+    outcomes = []
+    try:
+        parent.log_params({f"sweep.{name}": json.dumps(values) for name, values in grid.items()})
+        for point in points:
+            label = ", ".join(f"{name}={value}" for name, value in point.values.items())
+            log(f"point {point.index + 1}/{len(points)}: {label}")
+            outcomes.append(
+                run_point(
+                    point.experiment,
+                    store,
+                    tracking,
+                    parent_run_id=parent.run_id,
+                    run_name=label,
+                    progress=progress,
+                    log=log,
+                )
+            )
+    except BaseException as error:
+        parent.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        raise
+    parent.finish("FINISHED")
+    _write_summary(sweep_dir, points, outcomes)
+    return outcomes
+
+
+def _write_summary(sweep_dir: Path, points: list[SweepPoint], outcomes: list[RunOutcome]) -> None:
+    rows = [
+        {"values": point.values, "run_id": outcome.run_id, "metrics": outcome.metrics}
+        for point, outcome in zip(points, outcomes, strict=True)
+    ]
+    (sweep_dir / "summary.json").write_text(json.dumps(rows, indent=2, default=str))

@@ -1,0 +1,146 @@
+"""One point of an experiment, end to end: stages, training, evaluation, samples, MLflow.
+
+Everything a point produces lives in its run folder, ``[train] output/<name>-<key>``, where the
+key is a hash of the resolved configuration: the checkpoint, the MLflow run id and, once the
+run has finished, ``done.json``. Starting the same command again therefore resumes the same
+training from its last checkpoint into the same MLflow run, and a finished point is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retro_platform.config import Experiment
+from retro_platform.config.resolved import flatten_config, resolved_config
+from retro_platform.store.fingerprints import fingerprint, short
+
+#: Keys that change how a run is carried out, never its result: a run folder outlives them.
+RUNTIME_KEYS = (
+    "mlflow.",
+    "train.threads",
+    "train.device",
+    "train.log_every",
+    "train.checkpoint_every",
+)
+
+DONE = "done.json"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What one point of an experiment gave: its MLflow run and final metrics."""
+
+    name: str
+    run_id: str
+    run_dir: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+    #: True when the point had finished earlier and nothing was done now.
+    skipped: bool = False
+
+
+def run_key(params: dict[str, str]) -> str:
+    """The part of a run folder's name that identifies the configuration."""
+    identity = {k: v for k, v in params.items() if not k.startswith(RUNTIME_KEYS)}
+    return short(fingerprint(config=identity))
+
+
+def run_folder(experiment: Experiment, params: dict[str, str]) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", experiment.experiment.name).strip("-") or "run"
+    return experiment.train.output / f"{slug}-{run_key(params)}"
+
+
+def run_point(
+    experiment: Experiment,
+    store: Any,
+    tracking: Any,
+    *,
+    parent_run_id: str | None = None,
+    run_name: str | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] = print,
+) -> RunOutcome:
+    """Run (or resume, or skip when finished) one point: see the module docstring."""
+    from retro_platform.tracking.run import TrackedRun, load_run_id, save_run_id
+
+    resolved = resolved_config(experiment)
+    params = flatten_config(resolved)
+    run_dir = run_folder(experiment, params)
+    name = run_name or experiment.mlflow.run_name or run_dir.name
+    done = run_dir / DONE
+    if done.exists():
+        record = json.loads(done.read_text())
+        log(f"{name}: finished earlier (MLflow run {record['run_id']}); nothing to do")
+        return RunOutcome(name, record["run_id"], run_dir, record["metrics"], skipped=True)
+
+    from retro_platform.pipeline import ingest, run_index
+
+    ingest_report = ingest(experiment, store, progress=progress)
+    log(ingest_report.summary())
+    index = run_index(experiment, store, progress=progress, log=log)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run = TrackedRun.start(
+        tracking.client,
+        tracking.experiment_name,
+        run_name=name,
+        parent_run_id=parent_run_id,
+        run_id=load_run_id(run_dir),
+        tags=tracking.tags(experiment, store_id=index.neighbours.id),
+    )
+    save_run_id(run_dir, run.run_id)
+    log(f"{name}: MLflow run {run.run_id} ({tracking.uri_for_display})")
+    try:
+        run.log_params(params)
+        metrics = _train_and_evaluate(
+            experiment, store, index, run, run_dir, resolved, progress, log
+        )
+    except BaseException as error:
+        # a kill leaves the run RUNNING and the checkpoint in place: the same command resumes
+        run.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        raise
+    run.finish("FINISHED")
+    _write_atomic(done, json.dumps({"run_id": run.run_id, "metrics": metrics}, indent=2))
+    return RunOutcome(name, run.run_id, run_dir, metrics)
+
+
+def _train_and_evaluate(
+    experiment: Experiment,
+    store: Any,
+    index: Any,
+    run: Any,
+    run_dir: Path,
+    resolved: dict[str, Any],
+    progress: bool | None,
+    log: Callable[[str], None],
+) -> dict[str, float]:
+    from retro_platform.runner import steps
+
+    if experiment.source is not None:
+        run.log_artifact(experiment.source, "config")
+    run.log_text(json.dumps(resolved, indent=2, default=str), "config/resolved.json")
+    prepared = steps.prepare_training(experiment, store, index, log=log)
+
+    def on_eval(step: int) -> None:
+        run.log_metrics(step, steps.validation_metrics(steps.validate(experiment, prepared)))
+
+    trained = steps.train_model(
+        experiment, prepared, run, run_dir, on_eval=on_eval, progress=progress
+    )
+    metrics = steps.evaluate_and_log(
+        experiment, store, index, prepared, run, run_dir, trained.step, log=log
+    )
+    if experiment.mlflow.log_checkpoint and trained.checkpoint is not None:
+        run.log_artifact(trained.checkpoint, "checkpoint")
+    return {**trained.metrics, **metrics}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)

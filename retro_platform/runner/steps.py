@@ -1,0 +1,196 @@
+"""The steps of one run after the retrieval stages: prepare, train, evaluate, sample, log.
+
+Each takes what the previous one made and the MLflow run to log to; none knows about sweeps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from retro_platform.config import Experiment
+
+#: The metrics of the final evaluation, by their MLflow names.
+FINAL_METRICS = ("val/loss", "val/bpb", "val/loss_retrieval_off", "val/bpb_retrieval_off")
+
+
+@dataclass
+class Prepared:
+    """What training and evaluation share: the corpus's tokenizer, its sequences, the model."""
+
+    tokenizer: Any
+    data: Any  # retro_platform.training.sequences.SequenceData
+    model: Any  # retro_platform.model.RETRO
+    device: torch.device
+
+
+def choose_device(experiment: Experiment) -> torch.device:
+    wanted = experiment.train.device
+    if wanted == "cuda" and not torch.cuda.is_available():
+        from retro_platform.errors import ConfigError
+
+        raise ConfigError('[train] device = "cuda" but torch sees no GPU; use "auto" or "cpu"')
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(wanted)
+
+
+def prepare_training(
+    experiment: Experiment, store: Any, index: Any, log: Callable[[str], None] = print
+) -> Prepared:
+    """Load the tokenizer and the sequences, and build the model (seeded)."""
+    from retro_platform.corpus.ingest import load_tokenizer
+    from retro_platform.store.models import Corpus
+    from retro_platform.training.model_factory import build_model
+    from retro_platform.training.sequences import load_sequence_data
+
+    with store.session() as session:
+        corpus = session.get(Corpus, index.corpus_id)
+        tokenizer = load_tokenizer(experiment, store, corpus)
+    data = load_sequence_data(experiment, store, index, tokenizer)
+    log(data.describe())
+    torch.manual_seed(experiment.experiment.seed)
+    model = build_model(experiment, tokenizer.vocab_size, tokenizer.pad_id)
+    return Prepared(tokenizer, data, model, choose_device(experiment))
+
+
+def train_model(
+    experiment: Experiment,
+    prepared: Prepared,
+    run: Any,
+    run_dir: Path,
+    *,
+    on_eval: Callable[[int], None] | None = None,
+    progress: bool | None = None,
+) -> Any:
+    """Train (or resume) with every logged metric sent to the MLflow run."""
+    from retro_platform.training.trainer import train
+
+    return train(
+        prepared.model,
+        prepared.data,
+        experiment,
+        run_dir=run_dir,
+        device=prepared.device,
+        on_log=run.log_metrics,
+        on_eval=on_eval,
+        progress=progress,
+    )
+
+
+def finite(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics MLflow can store (it refuses NaN and infinities in some back ends)."""
+    return {key: value for key, value in metrics.items() if math.isfinite(value)}
+
+
+def validate(experiment: Experiment, prepared: Prepared) -> Any:
+    """Validation loss and bpb of the model as it is now (retrieval on, and off when asked)."""
+    from retro_platform.evaluation import evaluate
+
+    retrieval = experiment.train.retrieval
+    batches = prepared.data.batches("val", experiment.eval.batch_size, retrieval=retrieval)
+    on_cuda = prepared.device.type == "cuda"
+    return evaluate(
+        prepared.model,
+        batches,
+        device=prepared.device,
+        retrieval_off=retrieval and experiment.eval.retrieval_off,
+        autocast=torch.bfloat16 if on_cuda and experiment.train.precision != "fp32" else None,
+    )
+
+
+def validation_metrics(result: Any) -> dict[str, float]:
+    """A validation's MLflow metrics. A run trained with retrieval off measures only that."""
+    metrics = {"val/loss": result.loss, "val/bpb": result.bpb}
+    if result.loss_off is not None:
+        metrics |= {
+            "val/loss_retrieval_off": result.loss_off,
+            "val/bpb_retrieval_off": result.bpb_off,
+        }
+    return finite(metrics)
+
+
+def evaluate_and_log(
+    experiment: Experiment,
+    store: Any,
+    index: Any,
+    prepared: Prepared,
+    run: Any,
+    run_dir: Path,
+    step: int,
+    log: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """The final evaluation, the leakage table and plot, and sample generations, all logged."""
+    result = validate(experiment, prepared)
+    metrics = validation_metrics(result)
+    run.log_metrics(step, metrics)
+    log(
+        f"validation: loss {result.loss:.4f}, bpb {result.bpb:.4f}"
+        + ("" if result.bpb_off is None else f", bpb with retrieval off {result.bpb_off:.4f}")
+    )
+    if result.chunk_overlap is not None and result.chunk_loss_off is not None:
+        log_leakage(experiment, result, run, run_dir)
+    if experiment.generate.samples:
+        log_samples(experiment, store, index, prepared, run)
+    return metrics
+
+
+def log_leakage(experiment: Experiment, result: Any, run: Any, run_dir: Path) -> None:
+    """The paper's leakage analysis: bpb by how much a chunk overlaps its neighbours."""
+    from retro_platform.evaluation.leakage import leakage_table, plot_leakage, write_leakage_csv
+
+    rows = leakage_table(result, experiment.eval.leakage_buckets)
+    folder = run_dir / "leakage"
+    folder.mkdir(parents=True, exist_ok=True)
+    run.log_artifact(write_leakage_csv(rows, folder / "leakage.csv"), "leakage")
+    run.log_artifact(plot_leakage(rows, folder / "leakage.png"), "leakage")
+
+
+def log_samples(
+    experiment: Experiment, store: Any, index: Any, prepared: Prepared, run: Any
+) -> None:
+    """Sample generations with autoretrieval, and the documents each chunk retrieved."""
+    from retro_platform.evaluation.autoretrieval import make_retriever
+    from retro_platform.evaluation.samples import generate_samples, samples_markdown
+
+    settings = experiment.generate
+    prompts = [prepared.tokenizer.encode(text).ids.tolist() for text in settings.prompts]
+    if not prompts:  # the starts of validation documents, which the model never trained on
+        batch = next(prepared.data.batches("val", settings.samples, retrieval=False), None)
+        if batch is None:
+            return
+        pad = prepared.tokenizer.pad_id
+        for row in batch.tokens[:, : settings.prompt_tokens].tolist():
+            prompts.append([token for token in row if token != pad])
+    prompts = [ids for ids in prompts[: settings.samples] if ids]
+    retrieve = None
+    if experiment.train.retrieval:
+        retrieve = make_retriever(
+            experiment,
+            store,
+            index.index,
+            prepared.tokenizer,
+            experiment.plugin("embedder"),
+            table=prepared.data.table,
+            chunk_tokens=prepared.data.chunk_tokens,
+        )
+    samples = generate_samples(
+        prepared.model,
+        prompts,
+        retrieve,
+        max_tokens=settings.max_tokens,
+        temperature=settings.temperature,
+        top_k=settings.top_k,
+        chunk_size=experiment.retrieval.chunk_size,
+        pad_id=prepared.tokenizer.pad_id,
+        seed=experiment.experiment.seed,
+        decode=prepared.tokenizer.decode,
+        describe=None if retrieve is None else retrieve.describe,
+        device=prepared.device,
+    )
+    run.log_text(samples_markdown(samples), "samples.md")

@@ -1,0 +1,61 @@
+"""An MLflow client for a checked tracking URI, and MLflow's errors as one line.
+
+mlflow is imported here, on first use, never at the import of the package: it takes seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+from urllib.parse import quote, urlsplit
+
+from retro_platform.errors import RetroPlatformError
+from retro_platform.tracking.uri import check_reachable, safe_uri
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+
+class TrackingError(RetroPlatformError):
+    """The tracking store refused or failed a request (schema out of date, server error, ...)."""
+
+
+def quiet_mlflow_environment() -> None:
+    """Telemetry off unless the user turned it on: MLflow's aims at a host that may be
+    unreachable. Creating a SQLite store logs every migration at INFO: keep that quiet."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    for name in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def open_client(uri: str, *, timeout_s: float = 3.0) -> MlflowClient:
+    """A client of ``uri`` after :func:`~retro_platform.tracking.uri.check_reachable`."""
+    check_reachable(uri, timeout_s)
+    quiet_mlflow_environment()
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+@contextmanager
+def tracking_errors(uri: str, doing: str = "use the tracking store") -> Iterator[None]:
+    """Re-raise an MLflow (or database) error inside the block as a one-line
+    :class:`TrackingError` that names the URI without its password."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except (MlflowException, SQLAlchemyError) as error:
+        message = getattr(error, "message", None) or str(error) or type(error).__name__
+        message = str(message).replace(uri, safe_uri(uri))
+        password = urlsplit(uri).password
+        if password:
+            message = message.replace(password, "***").replace(quote(password, safe=""), "***")
+        message = " ".join(message.split())
+        if len(message) > 400:
+            message = message[:397] + "..."
+        raise TrackingError(f"cannot {doing} {safe_uri(uri)}: {message}") from None

@@ -1,0 +1,154 @@
+"""An experiment's runs for the terminal: sweep children under their parent, the params that
+tell runs apart, and the final metrics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from retro_platform.tracking.run import PARENT_TAG
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+#: The metrics `retro-platform runs` shows, in this order (their last logged value).
+FINAL_METRICS = ("val/bpb", "val/bpb_retrieval_off", "val/loss", "train/loss")
+_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What the table shows of one run."""
+
+    run_id: str
+    name: str
+    status: str
+    start_time: int | None  # milliseconds since the epoch
+    parent_run_id: str | None
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    depth: int = 0  # 1 for a child shown under its parent
+
+    def as_json(self, param_keys: list[str]) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "run_name": self.name,
+            "status": self.status,
+            "start_time": _iso(self.start_time),
+            "parent_run_id": self.parent_run_id,
+            "params": {key: self.params[key] for key in param_keys if key in self.params},
+            "metrics": {key: _json_number(value) for key, value in self.metrics.items()},
+        }
+
+
+def list_runs(client: MlflowClient, experiment_id: str) -> list[RunSummary]:
+    """Every active run of the experiment, oldest first, each sweep parent followed by its
+    children (``depth`` 1)."""
+    from mlflow.entities import ViewType
+
+    found: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=_PAGE,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+        found += list(page)
+        token = page.token
+        if not token:
+            break
+    runs = [_summary(run) for run in found]
+    ids = {run.run_id for run in runs}
+    children: dict[str, list[RunSummary]] = {}
+    for run in runs:
+        if run.parent_run_id in ids:
+            children.setdefault(run.parent_run_id, []).append(run)
+    ordered: list[RunSummary] = []
+
+    def add(run: RunSummary, depth: int) -> None:
+        ordered.append(replace(run, depth=depth))
+        for child in children.get(run.run_id, []):
+            add(child, depth + 1)
+
+    for run in runs:
+        if run.parent_run_id not in ids:  # top level, or its parent was deleted
+            add(run, 0)
+    return ordered
+
+
+def differing_params(runs: list[RunSummary]) -> list[str]:
+    """The param keys whose value is not the same in every run (a missing param counts as a
+    value). Sweep parents are left out: their params describe the grid, not a config."""
+    parents = {run.parent_run_id for run in runs}
+    runs = [run for run in runs if run.run_id not in parents]
+    keys = sorted({key for run in runs for key in run.params})
+    return [key for key in keys if len({run.params.get(key) for run in runs}) > 1]
+
+
+def all_params(runs: list[RunSummary]) -> list[str]:
+    return sorted({key for run in runs for key in run.params})
+
+
+def table_rows(
+    runs: list[RunSummary], param_keys: list[str]
+) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """The header and rows of the runs table."""
+    header = ("RUN", "ID", "STATUS", "STARTED", *param_keys, *FINAL_METRICS)
+    rows = []
+    for run in runs:
+        indent = "  " * run.depth + ("- " if run.depth else "")
+        rows.append(
+            (
+                indent + run.name,
+                run.run_id[:8],
+                run.status,
+                _local_time(run.start_time),
+                *(_cell(run.params.get(key)) for key in param_keys),
+                *(_metric(run.metrics.get(key)) for key in FINAL_METRICS),
+            )
+        )
+    return header, rows
+
+
+def _summary(run: Any) -> RunSummary:
+    tags: Mapping[str, str] = run.data.tags
+    return RunSummary(
+        run_id=run.info.run_id,
+        name=run.info.run_name or run.info.run_id[:8],
+        status=run.info.status,
+        start_time=run.info.start_time,
+        parent_run_id=tags.get(PARENT_TAG),
+        params=dict(run.data.params),
+        metrics=dict(run.data.metrics),
+    )
+
+
+def _cell(value: str | None, limit: int = 40) -> str:
+    if value is None:
+        return "-"
+    value = " ".join(value.split())
+    return value if len(value) <= limit else value[: limit - 3] + "..."
+
+
+def _metric(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if math.isfinite(value) else str(value)
+
+
+def _local_time(ms: int | None) -> str:
+    return "-" if ms is None else datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M")
+
+
+def _iso(ms: int | None) -> str | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000).astimezone().isoformat()
+
+
+def _json_number(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)  # JSON has no NaN or infinity

@@ -1,0 +1,317 @@
+"""The training loop: AdamW steps over the loader's batches, logged, checkpointed, resumable.
+
+A run lives in one folder (``run_dir``). When it holds a checkpoint the run resumes from it:
+weights, optimizer, schedule, random generators and the data position (a step number: batch
+``s`` is a pure function of the seed and ``s``), so a run killed at any moment and started
+again ends with the same weights as one never interrupted (on the CPU, where torch's kernels
+are deterministic for a given thread count).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from retro_platform.config import Experiment
+from retro_platform.errors import ConfigError
+from retro_platform.model.retro import RETRO
+from retro_platform.training.checkpoint import (
+    FORMAT,
+    check_compatible,
+    checkpoint_path,
+    load_checkpoint,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
+from retro_platform.training.optim import build_optimizer, build_scheduler
+from retro_platform.training.sequences import SequenceData
+
+#: ``on_log(step, metrics)``: the training metrics every ``[train] log_every`` steps.
+LogCallback = Callable[[int, dict[str, float]], None]
+#: ``on_eval(step)``: run a validation every ``[eval] every`` steps.
+EvalCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one call of :func:`train` did."""
+
+    step: int  # optimizer steps done in all, resumed ones included
+    start_step: int  # where this call started: 0, or the step of the checkpoint it resumed
+    finished: bool  # step == [train] steps
+    checkpoint: Path | None  # the run's latest checkpoint (None when none was written yet)
+    tokens: int  # tokens (targets, padding excluded) trained on in this call
+    seconds: float  # wall time of this call's training steps
+    loader_share: float  # share of that time spent building batches
+    metrics: dict[str, float] = field(default_factory=dict)  # the last logged metrics
+
+    @property
+    def resumed(self) -> bool:
+        return self.start_step > 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def run_settings(experiment: Experiment, data: SequenceData, device: torch.device) -> dict:
+    """What a run's trajectory depends on besides the model: a checkpoint made under other
+    settings cannot be resumed to the same result, so it is refused."""
+    train = experiment.train
+    keys = ("steps", "batch_size", "grad_accumulation", "seq_len", "lr", "min_lr_ratio",
+            "warmup_steps", "weight_decay", "betas", "grad_clip", "retrieval", "retrofit",
+            "cross_documents")  # fmt: skip
+    settings: dict[str, Any] = {f"train.{key}": getattr(train, key) for key in keys}
+    settings["train.retrofit_from"] = (
+        None if train.retrofit_from is None else str(train.retrofit_from)
+    )
+    settings["train.precision"] = "bf16" if _bf16(experiment, device) else "fp32"
+    settings["experiment.seed"] = experiment.experiment.seed
+    settings["retrieval.neighbours"] = experiment.retrieval.neighbours
+    settings["retrieval.exclude_same_document"] = experiment.retrieval.exclude_same_document
+    settings["data.train_sequences"] = len(data.train)
+    return settings
+
+
+def train(
+    model: RETRO,
+    data: SequenceData,
+    experiment: Experiment,
+    *,
+    run_dir: str | Path,
+    device: str | torch.device,
+    on_log: LogCallback | None = None,
+    on_eval: EvalCallback | None = None,
+    progress: bool | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train ``model`` for ``[train] steps`` optimizer steps, resuming from ``run_dir``.
+
+    Args:
+        model: built by :func:`~retro_platform.training.model_factory.build_model` after
+            seeding torch with ``[experiment] seed`` (the caller's part of determinism).
+        device: where to train (``"cpu"``, ``"cuda"``, ...).
+        on_log: called every ``[train] log_every`` steps and at the last one with
+            ``train/loss`` (mean since the last call), ``train/lr``, ``train/tokens_per_s``,
+            ``train/grad_norm`` (before clipping) and ``train/loader_share``.
+        on_eval: called every ``[eval] every`` steps (when > 0) after that step, with the
+            model's weights current; its random draws do not change the training.
+        progress: a progress bar (True), plain log lines on stderr (False), or a bar only when
+            stderr is a terminal (None).
+        stop_after: end once this many steps are done, without a final checkpoint, as a
+            killed run would (for tests).
+    """
+    train_cfg = experiment.train
+    if train_cfg.threads:
+        torch.set_num_threads(train_cfg.threads)
+    device = torch.device(device)
+    run_dir = Path(run_dir)
+    path = checkpoint_path(run_dir)
+    resume = load_checkpoint(path) if path.exists() else None
+
+    if train_cfg.retrofit:
+        _retrofit(model, experiment, load_decoder=resume is None)
+    model.to(device)
+    optimizer = build_optimizer(model, train_cfg)
+    scheduler = build_scheduler(optimizer, train_cfg)
+    settings = run_settings(experiment, data, device)
+
+    step, tokens_seen = 0, 0
+    if resume is not None:
+        check_compatible(resume, model.config, settings, path)
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        restore_rng(resume["rng"])
+        step, tokens_seen = int(resume["step"]), int(resume["tokens"])
+    else:
+        torch.manual_seed(experiment.experiment.seed)  # dropout: a function of the seed alone
+    start_step = step
+
+    accumulation = train_cfg.grad_accumulation
+    stream = data.batches(
+        "train",
+        train_cfg.batch_size,
+        seed=experiment.experiment.seed,
+        start_step=step * accumulation,  # the loader counts forward passes
+        retrieval=train_cfg.retrieval,
+    )
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if _bf16(experiment, device)
+        else nullcontext()
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    use_bar = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=train_cfg.steps, initial=step, unit="step", desc="train", disable=not use_bar)
+    meter = _Meter()
+    total = _Meter()
+    saved = path if resume is not None else None
+    metrics: dict[str, float] = {}
+
+    with bar:
+        while step < train_cfg.steps and (stop_after is None or step < stop_after):
+            started = time.perf_counter()
+            model.train()
+            loader_s, tokens = 0.0, 0
+            loss_sum = torch.zeros((), device=device)
+            for _ in range(accumulation):
+                fetched = time.perf_counter()
+                batch = next(stream)
+                tokens += int((batch.tokens[:, 1:] != data.pad_id).sum())
+                batch = batch.to(device)
+                loader_s += time.perf_counter() - fetched
+                with autocast:
+                    loss = model(batch.tokens, batch.retrieved, return_loss=True)
+                (loss / accumulation).backward()
+                loss_sum += loss.detach()
+            grad_norm = _clip(trainable, train_cfg.grad_clip)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += tokens
+            elapsed = time.perf_counter() - started
+            for m in (meter, total):
+                m.add(loss_sum / accumulation, elapsed, loader_s, tokens)
+            bar.update(1)
+
+            if step % train_cfg.log_every == 0 or step == train_cfg.steps:
+                metrics = meter.metrics(lr, float(grad_norm))
+                meter = _Meter()
+                bar.set_postfix(
+                    loss=f"{metrics['train/loss']:.4f}",
+                    tok_s=f"{metrics['train/tokens_per_s']:,.0f}",
+                )
+                if not use_bar:
+                    _log_line(step, train_cfg.steps, metrics, total)
+                if on_log is not None:
+                    on_log(step, metrics)
+            if on_eval is not None and experiment.eval.every and step % experiment.eval.every == 0:
+                generators = rng_state()  # whatever the evaluation draws, training is unchanged
+                on_eval(step)
+                restore_rng(generators)
+            if step % train_cfg.checkpoint_every == 0 or step == train_cfg.steps:
+                state = {
+                    "format": FORMAT,
+                    "step": step,
+                    "tokens": tokens_seen,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng_state(),
+                    "model_config": dict(model.config),
+                    "settings": settings,
+                }
+                save_checkpoint(path, state)
+                saved = path
+
+    return TrainResult(
+        step=step,
+        start_step=start_step,
+        finished=step >= train_cfg.steps,
+        checkpoint=saved,
+        tokens=total.tokens,
+        seconds=total.seconds,
+        loader_share=total.loader_share,
+        metrics=metrics,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class _Meter:
+    """Sums over a stretch of steps (loss stays a tensor: no device sync per step)."""
+
+    def __init__(self) -> None:
+        self.loss: torch.Tensor | float = 0.0
+        self.steps = 0
+        self.seconds = 0.0
+        self.loader_seconds = 0.0
+        self.tokens = 0
+
+    def add(self, loss: torch.Tensor, seconds: float, loader: float, tokens: int) -> None:
+        self.loss = self.loss + loss
+        self.steps += 1
+        self.seconds += seconds
+        self.loader_seconds += loader
+        self.tokens += tokens
+
+    @property
+    def loader_share(self) -> float:
+        return self.loader_seconds / self.seconds if self.seconds > 0 else 0.0
+
+    def metrics(self, lr: float, grad_norm: float) -> dict[str, float]:
+        return {
+            "train/loss": float(self.loss) / max(self.steps, 1),
+            "train/lr": lr,
+            "train/tokens_per_s": self.tokens / self.seconds if self.seconds > 0 else 0.0,
+            "train/grad_norm": grad_norm,
+            "train/loader_share": self.loader_share,
+        }
+
+
+def _clip(parameters: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """The global gradient norm before clipping; clipped to ``max_norm`` unless it is 0."""
+    if max_norm > 0:
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    grads = [p.grad for p in parameters if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+
+
+def _bf16(experiment: Experiment, device: torch.device) -> bool:
+    precision = experiment.train.precision
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+def _retrofit(model: RETRO, experiment: Experiment, *, load_decoder: bool) -> None:
+    """Freeze the decoder; first load it from ``[train] retrofit_from`` for a fresh run (a
+    resumed one gets every weight from its own checkpoint)."""
+    source = experiment.train.retrofit_from
+    decoder = None
+    if source is not None and load_decoder:
+        file = checkpoint_path(source) if Path(source).is_dir() else Path(source)
+        decoder = load_checkpoint(file)["model"]
+        own = model.state_dict()
+        for name, tensor in decoder.items():
+            if name in own and own[name].shape != tensor.shape:
+                raise ConfigError(
+                    f"[train] retrofit_from {file}: {name} is {tuple(tensor.shape)} there but "
+                    f"{tuple(own[name].shape)} in this [model]; retrofit a decoder of the same "
+                    "shape"
+                )
+    try:
+        model.retrofit(decoder)
+    except ValueError as error:
+        raise ConfigError(f"[train] retrofit_from {source}: {error}") from None
+
+
+def _log_line(step: int, steps: int, metrics: dict[str, float], total: _Meter) -> None:
+    eta = (steps - step) * total.seconds / max(total.steps, 1)
+    print(
+        f"step {step}/{steps}  loss {metrics['train/loss']:.4f}  lr {metrics['train/lr']:.2e}  "
+        f"{metrics['train/tokens_per_s']:,.0f} tokens/s  loader "
+        f"{metrics['train/loader_share']:.1%}  eta {_duration(eta)}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -1,0 +1,181 @@
+"""``retro-platform run``: one experiment file in, a trained, evaluated run in MLflow out;
+resumed after a kill, skipped when finished, refused on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from retro_platform.cli import cli
+from retro_platform.config import load_experiment
+from retro_platform.config.resolved import flatten_config, resolved_config
+from retro_platform.runner.run import run_folder
+from retro_platform.training.checkpoint import checkpoint_path, load_checkpoint
+from tests.runner.helpers import artifact_paths, client_for, runs_of, tiny_experiment
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["run", *args, "--no-progress"])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def folder_of(path: Path, *overrides: str) -> Path:
+    experiment = load_experiment(path, overrides)
+    return run_folder(experiment, flatten_config(resolved_config(experiment)))
+
+
+def test_a_run_trains_evaluates_and_logs_everything_to_mlflow(tmp_path: Path) -> None:
+    path = tiny_experiment(tmp_path)
+    code, out, err = run_cli(str(path))
+    assert code == 0, err
+
+    (run,) = runs_of(path)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    # the fully resolved config, defaults and plugin options included
+    assert params["train.steps"] == "6" and params["model.dec_dim"] == "32"
+    assert params["retriever.metric"] == "ip" and params["eval.retrieval_off"] == "true"
+    assert params == flatten_config(resolved_config(load_experiment(path)))
+    tags = run.data.tags
+    assert tags["retro.retriever"] == "faiss-flat" and tags["retro.embedder"] == "hashing"
+    assert tags["retro.positional_encoding"] == "rotary" and tags["retro.store_id"]
+    client = client_for(path)
+    for key in ("train/loss", "train/lr", "train/tokens_per_s", "train/loader_share"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in history] == [2, 4, 6], key
+    for key in ("val/loss", "val/bpb", "val/bpb_retrieval_off", "val/loss_retrieval_off"):
+        (metric,) = client.get_metric_history(run.info.run_id, key)
+        assert metric.step == 6 and 0 < metric.value < 20, key
+    assert artifact_paths(client, run.info.run_id) >= {
+        "config/experiment.toml",
+        "config/resolved.json",
+        "checkpoint/checkpoint.pt",
+        "leakage/leakage.csv",
+        "leakage/leakage.png",
+        "samples.md",
+    }
+    samples = client.download_artifacts(run.info.run_id, "samples.md", str(tmp_path / "dl"))
+    assert "| neighbour |" in Path(samples).read_text()  # the retrieved chunks, listed
+    assert run.info.run_id in out and "val bpb" in out
+
+
+def test_a_finished_run_is_not_run_again(tmp_path: Path) -> None:
+    path = tiny_experiment(tmp_path)
+    assert run_cli(str(path))[0] == 0
+    checkpoint = checkpoint_path(folder_of(path))
+    stamp = checkpoint.stat().st_mtime_ns
+    code, out, _ = run_cli(str(path))
+    assert code == 0 and "finished earlier" in out
+    assert checkpoint.stat().st_mtime_ns == stamp
+    assert len(runs_of(path)) == 1
+    # a changed key is another run, in its own folder
+    assert run_cli(str(path), "--set", "train.steps=4")[0] == 0
+    assert len(runs_of(path)) == 2
+
+
+def test_a_killed_run_resumes_into_the_same_mlflow_run_with_the_same_weights(
+    tmp_path: Path,
+) -> None:
+    steps = {"train": {"steps": 40, "checkpoint_every": 5, "log_every": 5}}
+    killed = tiny_experiment(tmp_path / "killed", **steps)
+    whole = tiny_experiment(tmp_path / "whole", **steps)
+    command = [sys.executable, "-m", "retro_platform.cli", "run", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+
+    process = subprocess.Popen(
+        [*command, str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    checkpoint = checkpoint_path(folder_of(killed))
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    first_step = load_checkpoint(checkpoint)["step"]
+    assert 0 < first_step < 40, "the kill came too late to test a resume"
+    (run,) = runs_of(killed)
+    assert run.info.status == "RUNNING"  # a SIGKILL leaves no chance to say otherwise
+
+    for path in (killed, whole):
+        done = subprocess.run([*command, str(path)], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    (resumed,) = runs_of(killed)
+    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
+    final = load_checkpoint(checkpoint_path(folder_of(killed)))["model"]
+    expected = load_checkpoint(checkpoint_path(folder_of(whole)))["model"]
+    assert final.keys() == expected.keys()
+    assert all(torch.equal(final[name], expected[name]) for name in final)
+    losses = client_for(killed).get_metric_history(run.info.run_id, "train/loss")
+    assert max(m.step for m in losses) == 40
+
+
+def test_a_sweep_is_a_parent_run_with_a_child_per_point(tmp_path: Path) -> None:
+    path = tiny_experiment(
+        tmp_path,
+        sweep={"retriever.name": ["faiss-flat", "faiss-hnsw"], "train.retrieval": [True, False]},
+    )
+    code, out, err = run_cli(str(path))
+    assert code == 0, err
+    runs = runs_of(path)
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    assert len(parents) == 1 and len(children) == 4
+    parent_id = parents[0].info.run_id
+    assert all(child.data.tags["mlflow.parentRunId"] == parent_id for child in children)
+    points = {(c.data.params["retriever.name"], c.data.params["train.retrieval"]) for c in children}
+    assert points == {
+        ("faiss-flat", "true"),
+        ("faiss-flat", "false"),
+        ("faiss-hnsw", "true"),
+        ("faiss-hnsw", "false"),
+    }
+    for child in children:  # a baseline has no retrieval-off figure of its own to report
+        off = "val/bpb_retrieval_off" in child.data.metrics
+        assert off == (child.data.params["train.retrieval"] == "true")
+    # the stages the points share were computed once: one corpus, one embedding set, an
+    # index per retriever
+    stats = CliRunner().invoke(cli, ["store", "stats", str(path), "--json"])
+    figures = json.loads(stats.stdout)
+    assert len(figures["corpora"]) == 1 and len(figures["embedding_sets"]) == 1
+    assert len(figures["vector_indexes"]) == 2
+    table = CliRunner().invoke(cli, ["runs", str(path)])
+    assert table.exit_code == 0 and "retriever.name" in table.stdout
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["--set", "mlflow.tracking_uri=http://127.0.0.1:9"], "127.0.0.1:9"),
+        (["--set", "train.stpes=3"], "did you mean 'steps'"),
+        (["--set", "corpus.path=does-not-exist"], "does-not-exist"),
+        (["--set", "train.seq_len=50"], "multiple"),
+    ],
+    ids=["unreachable-tracking-server", "misspelt-key", "missing-corpus", "cross-field"],
+)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, overrides, message) -> None:
+    path = tiny_experiment(tmp_path)
+    code, _, err = run_cli(str(path), *overrides)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("Error: ") and message in err
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_a_checkpoint_of_another_model_shape_is_refused(tmp_path: Path) -> None:
+    path = tiny_experiment(tmp_path)
+    assert run_cli(str(path), "--set", "model.dec_dim=48")[0] == 0
+    other = checkpoint_path(folder_of(path, "model.dec_dim=48"))
+    target = checkpoint_path(folder_of(path))
+    target.parent.mkdir(parents=True)
+    target.write_bytes(other.read_bytes())
+    code, _, err = run_cli(str(path))
+    assert code == 2 and err.count("\n") == 1 and "dec_dim" in err
+    assert target.read_bytes() == other.read_bytes()  # nothing stored was touched
