@@ -35,3 +35,44 @@ def test_quickstart_runs_end_to_end_on_a_few_files(tmp_path: Path) -> None:
     assert result.embeddings.dimension == 384
     hits = search(experiment, store, "def main():", 2)
     assert len(hits) == 2 and all(hit.text for hit in hits)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", EXAMPLES, ids=[path.name for path in EXAMPLES])
+def test_example_runs_in_a_reduced_form(path: Path, tmp_path: Path) -> None:
+    """Every example, every sweep point included, through ``retro-platform run`` with only
+    sizes cut by ``--set``: three files, two steps, a tiny evaluation and sample."""
+    from click.testing import CliRunner
+    from mlflow import MlflowClient
+
+    from retro_platform.cli import cli
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cuts = {
+        "store.path": str(tmp_path / "store"),
+        "train.output": str(tmp_path / "runs"),
+        "mlflow.tracking_uri": tracking,
+        "corpus.max_files": 5,
+        "retrieval.validation_fraction": 0.5,  # so that one of so few files is held out
+        "tokenizer.vocab_size": 512,
+        "embedder.workers": 1,
+        "train.steps": 2,
+        "train.batch_size": 2,
+        "eval.sequences": 2,
+        "generate.samples": 1,
+        "generate.max_tokens": 4,
+    }
+    overrides = [part for key, value in cuts.items() for part in ("--set", f"{key}={value}")]
+    result = CliRunner().invoke(cli, ["run", str(path), *overrides, "--no-progress"])
+    assert result.exit_code == 0, result.stderr or result.output
+
+    experiment = load_experiment(path)
+    points = 1
+    for values in experiment.sweep.grid.values():
+        points *= len(values)
+    client = MlflowClient(tracking_uri=tracking)
+    found = client.get_experiment_by_name(experiment.experiment.name)
+    runs = client.search_runs([found.experiment_id])
+    finished = [run for run in runs if "val/bpb" in run.data.metrics]
+    assert len(finished) == points
+    assert all(run.info.status == "FINISHED" for run in runs)

@@ -28,5 +28,9 @@ def run(experiment_file: str, overrides: tuple[str, ...], progress: bool | None)
     from retro_platform.runner.table import outcomes_table
 
     experiment = load_experiment(experiment_file, overrides)
+    if not experiment.model.checkpoint_activations:  # a run that asked for memory over speed
+        from retro_platform.cpu_allocator import keep_freed_memory
+
+        keep_freed_memory()
     outcomes = run_experiment(experiment, progress=progress, log=click.echo)
     click.echo(outcomes_table(outcomes))

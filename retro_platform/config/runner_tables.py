@@ -180,7 +180,9 @@ class MlflowTable(_Table):
     experiment: str | None = Field(
         None, description="MLflow experiment name; default: [experiment] name"
     )
-    run_name: str | None = Field(None, description="run name; default: MLflow's")
+    run_name: str | None = Field(
+        None, description="run name; default: the run folder's (a sweep: the parent's name)"
+    )
     log_checkpoint: bool = Field(True, description="log the final checkpoint as an artifact")
 
 

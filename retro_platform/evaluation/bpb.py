@@ -14,6 +14,10 @@ plus one target token after them (:class:`~retro_platform.training.batch.Batch`)
 - Validation loss: the summed token losses over the number of counted positions (mean nats per
   predicted token). Bits per byte: the summed token losses in bits (nats / ln 2) over the summed
   bytes of the chunks, so that runs with different tokenizers compare.
+- Overlap (for the leakage table): a chunk's longest common token run with the neighbours
+  that condition its predictions, those retrieved with the chunk before it (causality: chunk
+  ``u - 1``'s neighbours reach positions ``u*m - 1 .. u*m + m - 2``); a sequence's first chunk
+  has none, so its overlap is 0.
 - Retrieval on: each batch's own neighbours (``Batch.retrieved``). Retrieval off: the same
   weights given no neighbours (``model(seq, None)``), the paper's RETRO[off]. A batch without
   neighbours (a baseline run's loader) is evaluated once, and its "on" and "off" numbers are
@@ -161,8 +165,9 @@ def evaluate(
                 sizes.append(batch.chunk_bytes.cpu().numpy()[real])
                 if batch.retrieved is not None:
                     chunks = batch.tokens[:, :-1].reshape(b, c, m).cpu().numpy()[real]
-                    neighbours = batch.retrieved.cpu().numpy()[real]
-                    overlaps.append(overlap_ratios(chunks, neighbours, pad_id))
+                    overlaps.append(
+                        overlap_ratios(chunks, conditioning(batch, pad_id)[real], pad_id)
+                    )
     finally:
         model.train(was_training)
 
@@ -206,3 +211,11 @@ def _per_chunk(losses: Tensor, chunks: int) -> np.ndarray:
 
 def _join(parts: list[np.ndarray], dtype: type) -> np.ndarray:
     return np.concatenate(parts).astype(dtype) if parts else np.empty(0, dtype=dtype)
+
+
+def conditioning(batch: Batch, pad_id: int) -> np.ndarray:
+    """``(b, c, k, 2m)``: for each chunk, the neighbours retrieved with the chunk before it
+    (all padding for a sequence's first chunk), which its predictions depend on."""
+    retrieved = batch.retrieved.cpu().numpy()
+    none = np.full_like(retrieved[:, :1], pad_id)
+    return np.concatenate([none, retrieved[:, :-1]], axis=1)

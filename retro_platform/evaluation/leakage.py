@@ -1,8 +1,9 @@
 """The paper's leakage analysis: bits per byte as a function of how much a validation chunk
-overlaps the neighbours it retrieved (Borgeaud et al. 2022, section 2.6).
+overlaps the neighbours its predictions were given (Borgeaud et al. 2022, section 2.6).
 
 Overlap of a chunk: the longest run of consecutive tokens that the chunk shares with any one of
-its neighbours (each neighbour is the retrieved chunk plus its continuation, ``2m`` tokens),
+the neighbours that condition it, those retrieved with the chunk before it (see
+:mod:`retro_platform.evaluation.bpb`; each neighbour is the retrieved chunk plus its continuation, ``2m`` tokens),
 divided by the chunk's length in non-pad tokens. Padding never matches, and a run never spans
 two neighbours. 1.0 means the whole chunk is in the retrieval database; 0 that not one token of
 it is.

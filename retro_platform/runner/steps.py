@@ -54,6 +54,12 @@ def prepare_training(
         tokenizer = load_tokenizer(experiment, store, corpus)
     data = load_sequence_data(experiment, store, index, tokenizer)
     log(data.describe())
+    if len(data.windows("val")) == 0:  # found now, not after the training
+        from retro_platform.errors import ConfigError
+
+        raise ConfigError(
+            "no document is held out for validation; raise [retrieval] validation_fraction"
+        )
     torch.manual_seed(experiment.experiment.seed)
     model = build_model(experiment, tokenizer.vocab_size, tokenizer.pad_id)
     return Prepared(tokenizer, data, model, choose_device(experiment))

@@ -110,8 +110,11 @@ def test_counts_every_byte_of_the_validation_documents_once(indexed: IndexedStor
     # only each document's first token is never predicted
     assert result.tokens == text_bytes - len(indexed.held_out)
     assert result.chunk_loss.sum() / result.tokens == pytest.approx(result.loss)
-    # an untrained model is close to uniform over 257 byte ids
-    assert result.bpb == pytest.approx(math.log2(257), abs=0.2)
+    # an untrained model is near chance over 257 byte ids: its read-out starts at unit scale
+    # (model/retro.py's init), whose logits cost about half their variance, 0.5 nats a token,
+    # above the uniform prediction
+    chance = math.log2(257)
+    assert chance - 0.2 < result.bpb < chance + 0.5 / math.log(2) + 0.2
 
 
 def test_a_trained_model_beats_chance(indexed: IndexedStore, trained) -> None:
