@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from retro_platform.cli.common import experiment_argument
+from retro_platform.cli.common import experiment_argument, set_option
 from retro_platform.cli.group import cli
 from retro_platform.cli.tables import text_table
 from retro_platform.errors import ConfigError
@@ -22,6 +22,7 @@ _STOP_TIMEOUT_S = 10.0
 
 @cli.command()
 @experiment_argument
+@set_option
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Interface to listen on (loopback)."
 )
@@ -31,7 +32,9 @@ _STOP_TIMEOUT_S = 10.0
 @click.option(
     "--workers", default=1, show_default=True, type=click.IntRange(1), help="Server processes."
 )
-def ui(experiment_file: str, host: str, port: int, workers: int) -> None:
+def ui(
+    experiment_file: str, overrides: tuple[str, ...], host: str, port: int, workers: int
+) -> None:
     """Start the MLflow UI on the experiment's tracking store; Ctrl-C stops it.
 
     Serves the tracking database of [mlflow] tracking_uri, else MLFLOW_TRACKING_URI, else
@@ -49,7 +52,7 @@ def ui(experiment_file: str, host: str, port: int, workers: int) -> None:
         tracking_uri,
     )
 
-    experiment = load_experiment(experiment_file)
+    experiment = load_experiment(experiment_file, overrides)
     uri = tracking_uri(experiment)
     if scheme(uri) in HTTP_SCHEMES:
         raise ConfigError(
@@ -93,9 +96,10 @@ def ui(experiment_file: str, host: str, port: int, workers: int) -> None:
 
 @cli.command()
 @experiment_argument
+@set_option
 @click.option("--all-params", is_flag=True, help="Show every param, not only those that differ.")
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
-def runs(experiment_file: str, all_params: bool, as_json: bool) -> None:
+def runs(experiment_file: str, overrides: tuple[str, ...], all_params: bool, as_json: bool) -> None:
     """List the experiment's MLflow runs: status, the params that differ between runs, and
     the final val/bpb, val/bpb_retrieval_off, val/loss and train/loss.
 
@@ -106,7 +110,7 @@ def runs(experiment_file: str, all_params: bool, as_json: bool) -> None:
     from retro_platform.tracking.client import open_client, tracking_errors
     from retro_platform.tracking.uri import experiment_name, safe_uri, sqlite_path, tracking_uri
 
-    experiment = load_experiment(experiment_file)
+    experiment = load_experiment(experiment_file, overrides)
     uri = tracking_uri(experiment)
     name = experiment_name(experiment)
     database = sqlite_path(uri)
