@@ -1,6 +1,6 @@
 """Does retrieval help? The quality bar of issue 4, measured.
 
-    python benchmarks/quality.py [--quick] [--steps N] [--json PATH]
+    python benchmarks/quality.py [--quick] [--steps N] [--set KEY=VALUE ...] [--json PATH]
 
 Runs ``examples/retrieval-ablation.toml`` (the quickstart's corpus, model and step budget,
 trained once with retrieval and once as RETRO[off]) through ``retro-platform run`` in a
@@ -43,6 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="training steps (default: the example's)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for everything")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other key of the example, e.g. --set corpus.max_files=0 (repeatable)",
+    )
     args = parser.parse_args(argv)
 
     folder = args.results.resolve() / ("quick" if args.quick else "full")
@@ -60,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     command = [sys.executable, "-m", "retro_platform.cli", "run", str(EXAMPLE), "--no-progress"]
     for key, value in sets.items():
         command += ["--set", f"{key}={value}"]
+    for setting in args.sets:
+        command += ["--set", setting]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
     print("running:", " ".join(command[1:]), flush=True)
     started = time.perf_counter()
