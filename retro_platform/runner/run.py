@@ -9,13 +9,13 @@ training from its last checkpoint into the same MLflow run, and a finished point
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retro_platform.atomic import write_text_atomic
 from retro_platform.config import Experiment
 from retro_platform.config.resolved import flatten_config, resolved_config
 from retro_platform.store.fingerprints import fingerprint, short
@@ -105,7 +105,7 @@ def run_point(
         run.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
     run.finish("FINISHED")
-    _write_atomic(done, json.dumps({"run_id": run.run_id, "metrics": metrics}, indent=2))
+    write_text_atomic(done, json.dumps({"run_id": run.run_id, "metrics": metrics}, indent=2))
     return RunOutcome(name, run.run_id, run_dir, metrics)
 
 
@@ -138,9 +138,3 @@ def _train_and_evaluate(
     if experiment.mlflow.log_checkpoint and trained.checkpoint is not None:
         run.log_artifact(trained.checkpoint, "checkpoint")
     return {**trained.metrics, **metrics}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)

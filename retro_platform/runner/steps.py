@@ -15,9 +15,6 @@ import torch
 
 from retro_platform.config import Experiment
 
-#: The metrics of the final evaluation, by their MLflow names.
-FINAL_METRICS = ("val/loss", "val/bpb", "val/loss_retrieval_off", "val/bpb_retrieval_off")
-
 
 @dataclass
 class Prepared:

@@ -11,9 +11,7 @@ A job that may be restarted saves the run id in its run folder (:func:`save_run_
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
+from retro_platform.atomic import write_text_atomic
 from retro_platform.errors import ConfigError
 from retro_platform.tracking.params import (
     METRICS_PER_BATCH,
@@ -275,20 +274,7 @@ def save_run_id(run_dir: str | Path, run_id: str) -> Path:
     """Write ``run_id`` to ``run_dir/mlflow_run_id`` atomically; return the file."""
     if not _RUN_ID.fullmatch(run_id):
         raise ValueError(f"not an MLflow run id: {run_id!r}")
-    folder = Path(run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / RUN_ID_FILE
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{RUN_ID_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(run_id + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return target
+    return write_text_atomic(Path(run_dir) / RUN_ID_FILE, run_id + "\n")
 
 
 def load_run_id(run_dir: str | Path) -> str | None:
