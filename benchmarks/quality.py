@@ -12,9 +12,14 @@ a fresh measurement). Then reads the two runs back from MLflow and prints:
   (target: at least 10% lower bpb), with each run's training wall time (limit: 20 minutes);
 - for the run with retrieval, bpb of the same weights with retrieval off;
 - the leakage table of the run with retrieval: bpb by how much a validation chunk overlaps
-  what it retrieved, so that the share of the gain that is copying is visible.
+  what it retrieved, so that the share of the gain that is copying is visible;
+- the copy ceiling (:mod:`retro_platform.evaluation.copy_ceiling`): the share of validation
+  tokens that continue a run of 8, 16 or 32 tokens found in a training document, the
+  baseline's bpb if every such token cost nothing (the most that copying could take off),
+  and the losses of both runs on those tokens and on the rest.
 
-``--quick`` cuts the corpus to 6 files and training to 20 steps: a smoke test of the script.
+``--quick`` cuts the corpus to 6 files (half of them held out) and training to 20 steps: a
+smoke test of the script.
 """
 
 from __future__ import annotations
@@ -62,7 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         "mlflow.tracking_uri": tracking,
     }
     if args.quick:
-        sets |= {"corpus.max_files": 6, "train.steps": 20, "generate.samples": 1}
+        # half of 6 files held out, so that some are (the split hashes file names)
+        sets |= {
+            "corpus.max_files": 6,
+            "retrieval.validation_fraction": 0.5,
+            "train.steps": 20,
+            "generate.samples": 1,
+        }
     if args.steps:
         sets["train.steps"] = args.steps
     command = [sys.executable, "-m", "retro_platform.cli", "run", str(EXAMPLE), "--no-progress"]
@@ -71,12 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     for setting in args.sets:
         command += ["--set", setting]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the report clean
     print("running:", " ".join(command[1:]), flush=True)
     started = time.perf_counter()
-    subprocess.run(command, check=True, env=env)
+    code = subprocess.run(command, env=env).returncode
+    if code:
+        print(f"retro-platform run failed (exit code {code}); see its error above", file=sys.stderr)
+        return code
     wall = time.perf_counter() - started
 
     figures = collect(tracking, folder, wall)
+    overrides = [f"{key}={value}" for key, value in sets.items()] + args.sets
+    figures["copy_ceiling"] = copy_ceilings(overrides, folder, figures)
     print(report(figures))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
@@ -114,6 +131,70 @@ def collect(tracking: str, folder: Path, wall: float) -> dict[str, Any]:
                 entry["leakage"] = list(csv.DictReader(handle))
         figures["runs"]["retrieval" if retrieval else "baseline"] = entry
     return figures
+
+
+def copy_ceilings(
+    overrides: list[str], folder: Path, figures: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The copy ceiling of the baseline's validation losses, and both runs' losses on the
+    copyable tokens and the rest, from the runs' final checkpoints."""
+    import numpy as np
+
+    sys.path.insert(0, str(REPO_ROOT))
+    from retro_platform.config import load_experiment
+    from retro_platform.evaluation.copy_ceiling import (
+        copy_ceiling,
+        training_ngrams,
+        validation_losses,
+    )
+    from retro_platform.pipeline import run_index
+    from retro_platform.runner.steps import prepare_training
+    from retro_platform.store.database import open_store
+    from retro_platform.training.checkpoint import load_checkpoint
+
+    experiment = load_experiment(EXAMPLE, [*overrides, "train.retrieval=true"])
+    store = open_store(experiment.store.database_url, experiment.store.path)
+    index = run_index(experiment, store, progress=False, log=lambda _: None)
+    prepared = prepare_training(experiment, store, index, log=lambda _: None)
+    data = prepared.data
+    training = ~np.isin(data.table.document_ids, data.validation_documents)
+    ngrams = {
+        n: training_ngrams(
+            data.chunk_tokens,
+            data.table.document_ids,
+            data.table.positions,
+            training,
+            data.pad_id,
+            n,
+        )
+        for n in (8, 16, 32)
+    }
+    folders = {
+        path.read_text().strip(): path.parent for path in folder.glob("runs/*/mlflow_run_id")
+    }
+    tables = {}
+    for name, run in figures["runs"].items():
+        state = load_checkpoint(folders[run["run_id"]] / "checkpoint.pt")
+        prepared.model.load_state_dict(state["model"])
+        batches = data.batches("val", experiment.eval.batch_size, retrieval=True)
+        losses, sequences, num_bytes = validation_losses(
+            prepared.model, batches, pad_id=data.pad_id, retrieval=name == "retrieval"
+        )
+        tables[name] = copy_ceiling(losses, sequences, num_bytes, ngrams, data.pad_id)
+    return [
+        {
+            "n": base.n,
+            "share": base.share,
+            "baseline_bpb": base.bpb,
+            "ceiling_bpb": base.ceiling_bpb,
+            "reduction": base.reduction,
+            "baseline_loss_copyable": base.loss_copyable,
+            "retrieval_loss_copyable": retro.loss_copyable,
+            "baseline_loss_other": base.loss_other,
+            "retrieval_loss_other": retro.loss_other,
+        }
+        for base, retro in zip(tables["baseline"], tables["retrieval"], strict=True)
+    ]
 
 
 def report(figures: dict[str, Any]) -> str:
@@ -164,6 +245,32 @@ def report(figures: dict[str, Any]) -> str:
             ],
         )
     )
+    lines += [
+        "",
+        "## Copy ceiling: what copying from the training documents could take off at most",
+        "",
+        markdown_table(
+            [
+                "run of n tokens",
+                "copyable tokens",
+                "baseline bpb -> ceiling",
+                "most copying could take off",
+                "nats/token on copyable: baseline / RETRO",
+                "on the rest: baseline / RETRO",
+            ],
+            [
+                [
+                    str(row["n"]),
+                    f"{row['share']:.1%}",
+                    f"{row['baseline_bpb']:.4f} -> {row['ceiling_bpb']:.4f}",
+                    f"{row['reduction']:.1%}",
+                    f"{row['baseline_loss_copyable']:.3f} / {row['retrieval_loss_copyable']:.3f}",
+                    f"{row['baseline_loss_other']:.3f} / {row['retrieval_loss_other']:.3f}",
+                ]
+                for row in figures.get("copy_ceiling", [])
+            ],
+        ),
+    ]
     return "\n".join(lines)
 
 

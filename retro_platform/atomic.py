@@ -1,27 +1,72 @@
-"""Writing a small file so that a reader never sees half of it, even after a kill."""
+"""Writing a file so that a reader never sees half of it, even after a kill.
+
+Every file a long job leaves behind (a trained tokenizer, a vector index, a checkpoint, a run's
+id and summary) is written to a temporary file in the target's folder, fsynced, and renamed
+over the target; the folder is then fsynced so that the rename survives a power loss. The
+target holds either its old content or all of the new one, never a mix.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, fsynced and
-    renamed over it: the file holds either its old content or all of the new."""
+@contextmanager
+def atomic_destination(path: str | Path) -> Iterator[Path]:
+    """A temporary path to write ``path``'s new content to; moved over ``path`` on success.
+
+    The temporary file exists (empty) in ``path``'s folder and keeps its suffix (writers that
+    add a missing extension find it there). If the block raises, it is removed and ``path`` is
+    untouched. A process killed inside the block leaves a hidden
+    ``.<name>.<random>.partial<suffix>`` file and never a half-written ``path``.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
+    handle, name = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=f".partial{target.suffix}"
     )
+    os.close(handle)
+    temporary = Path(name)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
+        yield temporary
+        _fsync(temporary)
         os.replace(temporary, target)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
-    return target
+    _fsync(target.parent)
+
+
+def stale_partials(path: str | Path) -> list[Path]:
+    """Temporary files that :func:`atomic_destination` left for ``path`` in a killed process."""
+    target = Path(path)
+    return sorted(target.parent.glob(f".{target.name}.*.partial{target.suffix}"))
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; see :func:`atomic_destination`."""
+    with atomic_destination(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a folder's entries, to disk. Windows cannot open a folder and
+    needs no folder fsync; that and any other refusal of a folder is ignored."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        if path.is_dir():
+            return
+        raise
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        if not path.is_dir():
+            raise
+    finally:
+        os.close(descriptor)

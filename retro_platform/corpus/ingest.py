@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -22,6 +21,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select
 from tqdm import tqdm
 
+from retro_platform.atomic import atomic_destination
 from retro_platform.config import Experiment
 from retro_platform.corpus.chunk_table import count_chunks
 from retro_platform.corpus.chunking import chunk_document
@@ -144,10 +144,8 @@ def prepare_corpus(
                     f"the corpus ({reader.describe()}) has no usable documents to train the "
                     f"{tokenizer_name!r} tokenizer on; check the [corpus] table"
                 )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(path.name + ".partial")
-            tokenizer.train(itertools.chain([first], texts), partial)
-            os.replace(partial, path)  # atomic: a killed training leaves no half file
+            with atomic_destination(path) as partial:  # a killed training leaves no half file
+                tokenizer.train(itertools.chain([first], texts), partial)
         tokenizer.load(path)
 
     with store.session() as session:

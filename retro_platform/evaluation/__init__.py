@@ -1,9 +1,11 @@
 """Honest evaluation: validation loss and bits per byte with retrieval on and off, the paper's
-leakage analysis, and sample generations with autoretrieval."""
+leakage analysis, the copy ceiling (what retrieval could gain by copying, at most), and sample
+generations with autoretrieval."""
 
 from __future__ import annotations
 
 from retro_platform.evaluation.bpb import EvalResult, evaluate
+from retro_platform.evaluation.copy_ceiling import CeilingRow, copy_ceiling
 from retro_platform.evaluation.leakage import (
     LeakageRow,
     leakage_table,
@@ -14,9 +16,11 @@ from retro_platform.evaluation.leakage import (
 from retro_platform.evaluation.samples import Sample, generate_samples, samples_markdown
 
 __all__ = [
+    "CeilingRow",
     "EvalResult",
     "LeakageRow",
     "Sample",
+    "copy_ceiling",
     "evaluate",
     "generate_samples",
     "leakage_table",

@@ -8,7 +8,6 @@ row turns ``ready`` only after that: a killed build leaves nothing that looks fi
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from retro_platform.atomic import atomic_destination
 from retro_platform.config import Experiment
 from retro_platform.corpus.chunk_table import ChunkTable, load_chunk_table, validation_documents
 from retro_platform.embeddings.embed import EmbeddingFile
@@ -115,10 +115,8 @@ def build_index(
     log(f"building {name} index over {len(rows)} chunks ({len(table) - len(rows)} held out)")
     vectors = np.ascontiguousarray(embeddings.open()[rows])
     retriever.build(vectors, table.chunk_ids[rows])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    retriever.save(partial)
-    os.replace(partial, path)
+    with atomic_destination(path) as partial:
+        retriever.save(partial)
     seconds = time.perf_counter() - started
     with store.session() as session:
         row = session.get(VectorIndex, record.id)

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 from retro_platform.cli.tables import text_table
 from retro_platform.runner.run import RunOutcome
-
-#: The final metrics shown, in order, with their column titles.
-COLUMNS = {
-    "val/bpb": "val bpb",
-    "val/bpb_retrieval_off": "bpb retrieval off",
-    "val/loss": "val loss",
-    "train/loss": "train loss",
-}
+from retro_platform.tracking.listing import FINAL_METRICS
 
 
 def outcomes_table(outcomes: list[RunOutcome]) -> str:
-    """A plain-text table of the runs' final metrics."""
-    header = ("run", "MLflow run id", *COLUMNS.values())
+    """A plain-text table of the runs' final metrics, under their MLflow names (the columns
+    of ``retro-platform runs``)."""
+    header = ("run", "MLflow run id", *FINAL_METRICS)
     rows = [
         [
             outcome.name + (" (finished earlier)" if outcome.skipped else ""),
             outcome.run_id,
-            *(_number(outcome.metrics.get(key)) for key in COLUMNS),
+            *(_number(outcome.metrics.get(key)) for key in FINAL_METRICS),
         ]
         for outcome in outcomes
     ]

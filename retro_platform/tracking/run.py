@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -60,6 +60,8 @@ class TrackedRun:
     #: Why a run id given to :meth:`start` was not resumed, or None.
     notice: str | None = None
     _params: dict[str, str] = field(default_factory=dict, repr=False)
+    #: Latest step of each metric a resumed run had logged (see :meth:`log_metrics`).
+    _logged_steps: dict[str, int] = field(default_factory=dict, repr=False)
     _status_before: str | None = field(default=None, repr=False)
     _finished: bool = field(default=False, repr=False)
 
@@ -98,6 +100,7 @@ class TrackedRun:
                     experiment_id,
                     resumed=True,
                     _params=dict(existing.data.params),
+                    _logged_steps=_latest_steps(client, run_id, existing.data.metrics),
                     _status_before=existing.info.status,
                 )
                 client.update_run(run_id, status="RUNNING", name=run_name)
@@ -139,11 +142,20 @@ class TrackedRun:
             self._params.update(batch)
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Log metric values at ``step`` (one timestamp for all)."""
+        """Log metric values at ``step`` (one timestamp for all).
+
+        In a resumed run, a metric at a step no later than the last one the run had logged
+        for it is skipped: a job restarted from its last checkpoint repeats the steps it ran
+        after that checkpoint, and each point belongs in the history once.
+        """
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(key, float(value), now, int(step)) for key, value in metrics.items()]
+        items = [
+            Metric(key, float(value), now, int(step))
+            for key, value in metrics.items()
+            if step > self._logged_steps.get(key, -1)
+        ]
         for start in range(0, len(items), METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=items[start : start + METRICS_PER_BATCH])
 
@@ -261,6 +273,14 @@ def _resumable(client: MlflowClient, run_id: str, experiment_id: str, name: str)
             f"MLflow run {run_id} belongs to another experiment than {name!r}: starting a new run"
         )
     return run, None
+
+
+def _latest_steps(client: MlflowClient, run_id: str, keys: Iterable[str]) -> dict[str, int]:
+    """The last step each metric of a run was logged at (one history read per metric)."""
+    return {
+        key: max((metric.step for metric in client.get_metric_history(run_id, key)), default=-1)
+        for key in keys
+    }
 
 
 def _short(value: str, limit: int = 60) -> str:

@@ -13,24 +13,21 @@ one.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from retro_platform.atomic import atomic_destination, stale_partials
 from retro_platform.errors import ConfigError, RetroPlatformError
 
 #: The checkpoint of a run, in its folder.
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = 1
-_TEMP_PREFIX = ".checkpoint-"
 
 
 class CheckpointError(RetroPlatformError):
@@ -45,21 +42,10 @@ def checkpoint_path(run_dir: str | Path) -> Path:
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, rename, fsync folder)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f"{_TEMP_PREFIX}*"):  # left by a run killed mid-write
+    for stale in stale_partials(path):  # left by a run killed mid-write
         stale.unlink(missing_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    _fsync_folder(path.parent)
+    with atomic_destination(path) as temporary:
+        torch.save(state, temporary)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -175,17 +161,3 @@ def restore_rng(state: dict[str, Any]) -> None:
     )
     python = state["python"]
     random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss"]))
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename durable (POSIX); Windows cannot open folders and needs none."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)

@@ -65,7 +65,7 @@ def test_a_run_trains_evaluates_and_logs_everything_to_mlflow(tmp_path: Path) ->
     }
     samples = client.download_artifacts(run.info.run_id, "samples.md", str(tmp_path / "dl"))
     assert "| neighbour |" in Path(samples).read_text()  # the retrieved chunks, listed
-    assert run.info.run_id in out and "val bpb" in out
+    assert run.info.run_id in out and "val/bpb" in out
 
 
 def test_a_finished_run_is_not_run_again(tmp_path: Path) -> None:
@@ -115,7 +115,15 @@ def test_a_killed_run_resumes_into_the_same_mlflow_run_with_the_same_weights(
     assert final.keys() == expected.keys()
     assert all(torch.equal(final[name], expected[name]) for name in final)
     losses = client_for(killed).get_metric_history(run.info.run_id, "train/loss")
-    assert max(m.step for m in losses) == 40
+    steps = [m.step for m in losses]
+    assert max(steps) == 40
+    assert len(steps) == len(set(steps)), "steps repeated after the resume were logged twice"
+    uninterrupted = client_for(whole).get_metric_history(
+        runs_of(whole)[0].info.run_id, "train/loss"
+    )
+    assert sorted((m.step, m.value) for m in losses) == sorted(
+        (m.step, m.value) for m in uninterrupted
+    )
 
 
 def test_a_sweep_is_a_parent_run_with_a_child_per_point(tmp_path: Path) -> None:

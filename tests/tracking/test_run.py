@@ -71,9 +71,13 @@ def test_a_restarted_job_resumes_into_the_same_run(
     assert again.run_id == run.run_id and again.resumed and again.notice is None
     assert client.get_run(run.run_id).info.status == "RUNNING"
     again.log_params(params)  # the same config: nothing to log, no error
+    # the restarted job repeats step 2 (its last checkpoint was step 1): train/loss was logged
+    # there already and is not logged twice; train/lr, last logged at step 1, is
+    again.log_metrics(2, {"train/loss": 2.5, "train/lr": 5e-5})
     again.log_metrics(3, {"train/loss": 2.0})
     again.finish()
     assert history(client, run.run_id, "train/loss") == [(1, 3.0), (2, 2.5), (3, 2.0)]
+    assert history(client, run.run_id, "train/lr") == [(1, 1e-4), (2, 5e-5)]
     stored = client.get_run(run.run_id)
     assert stored.info.status == "FINISHED" and stored.data.params == params
     runs = client.search_runs([again.experiment_id])

@@ -9,7 +9,6 @@ tokenized as ordinary text).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import tokenizers
 from pydantic import Field
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from retro_platform.atomic import atomic_destination
 from retro_platform.errors import StoreError
 from retro_platform.hookspecs import hookimpl
 from retro_platform.protocols import Encoding, PluginOptions, Tokenizer
@@ -83,10 +83,8 @@ class BpeTokenizer(Tokenizer):
         )
         sample = _first_bytes(texts, self.options.max_training_bytes)
         backend.train_from_iterator(_batches(sample), trainer)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        backend.save(str(partial))
-        os.replace(partial, path)  # atomic: an interrupted save never leaves half a file
+        with atomic_destination(path) as partial:  # an interrupted save leaves no half file
+            backend.save(str(partial))
         self._use(backend)
 
     def load(self, path: Path) -> None:

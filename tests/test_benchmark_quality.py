@@ -1,0 +1,71 @@
+"""The quality benchmark still runs: ``benchmarks/quality.py --quick`` end to end.
+
+Six stdlib files, 20 steps of each run, the hashing embedder instead of MiniLM (to keep it to
+a minute): the sweep through ``retro-platform run``, the figures read back from MLflow, the
+leakage table and the copy ceiling from both runs' checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "quality.py"
+
+
+@pytest.mark.slow
+def test_quick_benchmark_prints_its_tables(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--quick",
+        "--results",
+        str(tmp_path),
+        "--json",
+        str(out),
+        "--set",
+        'embedder={name = "hashing"}',
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    completed = subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=600, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    report = completed.stdout
+    for heading in ("# Quality bar", "## Leakage", "## Copy ceiling"):
+        assert heading in report, f"{heading!r} missing from:\n{report}"
+
+    figures = json.loads(out.read_text())
+    runs = figures["runs"]
+    assert runs["retrieval"]["steps"] == runs["baseline"]["steps"] == 20
+    assert (
+        runs["retrieval"]["metrics"]["val/bpb"] > 0 and runs["baseline"]["metrics"]["val/bpb"] > 0
+    )
+    assert "val/bpb_retrieval_off" in runs["retrieval"]["metrics"]
+    assert sum(float(row["share"]) for row in runs["retrieval"]["leakage"]) == pytest.approx(1.0)
+
+    ceiling = figures["copy_ceiling"]
+    assert [row["n"] for row in ceiling] == [8, 16, 32]
+    shares = [row["share"] for row in ceiling]
+    assert all(0 <= share <= 1 for share in shares) and shares == sorted(shares, reverse=True)
+    for row in ceiling:
+        # the ceiling is measured on the baseline, whose bpb the run itself reported
+        assert row["baseline_bpb"] == pytest.approx(
+            runs["baseline"]["metrics"]["val/bpb"], rel=1e-4
+        )
+        assert 0 <= row["ceiling_bpb"] <= row["baseline_bpb"]
+
+    # a second run reuses both finished runs and reports the same figures
+    again = subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=600, check=False
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("finished earlier") >= 2
+    assert json.loads(out.read_text())["copy_ceiling"] == ceiling
