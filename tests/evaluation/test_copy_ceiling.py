@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from retro_platform.evaluation import evaluate
 from retro_platform.evaluation.copy_ceiling import (
+    ValidationLosses,
     copy_ceiling,
+    copyable_from_neighbours,
     copyable_targets,
     ngram_hashes,
     training_ngrams,
@@ -107,13 +109,78 @@ def test_ceiling_arithmetic() -> None:
     # two targets copyable out of four, every loss 1 nat over 8 bytes
     sequences = np.array([[1, 2, 3, 7, 7]])
     ngrams = {2: ngrams_of([[1, 2, 3]], 2)}
-    losses = np.array([[1.0, 1.0, 1.0, 1.0]])
-    (row,) = copy_ceiling(losses, sequences, 8, ngrams, PAD)
+    measured = ValidationLosses(np.array([[1.0, 1.0, 1.0, 1.0]]), sequences, None, 8, PAD)
+    (row,) = copy_ceiling(measured, ngrams)
     assert row.n == 2 and row.share == 0.5
     assert row.bpb == pytest.approx(4 / math.log(2) / 8)
     assert row.ceiling_bpb == pytest.approx(2 / math.log(2) / 8)
     assert row.reduction == pytest.approx(0.5)
     assert row.loss_copyable == 1.0 and row.loss_other == 1.0
+    assert math.isnan(row.given_share) and math.isnan(row.loss_given)  # no neighbours given
+
+    # neighbours: chunk 0 (tokens 1 2) retrieved [3 7 ...], which conditions positions 1..2
+    retrieved = np.array([[[[3, 7, 9, 9]], [[PAD] * 4]]])  # (b=1, c=2, k=1, 2m=4)
+    measured = ValidationLosses(np.array([[1.0, 2.0, 3.0, 4.0]]), sequences, retrieved, 8, PAD)
+    (row,) = copy_ceiling(measured, ngrams)
+    # position 2 predicts 7 after 3: the run 3-7 is in the neighbour; position 1 (3 after
+    # 2) is conditioned by it too, but 2-3 is not in the neighbour
+    assert row.given_share == 0.25 and row.loss_given == 3.0
+    assert row.given_ceiling_bpb == pytest.approx(7 / math.log(2) / 8)
+
+
+def brute_force_given(sequence: list[int], neighbours: list[list[list[int]]], n: int) -> list[bool]:
+    """Position p is conditioned by chunk (p + 1) // m - 1's neighbours; its target's run of
+    n tokens (none padding) must lie inside one of them."""
+    length = len(sequence) - 1
+    m = length // len(neighbours)
+    out = []
+    for p in range(length):
+        source = (p + 1) // m - 1
+        start = p + 2 - n
+        if source < 0 or start < 0:
+            out.append(False)
+            continue
+        run = tuple(sequence[start : p + 2])
+        inside = {
+            tuple(neighbour[i : i + n])
+            for neighbour in neighbours[source]
+            for i in range(len(neighbour) - n + 1)
+        }
+        out.append(PAD not in run and run in inside)
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    data=st.data(),
+    c=st.integers(1, 4),
+    m=st.integers(1, 4),
+    k=st.integers(1, 2),
+    n=st.integers(1, 4),
+)
+def test_copyable_from_neighbours_matches_a_brute_force_search(data, c, m, k, n) -> None:
+    token = st.integers(0, 3)
+    sequence = data.draw(st.lists(token, min_size=c * m + 1, max_size=c * m + 1))
+    neighbours = data.draw(
+        st.lists(
+            st.lists(st.lists(token, min_size=2 * m, max_size=2 * m), min_size=k, max_size=k),
+            min_size=c,
+            max_size=c,
+        )
+    )
+    found = copyable_from_neighbours(np.array([sequence]), np.array([neighbours]), n, PAD)
+    assert found[0].tolist() == brute_force_given(sequence, neighbours, n)
+
+
+def test_neighbours_of_another_sequence_or_chunk_do_not_count() -> None:
+    # two sequences, two chunks of 2: the run 5-6 is in sequence 1's neighbours only, and in
+    # sequence 0's neighbours of chunk 1, which conditions no position that predicts it
+    sequences = np.array([[1, 5, 6, 2, 3], [1, 5, 6, 2, 3]])
+    retrieved = np.zeros((2, 2, 1, 4), dtype=np.int64)
+    retrieved[0, 1, 0] = [5, 6, 8, 8]
+    retrieved[1, 0, 0] = [5, 6, 8, 8]
+    found = copyable_from_neighbours(sequences, retrieved, 2, PAD)
+    assert found.tolist() == [[False] * 4, [False, True, False, False]]
 
 
 def test_longer_runs_are_rarer(indexed: IndexedStore, trained) -> None:
@@ -132,13 +199,15 @@ def test_longer_runs_are_rarer(indexed: IndexedStore, trained) -> None:
         for n in (4, 8, 16, 32)
     }
     batches = document_batches(indexed, indexed.held_out.tolist())
-    losses, sequences, num_bytes = validation_losses(
-        trained, batches, pad_id=indexed.pad_id, retrieval=True
-    )
-    rows = copy_ceiling(losses, sequences, num_bytes, ngrams, indexed.pad_id)
+    measured = validation_losses(trained, batches, pad_id=indexed.pad_id, retrieval=True)
+    sequences = measured.sequences
+    rows = copy_ceiling(measured, ngrams)
     shares = [row.share for row in rows]
     assert shares == sorted(shares, reverse=True) and shares[0] > shares[-1]
     assert all(0 <= row.ceiling_bpb < row.bpb for row in rows if row.share > 0)
+    # the neighbours are training text: what they hold is copyable from the database too
+    assert all(row.given_share <= row.share for row in rows)
+    assert rows[0].given_share > 0
     assert rows[0].bpb == pytest.approx(
         evaluate(trained, batches, device=torch.device("cpu")).bpb, rel=1e-5
     )
