@@ -1,6 +1,7 @@
 """Does retrieval help? The quality bar of issue 4, measured.
 
-    python benchmarks/quality.py [--quick] [--steps N] [--set KEY=VALUE ...] [--json PATH]
+    python benchmarks/quality.py [--quick] [--steps N] [--seeds N] [--set KEY=VALUE ...]
+                                 [--json PATH]
 
 Runs ``examples/retrieval-ablation.toml`` (the quickstart's corpus, model and step budget,
 trained once with retrieval and once as RETRO[off]) through ``retro-platform run`` in a
@@ -18,6 +19,10 @@ a fresh measurement). Then reads the two runs back from MLflow and prints:
   baseline's bpb if every such token cost nothing (the most that copying could take off),
   the losses of both runs on those tokens and on the rest, and the share of tokens copyable
   from the neighbours the model was actually given, with both runs' losses on them.
+
+``--seeds N`` trains both runs with seeds 0 .. N-1 (a sweep over ``experiment.seed`` too) and
+compares the medians: a gain smaller than the spread between seeds is noise. The leakage table
+and the copy ceiling come from seed 0.
 
 ``--quick`` cuts the corpus to 6 files (half of them held out) and training to 20 steps: a
 smoke test of the script.
@@ -50,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for everything")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="train each of the two runs with seeds 0 .. N-1 and compare medians (default 1)",
+    )
+    parser.add_argument(
         "--set",
         dest="sets",
         action="append",
@@ -77,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         }
     if args.steps:
         sets["train.steps"] = args.steps
+    seeds = list(range(args.seeds))
+    if len(seeds) > 1:
+        sets["sweep.experiment.seed"] = json.dumps(seeds)
     command = [sys.executable, "-m", "retro_platform.cli", "run", str(EXAMPLE), "--no-progress"]
     for key, value in sets.items():
         command += ["--set", f"{key}={value}"]
@@ -92,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         return code
     wall = time.perf_counter() - started
 
-    figures = collect(tracking, folder, wall)
     overrides = [f"{key}={value}" for key, value in sets.items()] + args.sets
+    figures = collect(tracking, folder, wall, overrides, seeds)
     figures["copy_ceiling"] = copy_ceilings(overrides, folder, figures)
     print(report(figures))
     if args.json:
@@ -101,23 +115,38 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def collect(tracking: str, folder: Path, wall: float) -> dict[str, Any]:
-    """The two runs' figures, read back from MLflow and their run folders."""
+def collect(
+    tracking: str, folder: Path, wall: float, overrides: list[str], seeds: list[int]
+) -> dict[str, Any]:
+    """The runs' figures, read back from MLflow and their run folders: one run with retrieval
+    and one baseline per seed (the latest of each, at the step count asked for)."""
+    import statistics
+
     from mlflow import MlflowClient
 
     sys.path.insert(0, str(REPO_ROOT))
     from retro_platform.config import load_experiment
 
+    example = load_experiment(EXAMPLE, overrides)
     client = MlflowClient(tracking_uri=tracking)
-    name = load_experiment(EXAMPLE).experiment.name
-    experiment = client.get_experiment_by_name(name)
-    runs = client.search_runs([experiment.experiment_id])
-    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
-    figures: dict[str, Any] = {"wall_s": wall, "runs": {}}
-    for run in children:
-        retrieval = run.data.params["train.retrieval"] == "true"
+    experiment = client.get_experiment_by_name(example.experiment.name)
+    found = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    latest: dict[tuple[bool, int], Any] = {}
+    for run in found:
+        params = run.data.params
+        if "mlflow.parentRunId" not in run.data.tags or "train.retrieval" not in params:
+            continue
+        seed = int(params.get("experiment.seed", 0))
+        if int(params["train.steps"]) == example.train.steps and seed in seeds:
+            latest[(params["train.retrieval"] == "true", seed)] = run
+    runs = []
+    for (retrieval, seed), run in sorted(
+        latest.items(), key=lambda item: (not item[0][0], item[0][1])
+    ):
         history = client.get_metric_history(run.info.run_id, "train/tokens_per_s")
         entry = {
+            "retrieval": retrieval,
+            "seed": seed,
             "run_id": run.info.run_id,
             "steps": int(run.data.params["train.steps"]),
             "metrics": dict(run.data.metrics),
@@ -130,15 +159,37 @@ def collect(tracking: str, folder: Path, wall: float) -> dict[str, Any]:
             local = client.download_artifacts(run.info.run_id, "leakage", str(folder / "dl"))
             with open(Path(local) / "leakage.csv", newline="") as handle:
                 entry["leakage"] = list(csv.DictReader(handle))
-        figures["runs"]["retrieval" if retrieval else "baseline"] = entry
-    return figures
+        runs.append(entry)
+    median = {
+        kind: statistics.median(
+            r["metrics"]["val/bpb"] for r in runs if r["retrieval"] == (kind == "retrieval")
+        )
+        for kind in ("retrieval", "baseline")
+    }
+    return {
+        "wall_s": wall,
+        "seeds": seeds,
+        "runs": runs,
+        "median_bpb": median,
+        "gain": 1 - median["retrieval"] / median["baseline"],
+    }
+
+
+def first_pair(figures: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The run with retrieval and the baseline of the lowest seed."""
+    seed = min(figures["seeds"])
+    return {
+        "retrieval" if run["retrieval"] else "baseline": run
+        for run in figures["runs"]
+        if run["seed"] == seed
+    }
 
 
 def copy_ceilings(
     overrides: list[str], folder: Path, figures: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """The copy ceiling of the baseline's validation losses, and both runs' losses on the
-    copyable tokens and the rest, from the runs' final checkpoints."""
+    copyable tokens and the rest, from the final checkpoints of the lowest seed's runs."""
     import numpy as np
 
     sys.path.insert(0, str(REPO_ROOT))
@@ -153,7 +204,7 @@ def copy_ceilings(
     from retro_platform.store.database import open_store
     from retro_platform.training.checkpoint import load_checkpoint
 
-    experiment = load_experiment(EXAMPLE, [*overrides, "train.retrieval=true"])
+    experiment = load_experiment(EXAMPLE, [*overrides, "train.retrieval=true"])  # seed 0's data
     store = open_store(experiment.store.database_url, experiment.store.path)
     index = run_index(experiment, store, progress=False, log=lambda _: None)
     prepared = prepare_training(experiment, store, index, log=lambda _: None)
@@ -174,7 +225,7 @@ def copy_ceilings(
         path.read_text().strip(): path.parent for path in folder.glob("runs/*/mlflow_run_id")
     }
     tables = {}
-    for name, run in figures["runs"].items():
+    for name, run in first_pair(figures).items():
         state = load_checkpoint(folders[run["run_id"]] / "checkpoint.pt")
         prepared.model.load_state_dict(state["model"])
         batches = data.batches("val", experiment.eval.batch_size, retrieval=True)
@@ -204,36 +255,37 @@ def copy_ceilings(
 
 def report(figures: dict[str, Any]) -> str:
     runs = figures["runs"]
-    on, off = runs["retrieval"], runs["baseline"]
-    bpb_on, bpb_base = on["metrics"]["val/bpb"], off["metrics"]["val/bpb"]
-    gain = 1 - bpb_on / bpb_base
     rows = [
         [
-            "RETRO, trained with retrieval",
-            f"{bpb_on:.4f}",
-            f"{on['metrics'].get('val/bpb_retrieval_off', float('nan')):.4f}",
-            f"{on['run_s'] / 60:.1f}",
-        ],
-        [
-            "the same model trained with retrieval off (baseline)",
-            f"{bpb_base:.4f}",
-            "",
-            f"{off['run_s'] / 60:.1f}",
-        ],
+            "RETRO, trained with retrieval"
+            if run["retrieval"]
+            else "the same model trained with retrieval off (baseline)",
+            str(run["seed"]),
+            f"{run['metrics']['val/bpb']:.4f}",
+            f"{run['metrics']['val/bpb_retrieval_off']:.4f}" if run["retrieval"] else "",
+            f"{run['run_s'] / 60:.1f}",
+        ]
+        for run in runs
     ]
+    gain = figures["gain"]
+    median = figures["median_bpb"]
+    longest = max(run["run_s"] for run in runs)
+    seeds = len(figures["seeds"])
     lines = [
         "# Quality bar: validation bits per byte, retrieval on vs off",
         "",
-        markdown_table(["run", "val bpb", "same weights, retrieval off", "run min"], rows),
+        markdown_table(["run", "seed", "val bpb", "same weights, retrieval off", "run min"], rows),
         "",
+        (f"median over {seeds} seeds: " if seeds > 1 else "")
+        + f"retrieval {median['retrieval']:.4f}, baseline {median['baseline']:.4f}; "
         f"bpb of retrieval vs the baseline: {-gain:+.1%} (target: at least {TARGET_GAIN:.0%} "
         f"lower): {'met' if gain >= TARGET_GAIN else 'NOT met'}; longest run "
-        f"{max(on['run_s'], off['run_s']) / 60:.1f} min (limit {TARGET_RUN_S / 60:.0f})",
+        f"{longest / 60:.1f} min (limit {TARGET_RUN_S / 60:.0f})",
         "",
-        "## Leakage: bpb by overlap with the retrieved neighbours (run with retrieval)",
+        "## Leakage: bpb by overlap with the retrieved neighbours (run with retrieval, first seed)",
         "",
     ]
-    leakage = on.get("leakage") or []
+    leakage = first_pair(figures)["retrieval"].get("leakage") or []
     lines.append(
         markdown_table(
             ["overlap", "chunks", "share", "bpb", "bpb retrieval off", "gain"],
@@ -252,7 +304,8 @@ def report(figures: dict[str, Any]) -> str:
     )
     lines += [
         "",
-        "## Copy ceiling: what copying from the training documents could take off at most",
+        "## Copy ceiling: what copying from the training documents could take off at most "
+        "(first seed)",
         "",
         markdown_table(
             [
