@@ -119,35 +119,31 @@ def collect(
     tracking: str, folder: Path, wall: float, overrides: list[str], seeds: list[int]
 ) -> dict[str, Any]:
     """The runs' figures, read back from MLflow and their run folders: one run with retrieval
-    and one baseline per seed (the latest of each, at the step count asked for)."""
+    and one baseline per seed, each found as ``retro-platform run`` finds it, through the run
+    folder of its configuration."""
     import statistics
 
     from mlflow import MlflowClient
 
     sys.path.insert(0, str(REPO_ROOT))
     from retro_platform.config import load_experiment
+    from retro_platform.config.resolved import flatten_config, resolved_config
+    from retro_platform.config.sweep import sweep_points
+    from retro_platform.runner.run import DONE, run_folder
 
-    example = load_experiment(EXAMPLE, overrides)
     client = MlflowClient(tracking_uri=tracking)
-    experiment = client.get_experiment_by_name(example.experiment.name)
-    found = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-    latest: dict[tuple[bool, int], Any] = {}
-    for run in found:
-        params = run.data.params
-        if "mlflow.parentRunId" not in run.data.tags or "train.retrieval" not in params:
-            continue
-        seed = int(params.get("experiment.seed", 0))
-        if int(params["train.steps"]) == example.train.steps and seed in seeds:
-            latest[(params["train.retrieval"] == "true", seed)] = run
     runs = []
-    for (retrieval, seed), run in sorted(
-        latest.items(), key=lambda item: (not item[0][0], item[0][1])
-    ):
+    for point in sweep_points(load_experiment(EXAMPLE, overrides)):
+        experiment = point.experiment
+        run_dir = run_folder(experiment, flatten_config(resolved_config(experiment)))
+        run = client.get_run(json.loads((run_dir / DONE).read_text())["run_id"])
+        retrieval, seed = experiment.train.retrieval, experiment.experiment.seed
         history = client.get_metric_history(run.info.run_id, "train/tokens_per_s")
         entry = {
             "retrieval": retrieval,
             "seed": seed,
             "run_id": run.info.run_id,
+            "run_dir": str(run_dir),
             "steps": int(run.data.params["train.steps"]),
             "metrics": dict(run.data.metrics),
             "tokens_per_s": [m.value for m in history],
@@ -221,12 +217,9 @@ def copy_ceilings(
         )
         for n in (8, 16, 32)
     }
-    folders = {
-        path.read_text().strip(): path.parent for path in folder.glob("runs/*/mlflow_run_id")
-    }
     tables = {}
     for name, run in first_pair(figures).items():
-        state = load_checkpoint(folders[run["run_id"]] / "checkpoint.pt")
+        state = load_checkpoint(Path(run["run_dir"]) / "checkpoint.pt")
         prepared.model.load_state_dict(state["model"])
         batches = data.batches("val", experiment.eval.batch_size, retrieval=True)
         measured = validation_losses(
