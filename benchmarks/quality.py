@@ -186,7 +186,6 @@ def copy_ceilings(
 ) -> list[dict[str, Any]]:
     """The copy ceiling of the baseline's validation losses, and both runs' losses on the
     copyable tokens and the rest, from the final checkpoints of the lowest seed's runs."""
-    import numpy as np
 
     sys.path.insert(0, str(REPO_ROOT))
     from retro_platform.config import load_experiment
@@ -205,18 +204,9 @@ def copy_ceilings(
     index = run_index(experiment, store, progress=False, log=lambda _: None)
     prepared = prepare_training(experiment, store, index, log=lambda _: None)
     data = prepared.data
-    training = ~np.isin(data.table.document_ids, data.validation_documents)
-    ngrams = {
-        n: training_ngrams(
-            data.chunk_tokens,
-            data.table.document_ids,
-            data.table.positions,
-            training,
-            data.pad_id,
-            n,
-        )
-        for n in (8, 16, 32)
-    }
+    ngrams = training_ngrams(
+        data.chunk_tokens, data.table, data.validation_documents, data.pad_id, (8, 16, 32)
+    )
     tables = {}
     for name, run in first_pair(figures).items():
         state = load_checkpoint(Path(run["run_dir"]) / "checkpoint.pt")

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from retro_platform.corpus.chunk_table import ChunkTable
 from retro_platform.evaluation.bpb import LN2, token_losses
 from retro_platform.training.batch import Batch
 
@@ -67,28 +68,33 @@ def ngram_hashes(tokens: np.ndarray, n: int) -> np.ndarray:
 
 def training_ngrams(
     chunk_tokens: np.ndarray,
-    document_ids: np.ndarray,
-    positions: np.ndarray,
-    training: np.ndarray,
+    table: ChunkTable,
+    held_out: np.ndarray,
     pad_id: int,
-    n: int,
-) -> np.ndarray:
-    """Sorted unique hashes of every ``n``-token run inside one training document.
+    lengths: Iterable[int],
+) -> dict[int, np.ndarray]:
+    """For each run length ``n`` in ``lengths``: the sorted unique hashes of every ``n``-token
+    run inside one training document.
 
     Args:
-        chunk_tokens: ``(chunks, m)`` token ids, short chunks padded with ``pad_id``.
-        document_ids, positions: ``(chunks,)`` each chunk's document and place in it.
-        training: ``(chunks,)`` bool, the chunks of training documents.
+        chunk_tokens: ``(chunks, m)`` token ids in the table's row order, short chunks padded
+            with ``pad_id``.
+        table: the corpus's chunk table (each chunk's document and place in it).
+        held_out: ids of the validation documents, which are not training text.
     """
-    rows = np.flatnonzero(training)
+    document_ids, positions = table.document_ids, table.positions
+    rows = np.flatnonzero(~np.isin(document_ids, held_out))
     rows = rows[np.lexsort((positions[rows], document_ids[rows]))]
     stream = np.asarray(chunk_tokens)[rows].reshape(-1)
     documents = np.repeat(document_ids[rows], chunk_tokens.shape[1])
     real = stream != pad_id  # a short chunk's padding is not text
     stream, documents = stream[real], documents[real]
-    hashes = ngram_hashes(stream, n)
-    inside = documents[: len(hashes)] == documents[n - 1 :]
-    return np.unique(hashes[inside])
+    ngrams = {}
+    for n in lengths:
+        hashes = ngram_hashes(stream, n)
+        inside = documents[: len(hashes)] == documents[n - 1 :]
+        ngrams[n] = np.unique(hashes[inside])
+    return ngrams
 
 
 def copyable_targets(sequences: np.ndarray, ngrams: np.ndarray, n: int, pad_id: int) -> np.ndarray:
@@ -96,7 +102,7 @@ def copyable_targets(sequences: np.ndarray, ngrams: np.ndarray, n: int, pad_id: 
 
     Args:
         sequences: ``(b, L + 1)`` token ids, as in :class:`Batch` ``tokens``.
-        ngrams: :func:`training_ngrams` of the same ``n``.
+        ngrams: the hashes :func:`training_ngrams` gives for the same ``n``.
     Returns:
         ``(b, L)`` bool, aligned with the positions of
         :func:`~retro_platform.evaluation.bpb.token_losses` (position ``t`` predicts token
@@ -198,8 +204,7 @@ class CeilingRow:
 
 
 def copy_ceiling(measured: ValidationLosses, ngrams: dict[int, np.ndarray]) -> list[CeilingRow]:
-    """One :class:`CeilingRow` per run length in ``ngrams`` (run length -> the
-    :func:`training_ngrams` of that length)."""
+    """One :class:`CeilingRow` per run length in ``ngrams`` (from :func:`training_ngrams`)."""
     losses = np.asarray(measured.losses, dtype=np.float64)
     counted = measured.counted
     bpb = losses[counted].sum() / LN2 / measured.num_bytes

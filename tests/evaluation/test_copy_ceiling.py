@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from retro_platform.corpus.chunk_table import ChunkTable
 from retro_platform.evaluation import evaluate
 from retro_platform.evaluation.copy_ceiling import (
     ValidationLosses,
@@ -35,14 +36,13 @@ def ngrams_of(documents: list[list[int]], n: int, chunk: int = 4) -> np.ndarray:
             document_ids.append(document)
             positions.append(position)
     rows = len(tokens)
-    return training_ngrams(
-        np.array(tokens, dtype=np.int32).reshape(rows, chunk),
-        np.array(document_ids, dtype=np.int64),
-        np.array(positions, dtype=np.int64),
-        np.ones(rows, dtype=bool),
-        PAD,
-        n,
+    table = ChunkTable(
+        chunk_ids=np.arange(rows, dtype=np.int64),
+        document_ids=np.array(document_ids, dtype=np.int64),
+        positions=np.array(positions, dtype=np.int64),
     )
+    tokens = np.array(tokens, dtype=np.int32).reshape(rows, chunk)
+    return training_ngrams(tokens, table, np.array([], dtype=np.int64), PAD, [n])[n]
 
 
 def brute_force(sequence: list[int], documents: list[list[int]], n: int) -> list[bool]:
@@ -186,18 +186,9 @@ def test_neighbours_of_another_sequence_or_chunk_do_not_count() -> None:
 def test_longer_runs_are_rarer(indexed: IndexedStore, trained) -> None:
     """On the real store: the shares shrink as n grows, the losses are the evaluation's, and a
     held-out document is never matched against itself."""
-    training = ~np.isin(indexed.table.document_ids, indexed.held_out)
-    ngrams = {
-        n: training_ngrams(
-            indexed.chunk_tokens,
-            indexed.table.document_ids,
-            indexed.table.positions,
-            training,
-            indexed.pad_id,
-            n,
-        )
-        for n in (4, 8, 16, 32)
-    }
+    ngrams = training_ngrams(
+        indexed.chunk_tokens, indexed.table, indexed.held_out, indexed.pad_id, (4, 8, 16, 32)
+    )
     batches = document_batches(indexed, indexed.held_out.tolist())
     measured = validation_losses(trained, batches, pad_id=indexed.pad_id, retrieval=True)
     sequences = measured.sequences
@@ -213,14 +204,10 @@ def test_longer_runs_are_rarer(indexed: IndexedStore, trained) -> None:
     )
 
     # with the held-out documents in the database, all of their text is copyable
+    nothing_held_out = np.array([], dtype=np.int64)
     everything = training_ngrams(
-        indexed.chunk_tokens,
-        indexed.table.document_ids,
-        indexed.table.positions,
-        np.ones(len(indexed.table), dtype=bool),
-        indexed.pad_id,
-        8,
-    )
+        indexed.chunk_tokens, indexed.table, nothing_held_out, indexed.pad_id, [8]
+    )[8]
     counted = sequences[:, 1:] != indexed.pad_id
     copyable = copyable_targets(sequences, everything, 8, indexed.pad_id)
     # every target but a sequence's first 7 (no 8 tokens before them in the sequence)

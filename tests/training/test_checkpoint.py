@@ -58,7 +58,8 @@ def test_the_trainer_refuses_such_a_checkpoint_too(setup, tmp_path) -> None:
 def test_writes_are_atomic(tmp_path) -> None:
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, {"format": FORMAT, "step": 1, "w": torch.ones(3)})
-    (tmp_path / ".checkpoint.pt.k1ll3d.partial.pt").write_bytes(b"half a checkpoint")  # a killed write
+    killed_write = tmp_path / ".checkpoint.pt.k1ll3d.partial.pt"
+    killed_write.write_bytes(b"half a checkpoint")
     with pytest.raises(Exception):  # noqa: B017  (pickling a lambda fails midway)
         save_checkpoint(path, {"format": FORMAT, "step": 2, "bad": lambda: None})
     assert load_checkpoint(path)["step"] == 1  # the old one is intact
