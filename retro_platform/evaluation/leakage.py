@@ -3,8 +3,8 @@ overlaps the neighbours its predictions were given (Borgeaud et al. 2022, sectio
 
 Overlap of a chunk: the longest run of consecutive tokens that the chunk shares with any one of
 the neighbours that condition it, those retrieved with the chunk before it (see
-:mod:`retro_platform.evaluation.bpb`; each neighbour is the retrieved chunk plus its continuation, ``2m`` tokens),
-divided by the chunk's length in non-pad tokens. Padding never matches, and a run never spans
+:mod:`retro_platform.evaluation.bpb`; each neighbour is the retrieved chunk plus its
+continuation, ``2m`` tokens), divided by the chunk's length in non-pad tokens. Padding never matches, and a run never spans
 two neighbours. 1.0 means the whole chunk is in the retrieval database; 0 that not one token of
 it is.
 
