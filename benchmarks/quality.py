@@ -199,7 +199,7 @@ def copy_ceilings(
     from retro_platform.store.database import open_store
     from retro_platform.training.checkpoint import load_checkpoint
 
-    experiment = load_experiment(EXAMPLE, [*overrides, "train.retrieval=true"])  # seed 0's data
+    experiment = load_experiment(EXAMPLE, [*overrides, "train.neighbours=retrieved"])  # seed 0's data
     store = open_store(experiment.store.database_url, experiment.store.path)
     index = run_index(experiment, store, progress=False, log=lambda _: None)
     prepared = prepare_training(experiment, store, index, log=lambda _: None)

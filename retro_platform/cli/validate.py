@@ -44,7 +44,16 @@ def summary(experiment: Experiment, points: int) -> list[str]:
         f"{list(model.dec_cross_attn_layers)}",
         f"training: {train.steps} steps of {train.batch_size * train.grad_accumulation} x "
         f"{train.seq_len} tokens, chunks of {retrieval.chunk_size}, "
-        f"{retrieval.neighbours} neighbours, retrieval {'on' if train.retrieval else 'off'}",
+        + (
+            f"{retrieval.neighbours} {train.neighbours} neighbours a chunk"
+            if train.retrieval
+            else "no neighbours (RETRO[off])"
+        )
+        + (
+            f", on {train.document_fraction:g} of the documents not held out"
+            if train.document_fraction < 1
+            else ""
+        ),
     ]
     grid = experiment.sweep.grid
     if grid:

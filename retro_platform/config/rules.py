@@ -174,8 +174,8 @@ def _check_retrofit(experiment: Experiment) -> None:
         return
     if not train.retrieval:
         raise ConfigError(
-            "[train] retrofit = true needs retrieval = true: RETRO-fitting trains only the "
-            "parts that read the neighbours"
+            '[train] retrofit = true needs neighbours = "retrieved" (not "none"): '
+            "RETRO-fitting trains only the parts that read the neighbours"
         )
     if not experiment.model.dec_cross_attn_layers:
         raise ConfigError(

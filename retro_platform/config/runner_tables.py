@@ -86,8 +86,19 @@ class TrainTable(_Table):
     )
     betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
     grad_clip: float = Field(1.0, ge=0.0, description="global gradient-norm clip; 0: off")
-    retrieval: bool = Field(
-        True, description="false: train RETRO[off], the same model with no neighbours (a baseline)"
+    neighbours: Literal["retrieved", "none", "shuffled"] = Field(
+        "retrieved",
+        description='what the chunked cross-attention reads: "retrieved", each chunk\'s '
+        'nearest neighbours; "none", no neighbours at all (RETRO[off] trained as a baseline); '
+        '"shuffled", as many neighbours drawn at random from other documents of the database '
+        "(a control: the same parameters and shapes, no relevant text), in evaluation too",
+    )
+    document_fraction: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="train on this share of the documents that are not held out (a stable "
+        "draw by document id); the retrieval database keeps all of them",
     )
     retrofit: bool = Field(
         False,
@@ -119,6 +130,21 @@ class TrainTable(_Table):
         validate_default=True,
         description="folder of run outputs (checkpoints); one sub-folder per run",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "retrieval" in data:
+            raise ValueError(
+                'retrieval was renamed: write neighbours = "none" for retrieval = false, '
+                '"retrieved" for true'
+            )
+        return data
+
+    @property
+    def retrieval(self) -> bool:
+        """Whether the model reads neighbours (retrieved or shuffled) at all."""
+        return self.neighbours != "none"
 
     @model_validator(mode="after")
     def _retrofit_source(self) -> TrainTable:

@@ -87,7 +87,39 @@ def validation_documents(session: Session, corpus_id: int, fraction: float) -> n
     return np.array(sorted(held_out), dtype=np.int64)
 
 
+def training_documents(
+    session: Session, corpus_id: int, validation_fraction: float, document_fraction: float
+) -> np.ndarray:
+    """Ids of the documents the model trains on: about ``document_fraction`` of those not held
+    out, a stable draw by external id like the validation split's (and independent of it).
+
+    The retrieval database holds every document that is not held out; training on a part of
+    them makes the database larger than what the model sees, as in the paper. The draw is a
+    threshold on a hash, so a smaller fraction's documents are a subset of a larger one's.
+    """
+    rows = session.execute(
+        select(Document.id, Document.external_id).where(Document.corpus_id == corpus_id)
+    )
+    chosen = [
+        doc_id
+        for doc_id, external_id in rows
+        if not is_validation(external_id, validation_fraction)
+        and is_training(external_id, document_fraction)
+    ]
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
 def is_validation(external_id: str, fraction: float) -> bool:
     """True for about ``fraction`` of all ids, decided by a hash of the id alone."""
-    digest = hashlib.sha256(external_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    return _hash_share(external_id) < fraction
+
+
+def is_training(external_id: str, fraction: float) -> bool:
+    """True for about ``fraction`` of all ids, by a hash independent of :func:`is_validation`."""
+    return fraction >= 1.0 or _hash_share(external_id, salt=b"training:") < fraction
+
+
+def _hash_share(external_id: str, salt: bytes = b"") -> float:
+    """A number in ``[0, 1)`` that depends on the id alone."""
+    digest = hashlib.sha256(salt + external_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64

@@ -75,6 +75,26 @@ class StoreRetriever:
         return self.tokenizer.decode(ids)
 
 
+@dataclass(frozen=True)
+class ShuffledRetriever:
+    """The sample retriever of a run trained on shuffled neighbours: every completed chunk gets
+    ``k`` chunks drawn at random from the retrieval database, as in that run's training and
+    evaluation, instead of its nearest ones."""
+
+    store_retriever: StoreRetriever
+    database_rows: np.ndarray  # rows of the chunks the index holds
+    rng: np.random.Generator
+
+    def __call__(self, chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        base = self.store_retriever
+        rows = self.database_rows[self.rng.integers(len(self.database_rows), (len(chunks), base.k))]
+        tokens = neighbour_tokens(base.chunk_tokens, base.continuation, rows, base.tokenizer.pad_id)
+        return tokens.astype(np.int64), base.table.chunk_ids[rows]
+
+    def describe(self, chunk_ids: np.ndarray) -> dict[int, NeighbourChunk]:
+        return self.store_retriever.describe(chunk_ids)
+
+
 def make_retriever(
     experiment: Experiment,
     store: Any,

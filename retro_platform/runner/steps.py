@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from retro_platform.config import Experiment
@@ -158,7 +159,7 @@ def log_samples(
     experiment: Experiment, store: Any, index: Any, prepared: Prepared, run: Any
 ) -> None:
     """Sample generations with autoretrieval, and the documents each chunk retrieved."""
-    from retro_platform.evaluation.autoretrieval import make_retriever
+    from retro_platform.evaluation.autoretrieval import ShuffledRetriever, make_retriever
     from retro_platform.evaluation.samples import generate_samples, samples_markdown
 
     settings = experiment.generate
@@ -182,6 +183,9 @@ def log_samples(
             table=prepared.data.table,
             chunk_tokens=prepared.data.chunk_tokens,
         )
+    if experiment.train.neighbours == "shuffled":  # as in its training: random database chunks
+        rng = np.random.default_rng([experiment.experiment.seed, 1])
+        retrieve = ShuffledRetriever(retrieve, prepared.data.database_rows, rng)
     samples = generate_samples(
         prepared.model,
         prompts,

@@ -22,6 +22,14 @@ first of the chunk that follows the window, so that every position has a target.
   ``cross_documents`` says, so that runs with and without it are measured on the same
   sequences; the first window of every held-out document comes first, then the second ones...
 
+- Training windows come from the documents of ``[train] document_fraction``
+  (:func:`~retro_platform.corpus.chunk_table.training_documents`), while neighbours come from
+  the whole database, every document not held out: the database is larger than what the model
+  trains on, as in the paper, so what a chunk needs is more often retrieved than memorised.
+- ``[train] neighbours = "shuffled"`` replaces every neighbour, of training and validation
+  chunks alike, by a random database chunk of another document
+  (:func:`~retro_platform.neighbours.shuffled.shuffled_neighbours`), seeded by the experiment.
+
 Training order: a permutation of the training windows per epoch, drawn from ``(seed, epoch)``
 alone, so batch ``s`` is a pure function of ``(seed, s)`` and resuming at step ``s`` needs only
 ``s``.
@@ -39,9 +47,15 @@ import torch
 from sqlalchemy import select
 
 from retro_platform.config import Experiment
-from retro_platform.corpus.chunk_table import ChunkTable, load_chunk_table, validation_documents
+from retro_platform.corpus.chunk_table import (
+    ChunkTable,
+    load_chunk_table,
+    training_documents,
+    validation_documents,
+)
 from retro_platform.errors import ConfigError, StoreError
 from retro_platform.neighbours.retrieved import load_chunk_tokens, neighbour_tokens
+from retro_platform.neighbours.shuffled import shuffled_neighbours
 from retro_platform.protocols import Tokenizer
 from retro_platform.store.models import Chunk, Document
 from retro_platform.training.batch import Batch
@@ -82,6 +96,7 @@ class SequenceData:
     neighbour_rows: np.ndarray  # (chunks, k) int64, -1: none
     continuation: np.ndarray  # (chunks,) int64 next row of the same document, -1: none
     validation_documents: np.ndarray  # (held-out documents,) int64 ids
+    training_documents: np.ndarray  # (documents trained on,) int64 ids
     train: Windows
     val: Windows
     pad_id: int
@@ -89,6 +104,11 @@ class SequenceData:
     chunk_size: int
     neighbours: int
     eval_sequences: int
+
+    @cached_property
+    def database_rows(self) -> np.ndarray:
+        """Rows of the chunks the retrieval database holds: every document not held out."""
+        return np.flatnonzero(~np.isin(self.table.document_ids, self.validation_documents))
 
     @property
     def chunks_per_sequence(self) -> int:
@@ -104,6 +124,7 @@ class SequenceData:
         return {
             "chunks": len(self.table),
             "documents": int(len(np.unique(self.table.document_ids))),
+            "train/documents": len(self.training_documents),
             "train/sequences": len(self.train),
             "train/tokens": self.train.tokens,
             "val/documents": len(self.validation_documents),
@@ -114,8 +135,10 @@ class SequenceData:
     def describe(self) -> str:
         """One line for a log."""
         c = self.counts()
+        database = c["documents"] - c["val/documents"]
         return (
-            f"{c['train/sequences']:,} training sequences ({c['train/tokens']:,} tokens), "
+            f"{c['train/sequences']:,} training sequences ({c['train/tokens']:,} tokens) from "
+            f"{c['train/documents']:,} of the {database:,} documents in the database, "
             f"{c['val/sequences']:,} validation sequences ({c['val/tokens']:,} tokens) "
             f"from {c['val/documents']:,} held-out documents; {self.seq_len} tokens = "
             f"{self.chunks_per_sequence} chunks of {self.chunk_size}, {self.neighbours} "
@@ -149,8 +172,9 @@ class SequenceData:
             return
         if len(windows) == 0:
             raise ConfigError(
-                "no training sequences: every document is held out for validation; lower "
-                "[retrieval] validation_fraction"
+                "no training sequences: every document is held out for validation or left "
+                "out by [train] document_fraction; lower [retrieval] validation_fraction or "
+                "raise document_fraction"
             )
         epochs = _Epochs(seed, len(windows))
         step = start_step
@@ -261,6 +285,12 @@ def load_sequence_data(
         held_out = validation_documents(
             session, corpus_id, experiment.retrieval.validation_fraction
         )
+        trained = training_documents(
+            session,
+            corpus_id,
+            experiment.retrieval.validation_fraction,
+            experiment.train.document_fraction,
+        )
 
     if index_result is None:
         neighbour_ids = np.full((len(table), k), -1, dtype=np.int64)
@@ -281,14 +311,20 @@ def load_sequence_data(
             f"retro-platform index {experiment.source or 'EXPERIMENT.toml'} --rebuild"
         ) from None
 
+    is_val = np.isin(table.document_ids, held_out)
+    if experiment.train.neighbours == "shuffled":  # held-out documents are never in the index
+        neighbour_rows = shuffled_neighbours(
+            neighbour_rows, table.document_ids, np.flatnonzero(~is_val), experiment.experiment.seed
+        )
+
     c = seq_len // chunk_size
     lengths = _chunk_lengths(tokens, pad_id)
-    is_val = np.isin(table.document_ids, held_out)
+    is_train = np.isin(table.document_ids, trained)
     cross = experiment.train.cross_documents
     exclude_spanned = cross and experiment.retrieval.exclude_same_document
 
     def windows(val: bool, across: bool) -> Windows:
-        rows = np.flatnonzero(is_val == val)
+        rows = np.flatnonzero(is_val if val else is_train)
         order = rows[np.lexsort((table.positions[rows], table.document_ids[rows]))]
         if across:
             chunk_rows, next_rows, serve = _stream_windows(order, c)
@@ -313,6 +349,7 @@ def load_sequence_data(
         neighbour_rows=neighbour_rows,
         continuation=table.continuation_rows(),
         validation_documents=held_out,
+        training_documents=trained,
         train=windows(val=False, across=cross),
         val=windows(val=True, across=False),
         pad_id=pad_id,

@@ -69,8 +69,8 @@ def run_settings(experiment: Experiment, data: SequenceData, device: torch.devic
     settings cannot be resumed to the same result, so it is refused."""
     train = experiment.train
     keys = ("steps", "batch_size", "grad_accumulation", "seq_len", "lr", "min_lr_ratio",
-            "warmup_steps", "weight_decay", "betas", "grad_clip", "retrieval", "retrofit",
-            "cross_documents")  # fmt: skip
+            "warmup_steps", "weight_decay", "betas", "grad_clip", "neighbours", "retrofit",
+            "cross_documents", "document_fraction")  # fmt: skip
     settings: dict[str, Any] = {f"train.{key}": getattr(train, key) for key in keys}
     settings["train.retrofit_from"] = (
         None if train.retrofit_from is None else str(train.retrofit_from)

@@ -129,8 +129,23 @@ CASES = {
     ),
     "retrofit without retrieval": (
         "",
-        ("train.retrofit=true", "train.retrieval=false"),
-        ["[train] retrofit = true needs retrieval = true"],
+        ("train.retrofit=true", "train.neighbours=none"),
+        ['[train] retrofit = true needs neighbours = "retrieved"'],
+    ),
+    "the old retrieval key": (
+        "",
+        ("train.retrieval=false",),
+        ['[train]: retrieval was renamed: write neighbours = "none"'],
+    ),
+    "a training fraction out of range": (
+        "",
+        ("train.document_fraction=0",),
+        ["[train] document_fraction: Input should be greater than 0"],
+    ),
+    "shuffled misspelt": (
+        "",
+        ("train.neighbours=shuffle",),
+        ["[train] neighbours:", "did you mean 'shuffled'"],
     ),
     "retrofit_from without retrofit": (
         "",

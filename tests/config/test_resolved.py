@@ -81,7 +81,7 @@ def test_the_same_file_gives_the_same_parameters(write_file: Callable[..., Path]
     assert all(isinstance(value, str) for value in first.values())
     assert first["train.betas"] == "[0.9, 0.95]"
     assert first["model.enc_cross_attn_layers"] == "null"
-    assert first["train.retrieval"] == "true"
+    assert first["train.neighbours"] == "retrieved"
     assert first["generate.prompts"] == "[]"
     assert first["retriever.name"] == "faiss-flat"
 

@@ -129,7 +129,7 @@ def test_a_killed_run_resumes_into_the_same_mlflow_run_with_the_same_weights(
 def test_a_sweep_is_a_parent_run_with_a_child_per_point(tmp_path: Path) -> None:
     path = tiny_experiment(
         tmp_path,
-        sweep={"retriever.name": ["faiss-flat", "faiss-hnsw"], "train.retrieval": [True, False]},
+        sweep={"retriever.name": ["faiss-flat", "faiss-hnsw"], "train.neighbours": ["retrieved", "none"]},
     )
     code, out, err = run_cli(str(path))
     assert code == 0, err
@@ -139,16 +139,16 @@ def test_a_sweep_is_a_parent_run_with_a_child_per_point(tmp_path: Path) -> None:
     assert len(parents) == 1 and len(children) == 4
     parent_id = parents[0].info.run_id
     assert all(child.data.tags["mlflow.parentRunId"] == parent_id for child in children)
-    points = {(c.data.params["retriever.name"], c.data.params["train.retrieval"]) for c in children}
+    points = {(c.data.params["retriever.name"], c.data.params["train.neighbours"]) for c in children}
     assert points == {
-        ("faiss-flat", "true"),
-        ("faiss-flat", "false"),
-        ("faiss-hnsw", "true"),
-        ("faiss-hnsw", "false"),
+        ("faiss-flat", "retrieved"),
+        ("faiss-flat", "none"),
+        ("faiss-hnsw", "retrieved"),
+        ("faiss-hnsw", "none"),
     }
     for child in children:  # a baseline has no retrieval-off figure of its own to report
         off = "val/bpb_retrieval_off" in child.data.metrics
-        assert off == (child.data.params["train.retrieval"] == "true")
+        assert off == (child.data.params["train.neighbours"] == "retrieved")
     # the stages the points share were computed once: one corpus, one embedding set, an
     # index per retriever
     stats = CliRunner().invoke(cli, ["store", "stats", str(path), "--json"])

@@ -147,7 +147,7 @@ def test_a_killed_process_resumes_to_the_same_weights(make_file, tmp_path) -> No
 
 
 def test_retrieval_off_leaves_the_encoder_untouched(setup, tmp_path) -> None:
-    s = setup(train={"retrieval": False, "steps": 3})
+    s = setup(train={"neighbours": "none", "steps": 3})
     model = s.model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     train(model, s.data, s.experiment, run_dir=tmp_path / "off", device="cpu", progress=False)
@@ -157,7 +157,7 @@ def test_retrieval_off_leaves_the_encoder_untouched(setup, tmp_path) -> None:
 
 
 def test_retrofit_trains_only_the_retrieval_path_from_a_decoder_checkpoint(setup, tmp_path):
-    base = setup("base", train={"retrieval": False, "steps": 3})
+    base = setup("base", train={"neighbours": "none", "steps": 3})
     run(base, tmp_path / "base", progress=False)
     decoder = load_checkpoint(checkpoint_path(tmp_path / "base"))["model"]
 
