@@ -229,3 +229,79 @@ def test_sequence_length_must_be_a_multiple_of_the_chunk_size(setup) -> None:
 
     with pytest.raises(ConfigError, match="multiple"):
         setup(train={"seq_len": 40})
+
+
+def test_a_document_fraction_trains_on_a_stable_part_of_the_database(setup) -> None:
+    from retro_platform.corpus.chunk_table import is_training
+
+    full = setup()
+    sql = read_chunks(full)
+    names = {chunk["document"]: chunk["name"] for chunk in sql["chunks"].values()}
+    database = set(names) - sql["held_out"]
+    # the fraction that keeps about half of this corpus's database documents
+    shares = sorted(
+        fraction
+        for fraction in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+        if 0 < sum(is_training(names[d], fraction) for d in database) < len(database)
+    )
+    assert shares, "some fraction splits the database"
+    fraction = shares[len(shares) // 2]
+    part = setup("part", train={"document_fraction": fraction})
+    trained = set(part.data.training_documents.tolist())
+    assert trained == {d for d in database if is_training(names[d], fraction)}
+    assert 0 < len(trained) < len(database)
+    assert set(full.data.training_documents.tolist()) == database
+    assert not trained & sql["held_out"], "never a validation document"
+    # stable: the same documents in a new load, and a smaller fraction takes a subset of them
+    again = setup("again", train={"document_fraction": fraction})
+    assert np.array_equal(again.data.training_documents, part.data.training_documents)
+    smaller = setup("smaller", train={"document_fraction": fraction / 2})
+    assert set(smaller.data.training_documents.tolist()) <= trained
+
+    # the database is the same: one index, every database document in it
+    assert part.index.index.id == full.index.index.id
+    assert part.index.neighbours.id == full.index.neighbours.id
+    table = part.data.table
+    assert set(table.document_ids[part.data.database_rows].tolist()) == database
+    # training sequences come from the trained documents only; validation is unchanged
+    rows = all_train(part.data).chunk_rows.numpy()
+    assert set(table.document_ids[rows[rows >= 0]].tolist()) == trained
+    assert np.array_equal(part.data.val.chunk_rows, full.data.val.chunk_rows)
+    # and the training chunks retrieve from documents the model never trains on
+    found = part.data.train.neighbour_rows
+    assert set(table.document_ids[found[found >= 0]].tolist()) - trained
+
+
+def test_shuffled_neighbours_are_random_database_chunks_of_other_documents(setup) -> None:
+    retrieved = setup()
+    shuffled = setup("shuffled", train={"neighbours": "shuffled"})
+    data, table = shuffled.data, shuffled.data.table
+    validation = set(data.validation_documents.tolist())
+    rows = data.neighbour_rows
+    # as many neighbours as retrieved, in the same shapes
+    assert rows.shape == retrieved.data.neighbour_rows.shape
+    assert np.array_equal(rows < 0, retrieved.data.neighbour_rows < 0)
+    real = rows >= 0
+    owners = np.broadcast_to(table.document_ids[:, None], rows.shape)
+    assert (table.document_ids[rows[real]] != owners[real]).all(), "never the chunk's document"
+    assert not set(table.document_ids[rows[real]].tolist()) & validation, "never held out"
+    assert (rows[real] != retrieved.data.neighbour_rows[real]).mean() > 0.5
+    # training and validation batches both carry them, shaped as retrieved ones
+    for split in ("train", "val"):
+        got = next(data.batches(split, 4, seed=1))
+        want = next(retrieved.data.batches(split, 4, seed=1))
+        assert got.retrieved.shape == want.retrieved.shape
+        assert torch.equal(got.tokens, want.tokens)
+        picked = _with_padding(rows)[got.chunk_rows.numpy()]  # a padding chunk: row -1, none
+        assert np.array_equal(got.neighbour_rows.numpy(), picked)
+    # seeded: the same seed draws the same neighbours, another seed others
+    again = setup("again", train={"neighbours": "shuffled"})
+    assert np.array_equal(again.data.neighbour_rows, rows)
+    other = setup(
+        "other", experiment={"name": "training-test", "seed": 8}, train={"neighbours": "shuffled"}
+    )
+    assert not np.array_equal(other.data.neighbour_rows, rows)
+
+
+def _with_padding(rows: np.ndarray) -> np.ndarray:
+    return np.concatenate([rows, np.full((1, rows.shape[1]), -1, dtype=rows.dtype)])
