@@ -62,6 +62,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "retro_platform.default_plugins.corpus_readers.text_files",
     "retro_platform.default_plugins.corpus_readers.jsonl",
     "retro_platform.default_plugins.corpus_readers.python_stdlib",
+    "retro_platform.default_plugins.corpus_readers.python_packages",
     "retro_platform.default_plugins.tokenizers.byte_level",
     "retro_platform.default_plugins.tokenizers.bpe",
     "retro_platform.default_plugins.tokenizers.pretrained",

@@ -3,7 +3,8 @@
 Documents are read, decoded, tokenized and chunked one batch at a time, and each batch is
 committed in one transaction, so memory stays bounded whatever the corpus size and a killed
 ingest resumes where it stopped: a document whose ``external_id`` is stored with the same
-checksum is skipped. A document whose content changed is replaced (its old chunks go with it).
+checksum is skipped (its reader's metadata, such as a package version, is refreshed if that
+alone changed). A document whose content changed is replaced (its old chunks go with it).
 Files that are not UTF-8 or are empty are skipped, counted and reported; they never stop the
 run. A corpus that yields no usable document at all is an error.
 """
@@ -18,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, update
 from tqdm import tqdm
 
 from retro_platform.atomic import atomic_destination
@@ -36,6 +37,9 @@ BATCH_BYTES = 8 * 2**20
 
 #: How many skipped documents a report names (the counts cover all of them).
 EXAMPLES = 5
+
+#: A document about to be stored: its text, checksum, size in bytes and the reader's metadata.
+_Candidate = tuple[str, str, int, dict[str, str] | None]
 
 
 @dataclass
@@ -220,7 +224,7 @@ def _ingest_batch(
 ) -> bool:
     """Store a batch's new and changed documents in one transaction; True if any."""
     report.read += len(batch)
-    candidates: dict[str, tuple[str, str, int]] = {}  # external_id -> (text, checksum, bytes)
+    candidates: dict[str, _Candidate] = {}
     for document in batch:
         text, reason = _decode(document)
         if reason is not None:
@@ -229,25 +233,39 @@ def _ingest_batch(
             _skip(report, document.external_id, "duplicate id")
         else:
             checksum = hashlib.sha256(document.data).hexdigest()
-            candidates[document.external_id] = (text, checksum, len(document.data))
+            candidates[document.external_id] = (
+                text,
+                checksum,
+                len(document.data),
+                document.metadata,
+            )
     if not candidates:
         return False
 
     with store.session() as session:
-        stored = dict(
-            session.execute(
-                select(Document.external_id, Document.checksum).where(
+        stored = {
+            external_id: (checksum, meta)
+            for external_id, checksum, meta in session.execute(
+                select(Document.external_id, Document.checksum, Document.meta).where(
                     Document.corpus_id == corpus_id,
                     Document.external_id.in_(list(candidates)),
                 )
-            ).all()
-        )
+            )
+        }
         fresh = {}
-        for external_id, (text, checksum, size) in candidates.items():
-            if stored.get(external_id) == checksum:
-                report.unchanged += 1
-            else:
-                fresh[external_id] = (text, checksum, size)
+        for external_id, candidate in candidates.items():
+            _, checksum, _, meta = candidate
+            stored_checksum, stored_meta = stored.get(external_id, (None, None))
+            if stored_checksum != checksum:
+                fresh[external_id] = candidate
+                continue
+            report.unchanged += 1
+            if stored_meta != meta:  # the same text, newer metadata (a package's new version):
+                session.execute(  # no chunk changes, so derived data is not stale
+                    update(Document)
+                    .where(Document.corpus_id == corpus_id, Document.external_id == external_id)
+                    .values(meta=meta)
+                )
         if not fresh:
             return False
 
@@ -264,10 +282,10 @@ def _ingest_batch(
             )
             report.replaced += len(replaced)
 
-        texts = [text for text, _, _ in fresh.values()]
+        texts = [text for text, _, _, _ in fresh.values()]
         encodings = tokenizer.encode_batch(texts)
         document_rows, chunk_lists = [], []
-        for (external_id, (text, checksum, size)), encoding in zip(
+        for (external_id, (text, checksum, size, meta)), encoding in zip(
             fresh.items(), encodings, strict=True
         ):
             spans = chunk_document(text, encoding, chunk_size)
@@ -282,6 +300,7 @@ def _ingest_batch(
                     "num_bytes": size,
                     "num_tokens": len(encoding.ids),
                     "num_chunks": len(spans),
+                    "meta": meta,
                 }
             )
             chunk_lists.append(spans)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from retro_platform.protocols.options import PluginOptions
@@ -26,12 +26,16 @@ class SourceDocument:
             ``external_id`` is stored with the same checksum.
         data: the raw content. The core decodes it as UTF-8 and checksums these bytes.
         problem: set instead of ``data`` (which is then ``b""``) when the reader could not get
-            the content, e.g. a JSON line that does not parse; the core counts and reports it.
+            the content, e.g. a JSON line that does not parse; the core counts and reports it,
+            grouped by this text.
+        metadata: what the reader knows about the document beyond its text (a package's
+            version, say), as strings; stored with the document (``documents.meta``).
     """
 
     external_id: str
     data: bytes
     problem: str | None = None
+    metadata: dict[str, str] | None = field(default=None, hash=False)  # a dict has no hash
 
 
 class CorpusReader(ABC):

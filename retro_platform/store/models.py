@@ -99,6 +99,9 @@ class Document(Base):
     num_bytes: Mapped[int] = mapped_column(BigInteger)
     num_tokens: Mapped[int] = mapped_column(BigInteger)
     num_chunks: Mapped[int] = mapped_column(Integer)
+    #: what the reader knew about the document (``SourceDocument.metadata``, e.g. a package's
+    #: version); SQL NULL when it said nothing. Not ``metadata``: the declarative base owns it
+    meta: Mapped[dict[str, str] | None] = mapped_column(JSON(none_as_null=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
     corpus: Mapped[Corpus] = relationship(back_populates="documents")

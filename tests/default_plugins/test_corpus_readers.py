@@ -1,4 +1,5 @@
-"""The built-in corpus readers on real files: text-files, jsonl and python-stdlib."""
+"""The built-in corpus readers on real files: text-files, jsonl and python-stdlib
+(python-packages: test_python_packages.py)."""
 
 from __future__ import annotations
 
@@ -41,12 +42,13 @@ def write(path: Path, data: bytes | str) -> Path:
     return path
 
 
-def test_the_three_readers_are_registered_by_their_modules() -> None:
+def test_the_built_in_readers_are_registered_by_their_modules() -> None:
     registry = get_registry("corpus_readers")
     for name, module in [
         ("text-files", "text_files"),
         ("jsonl", "jsonl"),
         ("python-stdlib", "python_stdlib"),
+        ("python-packages", "python_packages"),
     ]:
         assert registry[name].plugin == f"retro_platform.default_plugins.corpus_readers.{module}"
 
@@ -359,6 +361,7 @@ def test_the_documented_corpus_tables_validate(tmp_path: Path) -> None:
         for block in re.findall(r"^```toml\n(.*?)^```", section, flags=re.S | re.M)
         if "[corpus]" in block
     ]
-    assert {table["name"] for table in tables} == {"text-files", "jsonl", "python-stdlib"}
+    names = {table["name"] for table in tables}
+    assert names == {"text-files", "jsonl", "python-stdlib", "python-packages"}
     for table in tables:
         plugin_options("corpus_readers", table, table_name="corpus", base_dir=tmp_path)

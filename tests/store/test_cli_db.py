@@ -88,7 +88,7 @@ def test_an_older_database_is_reported_then_upgraded(
         result.stderr.strip()
         .replace(safe_url(database_url), "sqlite:////home/me/exp/store/retro.db")
         .replace(old, "1a2b3c4d5e6f")
-        .replace(NEXT_REVISION, "ef48affcf5f2")
+        .replace(NEXT_REVISION, "bf9c653d4d9a")
     ), "docs/store.md shows another message than the one printed"
 
     assert db("upgrade", experiment) == (

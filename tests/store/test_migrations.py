@@ -12,12 +12,24 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from click.testing import CliRunner
+from sqlalchemy import insert, inspect, select
 
-from retro_platform.store.database import alembic_config, head_revision, make_engine, upgrade
-from retro_platform.store.models import Base
+from retro_platform.cli import cli
+from retro_platform.errors import StoreError
+from retro_platform.store.database import (
+    alembic_config,
+    head_revision,
+    make_engine,
+    open_store,
+    upgrade,
+)
+from retro_platform.store.models import Base, Chunk, Corpus, Document
 
 ROOT = Path(__file__).resolve().parents[2]
+
+#: The first released schema, before documents had metadata.
+INITIAL = "ef48affcf5f2"
 
 
 def test_models_and_migrations_agree(database_url: str) -> None:
@@ -96,3 +108,57 @@ def test_postgres_ids_are_bigint_and_sqlite_ids_are_rowids(
         finally:
             engine.dispose()
     assert types == {"postgresql": "BIGINT", "sqlite": "INTEGER"}
+
+
+def test_db_upgrade_moves_an_initial_store_to_the_head_and_keeps_its_rows(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A store made by the first release, with a document and its chunk, upgraded by the CLI."""
+    command.upgrade(alembic_config(database_url), INITIAL)
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as connection:  # the initial schema's columns only (no meta)
+            [corpus_id] = connection.execute(
+                insert(Corpus.__table__).returning(Corpus.id),
+                {"fingerprint": "f" * 64, "reader": "text-files", "reader_options": {},
+                 "tokenizer": "bytes", "tokenizer_options": {}, "vocab_size": 257, "pad_id": 0,
+                 "chunk_size": 4, "version": 1},
+            ).one()  # fmt: skip
+            [document_id] = connection.execute(
+                insert(Document.__table__).returning(Document.id),
+                {"corpus_id": corpus_id, "external_id": "a.txt", "checksum": "c" * 64,
+                 "num_bytes": 4, "num_tokens": 4, "num_chunks": 1},
+            ).one()  # fmt: skip
+            connection.execute(
+                insert(Chunk.__table__),
+                {"document_id": document_id, "position": 0, "token_start": 0, "token_end": 4,
+                 "text": "abcd", "token_ids": b"\x01\x00\x00\x00" * 4},
+            )  # fmt: skip
+    finally:
+        engine.dispose()
+    with pytest.raises(StoreError, match=f"at schema revision {INITIAL}, but"):
+        open_store(database_url, tmp_path / "files")
+
+    experiment = tmp_path / "experiment.toml"
+    experiment.write_text(f'[store]\npath = "files"\nurl = "{database_url}"\n')
+    result = CliRunner().invoke(cli, ["db", "upgrade", str(experiment)])
+    assert result.exit_code == 0, result.output
+    assert result.output.endswith(f" from {INITIAL} to {head_revision()}\n")
+
+    with open_store(database_url, tmp_path / "files") as store, store.session() as session:
+        document = session.get(Document, document_id)
+        assert (document.external_id, document.num_chunks, document.meta) == ("a.txt", 1, None)
+        assert session.scalars(select(Chunk.text)).all() == ["abcd"]
+        document.meta = {"version": "1.0"}
+    with open_store(database_url, tmp_path / "files") as store, store.session() as session:
+        assert session.get(Document, document_id).meta == {"version": "1.0"}
+
+    command.downgrade(alembic_config(database_url), INITIAL)  # and back: the rows stay
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            columns = {c["name"] for c in inspect(connection).get_columns("documents")}
+            texts = connection.execute(select(Chunk.__table__.c.text)).scalars().all()
+    finally:
+        engine.dispose()
+    assert "meta" not in columns and texts == ["abcd"]

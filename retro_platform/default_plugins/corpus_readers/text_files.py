@@ -32,12 +32,7 @@ class TextFilesOptions(PluginOptions):
     @field_validator("include", "exclude")
     @classmethod
     def _compiles(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
-        for pattern in patterns:
-            try:
-                glob_regex(pattern)
-            except re.error as error:
-                raise ValueError(f"invalid glob {pattern!r}: {error}") from None
-        return patterns
+        return valid_globs(patterns)
 
 
 class TextFilesReader(CorpusReader):
@@ -119,6 +114,17 @@ def read_document(file: Path, external_id: str) -> SourceDocument:
         return SourceDocument(external_id, file.read_bytes())
     except OSError as error:  # permissions, a file deleted since listing, a broken link
         return SourceDocument(external_id, b"", problem=f"cannot read: {error.strerror or error}")
+
+
+def valid_globs(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """``patterns`` unchanged, or a ``ValueError`` naming the first that does not compile (for
+    an options model's validator)."""
+    for pattern in patterns:
+        try:
+            glob_regex(pattern)
+        except re.error as error:
+            raise ValueError(f"invalid glob {pattern!r}: {error}") from None
+    return patterns
 
 
 def glob_regex(pattern: str) -> re.Pattern[str]:
