@@ -25,7 +25,7 @@ def run(experiment_file: str, overrides: tuple[str, ...], progress: bool | None)
     """
     from retro_platform.config import load_experiment
     from retro_platform.runner.experiment import run_experiment
-    from retro_platform.runner.table import outcomes_table
+    from retro_platform.runner.table import closing_summary
 
     experiment = load_experiment(experiment_file, overrides)
     if not experiment.model.checkpoint_activations:  # a run that asked for memory over speed
@@ -33,4 +33,4 @@ def run(experiment_file: str, overrides: tuple[str, ...], progress: bool | None)
 
         keep_freed_memory()
     outcomes = run_experiment(experiment, progress=progress, log=click.echo)
-    click.echo(outcomes_table(outcomes))
+    click.echo(closing_summary(outcomes))

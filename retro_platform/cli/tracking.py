@@ -103,7 +103,9 @@ def runs(experiment_file: str, overrides: tuple[str, ...], all_params: bool, as_
     """List the experiment's MLflow runs: status, the params that differ between runs, and
     the final val/bpb, val/bpb_retrieval_off, val/loss and train/loss.
 
-    A sweep's runs are listed under their parent run, indented.
+    A sweep's runs are listed under their parent run, indented. A sweep over train.neighbours
+    is followed by its comparison: each point's validation bits per byte by how much a chunk
+    overlaps its retrieved neighbours.
     """
     from retro_platform.config import load_experiment
     from retro_platform.tracking import listing
@@ -115,15 +117,20 @@ def runs(experiment_file: str, overrides: tuple[str, ...], all_params: bool, as_
     name = experiment_name(experiment)
     database = sqlite_path(uri)
     found: list[listing.RunSummary] = []
+    compared: dict[str, listing.SweepComparison] = {}
     if database is None or database.exists():  # a listing never creates a database
         client = open_client(uri)
         with tracking_errors(uri, "list the runs of"):
             mlflow_experiment = client.get_experiment_by_name(name)
             if mlflow_experiment is not None and mlflow_experiment.lifecycle_stage == "active":
                 found = listing.list_runs(client, mlflow_experiment.experiment_id)
+            for run in found:
+                if run.has_comparison and (read := listing.read_comparison(client, run.run_id)):
+                    compared[run.run_id] = read
     keys = listing.all_params(found) if all_params else listing.differing_params(found)
     if as_json:
-        click.echo(json.dumps([run.as_json(keys) for run in found], indent=2))
+        listed = [run.as_json(keys, compared.get(run.run_id)) for run in found]
+        click.echo(json.dumps(listed, indent=2))
         return
     if not found:
         click.echo(
@@ -133,6 +140,11 @@ def runs(experiment_file: str, overrides: tuple[str, ...], all_params: bool, as_
         return
     header, rows = listing.table_rows(found, keys)
     click.echo(text_table(header, rows))
+    for run in found:
+        if run.run_id in compared:
+            click.echo(
+                f"\n{run.name} ({run.run_id[:8]}): {compared[run.run_id].markdown}", nl=False
+            )
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -87,7 +87,9 @@ class ShuffledRetriever:
 
     def __call__(self, chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         base = self.store_retriever
-        rows = self.database_rows[self.rng.integers(len(self.database_rows), (len(chunks), base.k))]
+        rows = self.database_rows[
+            self.rng.integers(len(self.database_rows), size=(len(chunks), base.k))
+        ]
         tokens = neighbour_tokens(base.chunk_tokens, base.continuation, rows, base.tokenizer.pad_id)
         return tokens.astype(np.int64), base.table.chunk_ids[rows]
 

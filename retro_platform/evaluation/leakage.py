@@ -191,10 +191,29 @@ def write_leakage_csv(rows: list[LeakageRow], path: str | Path) -> Path:
     return path
 
 
+def read_leakage_csv(path: str | Path) -> list[LeakageRow]:
+    """The rows :func:`write_leakage_csv` wrote (an empty cell read back as NaN)."""
+    kinds = {field.name: field.type for field in fields(LeakageRow)}
+    with Path(path).open(newline="", encoding="utf-8") as file:
+        return [
+            LeakageRow(**{key: _parse(value, kinds[key]) for key, value in row.items()})
+            for row in csv.DictReader(file)
+        ]
+
+
 def _cell(value: object) -> object:
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.6g}"
     return value
+
+
+def _parse(text: str, kind: str) -> object:
+    # the dataclass's annotations are strings (``from __future__ import annotations``)
+    if kind == "int":
+        return int(text)
+    if kind == "float":
+        return float(text) if text else math.nan
+    return text
 
 
 def plot_leakage(rows: list[LeakageRow], path: str | Path) -> Path:

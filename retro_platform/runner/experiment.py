@@ -17,6 +17,7 @@ from typing import Any
 from retro_platform.config import Experiment
 from retro_platform.config.rules import check_experiment
 from retro_platform.config.sweep import SweepPoint
+from retro_platform.runner.ablation import log_comparison
 from retro_platform.runner.run import RunOutcome, run_point
 from retro_platform.store.fingerprints import fingerprint, short
 
@@ -111,11 +112,16 @@ def _run_sweep(
                     log=log,
                 )
             )
+        compared = log_comparison(
+            points, outcomes, parent, sweep_dir, experiment.eval.leakage_buckets, log=log
+        )
     except BaseException as error:
         parent.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
     parent.finish("FINISHED")
     _write_summary(sweep_dir, points, outcomes)
+    if compared is not None:
+        log(f"the points compared (in {sweep_dir} and the parent run's artifacts):\n{compared}")
     return outcomes
 
 

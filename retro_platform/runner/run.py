@@ -30,6 +30,10 @@ RUNTIME_KEYS = (
 )
 
 DONE = "done.json"
+#: Files in a run folder that outlive the run: its per-chunk validation figures (the
+#: comparison of a sweep's points is built from them) and its leakage table.
+CHUNK_FIGURES = Path("eval") / "chunks.npz"
+LEAKAGE_CSV = Path("leakage") / "leakage.csv"
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class RunOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     #: True when the point had finished earlier and nothing was done now.
     skipped: bool = False
+    #: ``[train] neighbours``: what the model was given, "retrieved", "none" or "shuffled".
+    neighbours: str = "retrieved"
 
 
 def run_key(params: dict[str, str]) -> str:
@@ -76,7 +82,14 @@ def run_point(
     if done.exists():
         record = json.loads(done.read_text())
         log(f"{name}: finished earlier (MLflow run {record['run_id']}); nothing to do")
-        return RunOutcome(name, record["run_id"], run_dir, record["metrics"], skipped=True)
+        return RunOutcome(
+            name,
+            record["run_id"],
+            run_dir,
+            record["metrics"],
+            skipped=True,
+            neighbours=experiment.train.neighbours,
+        )
 
     from retro_platform.pipeline import ingest, run_index
 
@@ -106,7 +119,7 @@ def run_point(
         raise
     run.finish("FINISHED")
     write_text_atomic(done, json.dumps({"run_id": run.run_id, "metrics": metrics}, indent=2))
-    return RunOutcome(name, run.run_id, run_dir, metrics)
+    return RunOutcome(name, run.run_id, run_dir, metrics, neighbours=experiment.train.neighbours)
 
 
 def _train_and_evaluate(

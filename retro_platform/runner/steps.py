@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from retro_platform.config import Experiment
+from retro_platform.runner.run import CHUNK_FIGURES, LEAKAGE_CSV
 
 
 @dataclass
@@ -129,10 +130,15 @@ def evaluate_and_log(
     step: int,
     log: Callable[[str], None] = print,
 ) -> dict[str, float]:
-    """The final evaluation, the leakage table and plot, and sample generations, all logged."""
+    """The final evaluation, its per-chunk figures, the leakage table and plot, and sample
+    generations, all logged."""
+    from retro_platform.evaluation.comparison import ChunkFigures
+
     result = validate(experiment, prepared)
     metrics = validation_metrics(result)
     run.log_metrics(step, metrics)
+    figures = ChunkFigures.of(result).save(run_dir / CHUNK_FIGURES)
+    run.log_artifact(figures, CHUNK_FIGURES.parent.as_posix())
     log(
         f"validation: loss {result.loss:.4f}, bpb {result.bpb:.4f}"
         + ("" if result.bpb_off is None else f", bpb with retrieval off {result.bpb_off:.4f}")
@@ -149,10 +155,10 @@ def log_leakage(experiment: Experiment, result: Any, run: Any, run_dir: Path) ->
     from retro_platform.evaluation.leakage import leakage_table, plot_leakage, write_leakage_csv
 
     rows = leakage_table(result, experiment.eval.leakage_buckets)
-    folder = run_dir / "leakage"
-    folder.mkdir(parents=True, exist_ok=True)
-    run.log_artifact(write_leakage_csv(rows, folder / "leakage.csv"), "leakage")
-    run.log_artifact(plot_leakage(rows, folder / "leakage.png"), "leakage")
+    table = run_dir / LEAKAGE_CSV
+    folder = LEAKAGE_CSV.parent.as_posix()
+    run.log_artifact(write_leakage_csv(rows, table), folder)
+    run.log_artifact(plot_leakage(rows, table.with_suffix(".png")), folder)
 
 
 def log_samples(

@@ -3,10 +3,13 @@ tell runs apart, and the final metrics."""
 
 from __future__ import annotations
 
+import csv
 import math
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retro_platform.tracking.run import PARENT_TAG
@@ -16,6 +19,12 @@ if TYPE_CHECKING:
 
 #: The metrics `retro-platform runs` shows, in this order (their last logged value).
 FINAL_METRICS = ("val/bpb", "val/bpb_retrieval_off", "val/loss", "train/loss")
+#: A sweep parent that compares its points by neighbour overlap (a sweep over
+#: ``train.neighbours``) has this tag and these artifacts, which the runner logs.
+COMPARISON_TAG = "retro.comparison"
+COMPARISON_CSV = "comparison/comparison.csv"
+COMPARISON_MARKDOWN = "comparison/comparison.md"
+COMPARISON_PNG = "comparison/comparison.png"
 _PAGE = 1000
 
 
@@ -31,8 +40,12 @@ class RunSummary:
     params: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     depth: int = 0  # 1 for a child shown under its parent
+    #: True for a sweep parent that logged a comparison of its points (:func:`read_comparison`).
+    has_comparison: bool = False
 
-    def as_json(self, param_keys: list[str]) -> dict[str, Any]:
+    def as_json(
+        self, param_keys: list[str], comparison: SweepComparison | None = None
+    ) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
             "run_name": self.name,
@@ -41,7 +54,40 @@ class RunSummary:
             "parent_run_id": self.parent_run_id,
             "params": {key: self.params[key] for key in param_keys if key in self.params},
             "metrics": {key: _json_number(value) for key, value in self.metrics.items()},
+            "comparison": None if comparison is None else comparison.rows,
         }
+
+
+@dataclass(frozen=True)
+class SweepComparison:
+    """A sweep parent's comparison of its points by neighbour overlap, as the runner logged it.
+
+    Attributes:
+        markdown: the table (and the gain splits) as text.
+        rows: the CSV's rows: ``bucket``, ``chunks``, ``share``, ``byte_share`` and each run's
+            bits per byte under its label (None where it has none).
+    """
+
+    markdown: str
+    rows: list[dict[str, str | float | None]]  # chunks as an int
+
+
+def read_comparison(client: MlflowClient, run_id: str) -> SweepComparison | None:
+    """The comparison logged to the run ``run_id``, or None if its artifacts are gone."""
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            markdown = Path(client.download_artifacts(run_id, COMPARISON_MARKDOWN, folder))
+            table = Path(client.download_artifacts(run_id, COMPARISON_CSV, folder))
+        except (MlflowException, OSError):
+            return None
+        with table.open(newline="", encoding="utf-8") as file:
+            rows = [
+                {key: _csv_value(key, value) for key, value in row.items()}
+                for row in csv.DictReader(file)
+            ]
+        return SweepComparison(markdown.read_text(encoding="utf-8"), rows)
 
 
 def list_runs(client: MlflowClient, experiment_id: str) -> list[RunSummary]:
@@ -126,7 +172,17 @@ def _summary(run: Any) -> RunSummary:
         parent_run_id=tags.get(PARENT_TAG),
         params=dict(run.data.params),
         metrics=dict(run.data.metrics),
+        has_comparison=COMPARISON_TAG in tags,
     )
+
+
+def _csv_value(key: str, text: str) -> str | float | None:
+    """A comparison CSV's cell: the bucket's label, its chunks, or a number (None: empty)."""
+    if key == "bucket":
+        return text
+    if key == "chunks":
+        return int(text)
+    return float(text) if text else None
 
 
 def _cell(value: str | None, limit: int = 40) -> str:

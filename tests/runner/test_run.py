@@ -61,11 +61,29 @@ def test_a_run_trains_evaluates_and_logs_everything_to_mlflow(tmp_path: Path) ->
         "checkpoint/checkpoint.pt",
         "leakage/leakage.csv",
         "leakage/leakage.png",
+        "eval/chunks.npz",
         "samples.md",
     }
     samples = client.download_artifacts(run.info.run_id, "samples.md", str(tmp_path / "dl"))
     assert "| neighbour |" in Path(samples).read_text()  # the retrieved chunks, listed
     assert run.info.run_id in out and "val/bpb" in out
+    # the closing output splits retrieval's gain by overlap: one line per leakage bucket
+    _, _, split = out.partition("by how much a chunk overlaps the neighbours it was given\n")
+    header, *rows, total, note = split.strip().splitlines()
+    assert header.split("  ")[0] == "overlap" and "same weights without" in header
+    assert [row.split()[0] + " " + row.split()[1] for row in rows] == [
+        "[0, 0.125]", "(0.125, 0.25]", "(0.25, 0.5]", "(0.5, 0.75]", "(0.75, 1]",
+    ]  # fmt: skip
+    bpb, off = run.data.metrics["val/bpb"], run.data.metrics["val/bpb_retrieval_off"]
+    assert total.split() == [
+        "all",
+        "chunks",
+        "100.0%",
+        f"{bpb:.4f}",
+        f"{off:.4f}",
+        f"{off - bpb:.4f}",
+    ]
+    assert note.startswith("gain: bits per byte that retrieval saves")
 
 
 def test_a_finished_run_is_not_run_again(tmp_path: Path) -> None:
@@ -129,7 +147,10 @@ def test_a_killed_run_resumes_into_the_same_mlflow_run_with_the_same_weights(
 def test_a_sweep_is_a_parent_run_with_a_child_per_point(tmp_path: Path) -> None:
     path = tiny_experiment(
         tmp_path,
-        sweep={"retriever.name": ["faiss-flat", "faiss-hnsw"], "train.neighbours": ["retrieved", "none"]},
+        sweep={
+            "retriever.name": ["faiss-flat", "faiss-hnsw"],
+            "train.neighbours": ["retrieved", "none"],
+        },
     )
     code, out, err = run_cli(str(path))
     assert code == 0, err
@@ -139,7 +160,9 @@ def test_a_sweep_is_a_parent_run_with_a_child_per_point(tmp_path: Path) -> None:
     assert len(parents) == 1 and len(children) == 4
     parent_id = parents[0].info.run_id
     assert all(child.data.tags["mlflow.parentRunId"] == parent_id for child in children)
-    points = {(c.data.params["retriever.name"], c.data.params["train.neighbours"]) for c in children}
+    points = {
+        (c.data.params["retriever.name"], c.data.params["train.neighbours"]) for c in children
+    }
     assert points == {
         ("faiss-flat", "retrieved"),
         ("faiss-flat", "none"),
@@ -157,6 +180,13 @@ def test_a_sweep_is_a_parent_run_with_a_child_per_point(tmp_path: Path) -> None:
     assert len(figures["vector_indexes"]) == 2
     table = CliRunner().invoke(cli, ["runs", str(path)])
     assert table.exit_code == 0 and "retriever.name" in table.stdout
+    # the grid varies train.neighbours: the parent compares the points by neighbour overlap
+    compared = client_for(path).download_artifacts(
+        parent_id, "comparison/comparison.csv", str(tmp_path / "dl")
+    )
+    header = Path(compared).read_text().splitlines()[0]
+    assert header.count("train.neighbours=retrieved [retrieval off]") == 2
+    assert "| all chunks" in table.stdout
 
 
 @pytest.mark.parametrize(
