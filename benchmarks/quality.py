@@ -3,7 +3,7 @@
     python benchmarks/quality.py [--quick] [--steps N] [--seeds N] [--set KEY=VALUE ...]
                                  [--json PATH]
 
-Runs ``examples/retrieval-ablation.toml`` (the quickstart's corpus, model and step budget,
+Runs ``examples/stdlib-ablation.toml`` (the quickstart's corpus, model and step budget,
 trained once with retrieval and once as RETRO[off]) through ``retro-platform run`` in a
 process of its own, with its store, run folders and MLflow database in
 ``benchmarks/results/quality/`` (reused by a second run of the benchmark: delete the folder for
@@ -42,7 +42,7 @@ from typing import Any
 
 from _common import REPO_ROOT, markdown_table
 
-EXAMPLE = REPO_ROOT / "examples" / "retrieval-ablation.toml"
+EXAMPLE = REPO_ROOT / "examples" / "stdlib-ablation.toml"
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "quality"
 TARGET_GAIN = 0.10
 TARGET_RUN_S = 20 * 60
