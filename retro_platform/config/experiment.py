@@ -85,6 +85,12 @@ class RetrievalTable(_Table):
         lt=1.0,
         description="share of documents held out for validation (never in the retrieval index)",
     )
+    align_neighbours: bool = Field(
+        False,
+        description="give the encoder each neighbour as the window of its document that lines "
+        "up token for token with the query chunk, instead of the retrieved chunk plus its "
+        "continuation on the chunk grid (retro_platform/neighbours/aligned.py)",
+    )
 
 
 class Experiment(_Table):

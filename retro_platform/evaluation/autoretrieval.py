@@ -20,6 +20,11 @@ from retro_platform.corpus.ingest import find_corpus_id
 from retro_platform.errors import ConfigError
 from retro_platform.evaluation.samples import NeighbourChunk
 from retro_platform.index.build import IndexRecord, open_index
+from retro_platform.neighbours.aligned import (
+    TokenStream,
+    aligned_neighbour_tokens,
+    alignment_offsets,
+)
 from retro_platform.neighbours.retrieved import load_chunk_tokens, neighbour_tokens
 from retro_platform.protocols import Embedder, Retriever, Tokenizer
 from retro_platform.store.models import Chunk, Document
@@ -38,6 +43,8 @@ class StoreRetriever:
     chunk_tokens: np.ndarray  # (chunks, m) int32, chunk-id order
     continuation: np.ndarray  # (chunks,) row of each chunk's successor, -1 at a document's end
     k: int
+    #: with [retrieval] align_neighbours: the documents' tokens, to cut aligned windows from
+    stream: TokenStream | None = None
 
     def __call__(self, chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(c, k, 2m)`` int64 neighbour tokens and ``(c, k)`` int64 chunk ids (``-1``: none)."""
@@ -51,9 +58,19 @@ class StoreRetriever:
         vectors = np.asarray(self.embedder.embed(texts), dtype=np.float32)
         _, ids = self.retriever.search(np.ascontiguousarray(vectors), self.k)
         ids = np.asarray(ids, dtype=np.int64)
-        rows = self.table.rows_of(ids)
-        tokens = neighbour_tokens(self.chunk_tokens, self.continuation, rows, self.tokenizer.pad_id)
-        return tokens.astype(np.int64), ids
+        return self.neighbour_tokens(chunks, self.table.rows_of(ids)), ids
+
+    def neighbour_tokens(self, chunks: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``(c, k, 2m)`` int64 tokens of the neighbours ``rows`` of the query ``chunks``, as
+        the model was trained on them: each chunk plus its continuation, or the window of its
+        document aligned with the query."""
+        pad = self.tokenizer.pad_id
+        if self.stream is None:
+            tokens = neighbour_tokens(self.chunk_tokens, self.continuation, rows, pad)
+        else:
+            offsets = alignment_offsets(self.stream, chunks, rows, pad)
+            tokens = aligned_neighbour_tokens(self.stream, rows, offsets, pad)
+        return tokens.astype(np.int64)
 
     def describe(self, chunk_ids: np.ndarray) -> dict[int, NeighbourChunk]:
         """Document, position and text of each chunk id, in one query."""
@@ -90,8 +107,7 @@ class ShuffledRetriever:
         rows = self.database_rows[
             self.rng.integers(len(self.database_rows), size=(len(chunks), base.k))
         ]
-        tokens = neighbour_tokens(base.chunk_tokens, base.continuation, rows, base.tokenizer.pad_id)
-        return tokens.astype(np.int64), base.table.chunk_ids[rows]
+        return base.neighbour_tokens(np.asarray(chunks), rows), base.table.chunk_ids[rows]
 
     def describe(self, chunk_ids: np.ndarray) -> dict[int, NeighbourChunk]:
         return self.store_retriever.describe(chunk_ids)
@@ -106,11 +122,13 @@ def make_retriever(
     *,
     table: ChunkTable | None = None,
     chunk_tokens: np.ndarray | None = None,
+    stream: TokenStream | None = None,
 ) -> StoreRetriever:
     """A retriever over ``index_record`` for generation.
 
     ``table`` and ``chunk_tokens`` (:func:`load_chunk_table`, :func:`load_chunk_tokens`) may be
-    passed when the caller has them already; otherwise they are read from the store.
+    passed when the caller has them already; otherwise they are read from the store. So may the
+    :class:`TokenStream` of ``[retrieval] align_neighbours``, otherwise built from them.
 
     Raises:
         ConfigError: the embedder's vectors do not fit the index.
@@ -144,4 +162,7 @@ def make_retriever(
         chunk_tokens=chunk_tokens,
         continuation=table.continuation_rows(),
         k=experiment.retrieval.neighbours,
+        stream=(stream or TokenStream.build(table, chunk_tokens, tokenizer.pad_id))
+        if experiment.retrieval.align_neighbours
+        else None,
     )

@@ -188,6 +188,7 @@ def log_samples(
             experiment.plugin("embedder"),
             table=prepared.data.table,
             chunk_tokens=prepared.data.chunk_tokens,
+            stream=prepared.data.stream,
         )
     if experiment.train.neighbours == "shuffled":  # as in its training: random database chunks
         rng = np.random.default_rng([experiment.experiment.seed, 1])

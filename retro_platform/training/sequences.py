@@ -29,6 +29,9 @@ first of the chunk that follows the window, so that every position has a target.
 - ``[train] neighbours = "shuffled"`` replaces every neighbour, of training and validation
   chunks alike, by a random database chunk of another document
   (:func:`~retro_platform.neighbours.shuffled.shuffled_neighbours`), seeded by the experiment.
+- ``[retrieval] align_neighbours`` cuts each neighbour from its document at the offset that
+  lines it up with the query chunk (:mod:`retro_platform.neighbours.aligned`), computed once
+  here for every chunk and neighbour (after shuffling, so a control is treated alike).
 
 Training order: a permutation of the training windows per epoch, drawn from ``(seed, epoch)``
 alone, so batch ``s`` is a pure function of ``(seed, s)`` and resuming at step ``s`` needs only
@@ -54,6 +57,11 @@ from retro_platform.corpus.chunk_table import (
     validation_documents,
 )
 from retro_platform.errors import ConfigError, StoreError
+from retro_platform.neighbours.aligned import (
+    TokenStream,
+    aligned_neighbour_tokens,
+    alignment_offsets,
+)
 from retro_platform.neighbours.retrieved import load_chunk_tokens, neighbour_tokens
 from retro_platform.neighbours.shuffled import shuffled_neighbours
 from retro_platform.protocols import Tokenizer
@@ -97,6 +105,9 @@ class SequenceData:
     continuation: np.ndarray  # (chunks,) int64 next row of the same document, -1: none
     validation_documents: np.ndarray  # (held-out documents,) int64 ids
     training_documents: np.ndarray  # (documents trained on,) int64 ids
+    #: with [retrieval] align_neighbours: the documents' tokens, and each neighbour's offset
+    stream: TokenStream | None
+    neighbour_offsets: np.ndarray | None  # (chunks, k) int64
     train: Windows
     val: Windows
     pad_id: int
@@ -193,7 +204,11 @@ class SequenceData:
         sequence = np.concatenate([tokens, last], axis=1)
         neighbour_rows = windows.neighbour_rows[index]  # (b, c, k)
         retrieved = None
-        if retrieval:
+        if retrieval and self.stream is not None:
+            offsets = self._padded_offsets[rows]  # (b, c, k)
+            found = aligned_neighbour_tokens(self.stream, neighbour_rows, offsets, self.pad_id)
+            retrieved = torch.from_numpy(found).long()
+        elif retrieval:
             found = neighbour_tokens(
                 self.chunk_tokens, self.continuation, neighbour_rows, self.pad_id
             )
@@ -210,6 +225,10 @@ class SequenceData:
     @cached_property
     def _padded_tokens(self) -> np.ndarray:
         return _with_padding_row(self.chunk_tokens, self.pad_id)
+
+    @cached_property
+    def _padded_offsets(self) -> np.ndarray:
+        return _with_padding_row(self.neighbour_offsets, 0)
 
     @cached_property
     def _padded_bytes(self) -> np.ndarray:
@@ -317,6 +336,11 @@ def load_sequence_data(
             neighbour_rows, table.document_ids, np.flatnonzero(~is_val), experiment.experiment.seed
         )
 
+    stream = offsets = None
+    if experiment.retrieval.align_neighbours:
+        stream = TokenStream.build(table, tokens, pad_id)
+        offsets = alignment_offsets(stream, tokens, neighbour_rows, pad_id)
+
     c = seq_len // chunk_size
     lengths = _chunk_lengths(tokens, pad_id)
     is_train = np.isin(table.document_ids, trained)
@@ -350,6 +374,8 @@ def load_sequence_data(
         continuation=table.continuation_rows(),
         validation_documents=held_out,
         training_documents=trained,
+        stream=stream,
+        neighbour_offsets=offsets,
         train=windows(val=False, across=cross),
         val=windows(val=True, across=False),
         pad_id=pad_id,

@@ -192,3 +192,27 @@ def test_bad_generation_settings_are_clear_errors(indexed, trained, retriever) -
         generate(indexed, trained, retriever, [[]])
     with pytest.raises(ConfigError, match="max_tokens"):
         generate(indexed, trained, retriever, [[5]], max_tokens=0)
+
+
+def test_an_aligned_retriever_gives_windows_lined_up_with_the_query(indexed) -> None:
+    from retro_platform.neighbours.aligned import TokenStream, alignment_offsets
+
+    experiment = indexed.experiment.model_copy(
+        update={
+            "retrieval": indexed.experiment.retrieval.model_copy(update={"align_neighbours": True})
+        }
+    )
+    aligned = make_retriever(
+        experiment,
+        indexed.store,
+        indexed.result.index,
+        indexed.tokenizer,
+        experiment.plugin("embedder"),
+    )
+    stream = TokenStream.build(indexed.table, indexed.chunk_tokens, indexed.pad_id)
+    chunks = indexed.chunk_tokens[[5, 40, 123]]
+    tokens, ids = aligned(chunks)
+    rows = indexed.table.rows_of(ids)
+    offsets = alignment_offsets(stream, chunks, rows, indexed.pad_id)
+    assert np.array_equal(tokens, stream.windows(rows, offsets, 2 * indexed.m, indexed.pad_id))
+    assert (offsets != 0).any()

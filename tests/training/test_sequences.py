@@ -305,3 +305,27 @@ def test_shuffled_neighbours_are_random_database_chunks_of_other_documents(setup
 
 def _with_padding(rows: np.ndarray) -> np.ndarray:
     return np.concatenate([rows, np.full((1, rows.shape[1]), -1, dtype=rows.dtype)])
+
+
+def test_aligned_neighbours_are_document_windows_that_the_query_chunk_chooses(setup) -> None:
+    from retro_platform.neighbours.aligned import alignment_offsets
+
+    plain = setup()
+    aligned = setup("aligned", retrieval={"align_neighbours": True})
+    data = aligned.data
+    assert plain.data.stream is None and data.stream is not None
+    assert np.array_equal(data.neighbour_rows, plain.data.neighbour_rows), "the same neighbours"
+    moved = 0
+    for split in ("train", "val"):
+        batch = next(data.batches(split, 6, seed=2))
+        rows = batch.chunk_rows.numpy()
+        neighbours = batch.neighbour_rows.numpy()
+        assert batch.retrieved.shape == next(plain.data.batches(split, 6, seed=2)).retrieved.shape
+        for w, u in zip(*np.nonzero(rows >= 0), strict=True):
+            # the offsets come from the query chunk's own tokens and nothing else
+            query = data.chunk_tokens[[rows[w, u]]]
+            offsets = alignment_offsets(data.stream, query, neighbours[w, u][None], data.pad_id)
+            want = data.stream.windows(neighbours[w, u], offsets[0], 2 * M, data.pad_id)
+            assert np.array_equal(batch.retrieved[w, u].numpy(), want)
+            moved += int((offsets != 0).sum())
+    assert moved > 0, "some neighbours are moved off the chunk grid"
