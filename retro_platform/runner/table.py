@@ -43,21 +43,39 @@ def overlap_split(outcome: RunOutcome) -> str | None:
 
     header = ("overlap", "share of chunks", "bpb with retrieval", "same weights without", "gain")
     rows = [
-        [row.bucket, f"{row.share:.1%}", _number(row.bpb), _number(row.bpb_off), _number(row.gain)]
+        [
+            row.bucket,
+            f"{row.share:.1%}",
+            _number(row.bpb),
+            _number(row.bpb_off),
+            _gain(row.bpb, row.bpb_off),
+        ]
         for row in read_leakage_csv(path)
     ]
     on, off = outcome.metrics.get("val/bpb"), outcome.metrics.get("val/bpb_retrieval_off")
-    gain = None if on is None or off is None else off - on
-    rows.append(["all chunks", "100.0%", _number(on), _number(off), _number(gain)])
-    return "\n".join(
-        [
-            f"{outcome.name}: validation bits per byte by how much a chunk overlaps the "
-            "neighbours it was given",
-            text_table(header, rows),
-            "gain: bits per byte that retrieval saves. A gain only at high overlap is copying; "
-            "at low overlap, retrieval helps beyond it.",
-        ]
-    )
+    rows.append(["all chunks", "100.0%", _number(on), _number(off), _gain(on, off)])
+    lines = [
+        f"{outcome.name}: validation bits per byte by how much a chunk overlaps the "
+        "neighbours it was given",
+        text_table(header, rows),
+        "gain: bits per byte that retrieval saves (and the share of the bpb without it). A gain "
+        "only at high overlap is copying; at low overlap, retrieval helps beyond it.",
+    ]
+    if on is not None and off is not None and off > 0:
+        verdict = "lowers" if on < off else "does not lower"
+        lines.append(
+            f"retrieval {verdict} validation bpb: {on:.4f} with it, {off:.4f} with the same "
+            f"weights without it ({(on - off) / off:+.1%})"
+        )
+    return "\n".join(lines)
+
+
+def _gain(on: float | None, off: float | None) -> str:
+    """``off - on`` and that as a share of ``off``: "0.0372 (3.5%)"."""
+    if on is None or off is None or math.isnan(on) or math.isnan(off):
+        return ""
+    share = f" ({(off - on) / off:.1%})" if off > 0 else ""
+    return f"{off - on:.4f}{share}"
 
 
 def _number(value: float | None) -> str:

@@ -69,7 +69,7 @@ def test_a_run_trains_evaluates_and_logs_everything_to_mlflow(tmp_path: Path) ->
     assert run.info.run_id in out and "val/bpb" in out
     # the closing output splits retrieval's gain by overlap: one line per leakage bucket
     _, _, split = out.partition("by how much a chunk overlaps the neighbours it was given\n")
-    header, *rows, total, note = split.strip().splitlines()
+    header, *rows, total, note, verdict = split.strip().splitlines()
     assert header.split("  ")[0] == "overlap" and "same weights without" in header
     assert [row.split()[0] + " " + row.split()[1] for row in rows] == [
         "[0, 0.125]", "(0.125, 0.25]", "(0.25, 0.5]", "(0.5, 0.75]", "(0.75, 1]",
@@ -82,8 +82,12 @@ def test_a_run_trains_evaluates_and_logs_everything_to_mlflow(tmp_path: Path) ->
         f"{bpb:.4f}",
         f"{off:.4f}",
         f"{off - bpb:.4f}",
+        f"({(off - bpb) / off:.1%})",
     ]
     assert note.startswith("gain: bits per byte that retrieval saves")
+    # and one line a newcomer reads: how much retrieval lowers the bpb of the same weights
+    assert verdict.startswith("retrieval ") and verdict.endswith(f"({(bpb - off) / off:+.1%})")
+    assert f"{bpb:.4f} with it, {off:.4f} with the same weights without it" in verdict
 
 
 def test_a_finished_run_is_not_run_again(tmp_path: Path) -> None:
