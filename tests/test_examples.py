@@ -9,6 +9,7 @@ import pytest
 
 from retro_platform.config import load_experiment
 from retro_platform.config.experiment import experiment_from_dict
+from retro_platform.corpus.chunk_table import is_validation
 from retro_platform.pipeline import ingest, run_index, search
 from retro_platform.store.database import open_store
 
@@ -37,6 +38,21 @@ def test_quickstart_runs_end_to_end_on_a_few_files(tmp_path: Path) -> None:
     assert len(hits) == 2 and all(hit.text for hit in hits)
 
 
+def _fraction_holding_out_one(path: Path, max_files: int) -> float:
+    """The smallest validation fraction (in tenths) that holds out one of the first files the
+    example's reader gives and keeps one for the database: the split is a hash of each file's
+    id, so which few files a corpus yields (a package's version) decides it."""
+    data = tomllib.loads(path.read_text())
+    data["corpus"]["max_files"] = max_files
+    experiment = experiment_from_dict(data, base_dir=path.parent, source=path)
+    ids = [document.external_id for document in experiment.plugin("corpus").documents()]
+    for tenths in range(1, 10):
+        held_out = sum(is_validation(external_id, tenths / 10) for external_id in ids)
+        if 0 < held_out < len(ids):
+            return tenths / 10
+    raise AssertionError(f"no validation fraction splits {ids}")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", EXAMPLES, ids=[path.name for path in EXAMPLES])
 def test_example_runs_in_a_reduced_form(path: Path, tmp_path: Path) -> None:
@@ -48,12 +64,14 @@ def test_example_runs_in_a_reduced_form(path: Path, tmp_path: Path) -> None:
     from retro_platform.cli import cli
 
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    max_files = 5
     cuts = {
         "store.path": str(tmp_path / "store"),
         "train.output": str(tmp_path / "runs"),
         "mlflow.tracking_uri": tracking,
-        "corpus.max_files": 5,
-        "retrieval.validation_fraction": 0.5,  # so that one of so few files is held out
+        "corpus.max_files": max_files,
+        "retrieval.validation_fraction": _fraction_holding_out_one(path, max_files),
+        "train.document_fraction": 1.0,  # of four files or so, a half could be none
         "tokenizer.vocab_size": 512,
         "embedder.workers": 1,
         "train.steps": 2,
