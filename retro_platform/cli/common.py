@@ -25,6 +25,12 @@ set_option = click.option(
     "VALUE is a TOML value, else a plain string).",
 )
 
+progress_option = click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bars (default: when stderr is a terminal; plain log lines otherwise).",
+)
+
 
 def open_experiment(path: str, overrides: Iterable[str] = ()) -> tuple[Experiment, Any]:
     """Load the experiment file with its ``--set`` overrides and validate it in full (plugins,

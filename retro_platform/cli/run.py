@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import click
 
-from retro_platform.cli.common import experiment_argument, set_option
+from retro_platform.cli.common import experiment_argument, progress_option, set_option
 from retro_platform.cli.group import cli
 
 
 @cli.command()
 @experiment_argument
 @set_option
-@click.option(
-    "--progress/--no-progress",
-    default=None,
-    help="Progress bars (default: when stderr is a terminal; plain log lines otherwise).",
-)
+@progress_option
 def run(experiment_file: str, overrides: tuple[str, ...], progress: bool | None) -> None:
     """Ingest, index, train, evaluate and sample; every run logged to MLflow.
 

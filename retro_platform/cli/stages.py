@@ -6,14 +6,20 @@ import json
 
 import click
 
-from retro_platform.cli.common import experiment_argument, open_experiment, set_option
+from retro_platform.cli.common import (
+    experiment_argument,
+    open_experiment,
+    progress_option,
+    set_option,
+)
 from retro_platform.cli.group import cli
 
 
 @cli.command()
 @experiment_argument
 @set_option
-def ingest(experiment_file: str, overrides: tuple[str, ...]) -> None:
+@progress_option
+def ingest(experiment_file: str, overrides: tuple[str, ...], progress: bool | None) -> None:
     """Read the corpus, tokenize it and store its chunks in SQL.
 
     Idempotent and resumable: documents already stored with the same content are skipped, so
@@ -23,13 +29,14 @@ def ingest(experiment_file: str, overrides: tuple[str, ...]) -> None:
     from retro_platform.pipeline import ingest as run_ingest
 
     experiment, store = open_experiment(experiment_file, overrides)
-    report = run_ingest(experiment, store)
+    report = run_ingest(experiment, store, progress=progress)
     click.echo(report.summary())
 
 
 @cli.command()
 @experiment_argument
 @set_option
+@progress_option
 @click.option(
     "--rebuild", is_flag=True, help="Rebuild the vector index and the neighbours even if stored."
 )
@@ -38,7 +45,13 @@ def ingest(experiment_file: str, overrides: tuple[str, ...]) -> None:
     is_flag=True,
     help="Also embed every chunk again (after the embedding model's files changed).",
 )
-def index(experiment_file: str, overrides: tuple[str, ...], rebuild: bool, reembed: bool) -> None:
+def index(
+    experiment_file: str,
+    overrides: tuple[str, ...],
+    progress: bool | None,
+    rebuild: bool,
+    reembed: bool,
+) -> None:
     """Embed every chunk, build the vector index and every chunk's neighbours.
 
     Reuses what is stored: a second run with the same options does no work, and a different
@@ -48,7 +61,9 @@ def index(experiment_file: str, overrides: tuple[str, ...], rebuild: bool, reemb
     from retro_platform.pipeline import run_index
 
     experiment, store = open_experiment(experiment_file, overrides)
-    result = run_index(experiment, store, rebuild=rebuild, reembed=reembed, log=click.echo)
+    result = run_index(
+        experiment, store, rebuild=rebuild, reembed=reembed, progress=progress, log=click.echo
+    )
     neighbours = result.neighbours
     click.echo(
         f"embeddings {result.embeddings.id}: {result.embeddings.count} chunks, "

@@ -156,3 +156,16 @@ def test_a_killed_ingest_resumes_to_the_same_result(tmp_path: Path) -> None:
         assert "".join(contents[f"doc{i:05d}.txt"]) == text
     with store.session() as session:
         assert session.scalar(select(func.count()).select_from(Document)) == 6000
+
+
+def test_ingest_and_index_show_a_progress_bar_only_when_asked(tmp_path, corpus_dir) -> None:
+    path = write_experiment(tmp_path, corpus_dir)
+    quiet = CliRunner().invoke(cli, ["ingest", str(path), "--no-progress"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "it/s" not in quiet.output and "doc/s" not in quiet.output
+    # a second ingest finds everything stored; the bar still counts the documents read
+    shown = CliRunner().invoke(cli, ["ingest", str(path), "--progress"])
+    assert shown.exit_code == 0 and "ingest" in shown.stderr and "%" in shown.stderr
+    indexed = CliRunner().invoke(cli, ["index", str(path), "--no-progress"])
+    assert indexed.exit_code == 0, indexed.output
+    assert "%|" not in indexed.output
