@@ -57,7 +57,7 @@ def _fraction_holding_out_one(path: Path, max_files: int) -> float:
 @pytest.mark.parametrize("path", EXAMPLES, ids=[path.name for path in EXAMPLES])
 def test_example_runs_in_a_reduced_form(path: Path, tmp_path: Path) -> None:
     """Every example, every sweep point included, through ``retro-platform run`` with only
-    sizes cut by ``--set``: three files, two steps, a tiny evaluation and sample."""
+    sizes cut by ``--set``: five files, two steps, a tiny evaluation and sample."""
     from click.testing import CliRunner
     from mlflow import MlflowClient
 
