@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if code:
         return code
     figures = collect(args.experiment, overrides, tracking, seeds)
-    figures |= measure_data(args.experiment, overrides, figures)
+    figures |= measure_data(args.experiment, overrides, figures, args.fractions)
     notes: list[str] = []
     failed = False
     if args.fractions:
@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         if failed:
             notes.append("the sweep over training fractions failed: see its error above")
         else:
+            copyable = figures.get("copyable", {})
+            for row in fractions:
+                row["copyable"] = copyable.get(f"{row['fraction']:g}", math.nan)
             figures["fractions"] = fractions
     figures["notes"] = notes
     figures["wall_s"] = time.perf_counter() - started
@@ -383,10 +386,14 @@ def _spread(runs: list[dict[str, Any]], arm: str) -> float | None:
 
 
 def measure_data(
-    experiment_path: Path, overrides: list[str], figures: dict[str, Any]
+    experiment_path: Path,
+    overrides: list[str],
+    figures: dict[str, Any],
+    fractions: list[float] | None = None,
 ) -> dict[str, Any]:
     """What the runs were measured on (the loader's counts), the leakage summary of every
-    seed, and the copy ceiling from the first seed's checkpoints."""
+    seed, the copy ceiling from the first seed's checkpoints and, for ``fractions``, the
+    validation text copyable from the documents each fraction trains on."""
     from retro_platform.config import load_experiment
     from retro_platform.config.sweep import sweep_points
     from retro_platform.pipeline import run_index
@@ -414,12 +421,15 @@ def measure_data(
         "same_chunks_in_every_run": same_validation_chunks(figures["runs"]),
     }
     ceiling = copy_ceilings(retrieved, prepared, figures)
-    return {
+    measured = {
         "validation": validation,
         "leakage": leakage(points, figures["runs"], retrieved.eval.leakage_buckets),
         "copy_ceiling": ceiling,
         "ceiling_share": ceiling_share(ceiling, figures),
     }
+    if fractions:
+        measured["copyable"] = copyable_shares(retrieved, store, prepared.data, fractions)
+    return measured
 
 
 def same_validation_chunks(runs: list[dict[str, Any]]) -> bool | None:
@@ -522,6 +532,47 @@ def copy_ceilings(experiment: Any, prepared: Any, figures: dict[str, Any]) -> li
         }
         for none, retro in zip(tables["none"], tables["retrieved"], strict=True)
     ]
+
+
+def copyable_shares(
+    experiment: Any, store: Any, data: Any, fractions: list[float]
+) -> dict[str, float]:
+    """The share of validation targets that end a :data:`CEILING_N`-token run found in one
+    document of the database (key ``"database"``), and in one of the documents trained on at
+    each fraction (key ``f"{fraction:g}"``).
+
+    Measured on the text alone, before any training: what the database offers against what
+    the weights could have memorised. The validation sequences are the runs' own, and a
+    fraction's documents are those its runs train on, so the figures explain the gains.
+    """
+    import numpy as np
+
+    from retro_platform.corpus.chunk_table import training_documents
+    from retro_platform.corpus.ingest import find_corpus_id
+    from retro_platform.evaluation.copy_ceiling import copyable_targets, training_ngrams
+
+    batches = data.batches("val", experiment.eval.batch_size, retrieval=False)
+    sequences = np.concatenate([batch.tokens.numpy() for batch in batches])
+    counted = sequences[:, 1:] != data.pad_id
+    every = np.unique(data.table.document_ids)
+
+    def share(source: np.ndarray) -> float:
+        left_out = np.setdiff1d(every, source)
+        (hashes,) = training_ngrams(
+            data.chunk_tokens, data.table, left_out, data.pad_id, [CEILING_N]
+        ).values()
+        copyable = copyable_targets(sequences, hashes, CEILING_N, data.pad_id) & counted
+        return float(copyable.sum() / max(counted.sum(), 1))
+
+    corpus_id = find_corpus_id(experiment, store)
+    held_out = experiment.retrieval.validation_fraction
+    with store.session() as session:
+        shares = {
+            f"{fraction:g}": share(training_documents(session, corpus_id, held_out, fraction))
+            for fraction in fractions
+        }
+        shares["database"] = share(training_documents(session, corpus_id, held_out, 1.0))
+    return shares
 
 
 def ceiling_share(ceiling: list[dict[str, Any]], figures: dict[str, Any]) -> dict[str, Any]:
@@ -658,7 +709,9 @@ def report(figures: dict[str, Any]) -> str:
         ceiling_section(figures),
     ]
     if "fractions" in figures:
-        sections.append(fractions_section(figures["fractions"]))
+        sections.append(
+            fractions_section(figures["fractions"], figures.get("copyable", {}).get("database"))
+        )
     if figures["notes"]:
         sections += ["## Notes", "", *(f"- {note}" for note in figures["notes"]), ""]
     return "\n".join(sections).rstrip()
@@ -799,12 +852,13 @@ def ceiling_section(figures: dict[str, Any]) -> str:
     )
 
 
-def fractions_section(rows: list[dict[str, Any]]) -> str:
+def fractions_section(rows: list[dict[str, Any]], database_copyable: float | None) -> str:
     table = [
         [
             f"{row['fraction']:g}",
             str(row["training_documents"]),
             str(row["database_documents"]),
+            _percent(row.get("copyable", math.nan)),
             f"{row['retrieved_bpb']:.4f}",
             f"{row['none_bpb']:.4f}",
             f"{row['gain']:.1%}",
@@ -815,6 +869,7 @@ def fractions_section(rows: list[dict[str, Any]]) -> str:
         "training fraction",
         "training documents",
         "database documents",
+        f"copyable from training documents (n = {CEILING_N})",
         "retrieved bpb",
         "none bpb",
         "gain",
@@ -823,6 +878,13 @@ def fractions_section(rows: list[dict[str, Any]]) -> str:
     by_fraction = sorted(rows, key=lambda row: row["fraction"], reverse=True)
     gains = [row["gain"] for row in by_fraction]
     grows = all(later >= earlier for earlier, later in zip(gains, gains[1:], strict=False))
+    database = (
+        ""
+        if database_copyable is None
+        else f" {_percent(database_copyable)} of the validation targets end a {CEILING_N}-token "
+        "run found in one document of the database; the column gives the same share for the "
+        "documents trained on, measured on the text before any training."
+    )
     return "\n".join(
         [
             "## The gain as the training share shrinks (equal steps, the same database)",
@@ -830,10 +892,10 @@ def fractions_section(rows: list[dict[str, Any]]) -> str:
             markdown_table(headers, table),
             "",
             f"Seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
-            f"{' (medians)' if len(seeds) > 1 else ''}. The paper finds RETRO's gain grows "
-            "with the retrieval database (Borgeaud et al. 2022, Figure 1); here the database "
-            "stays and the model trains on less of it, so that more of what validation needs "
-            "is retrievable but not memorised. Here the gain "
+            f"{' (medians)' if len(seeds) > 1 else ''}.{database} The paper finds RETRO's gain "
+            "grows with the retrieval database (Borgeaud et al. 2022, Figure 1); here the "
+            "database stays and the model trains on less of it, so that more of what validation "
+            "needs is retrievable but not memorised. Here the gain "
             + ("grows" if grows else "does not grow steadily")
             + " as the fraction shrinks.",
             "",

@@ -166,3 +166,9 @@ def test_quick_benchmark_prints_its_tables_and_reuses_its_runs(tmp_path: Path) -
     assert whole["training_documents"] == whole["database_documents"] == 3
     assert 0 < half["training_documents"] <= half["database_documents"] == 3
     assert set(half["run_ids"].values()).isdisjoint(run["run_id"] for run in runs.values())
+    # the text copyable from what a fraction trains on: all of the database's at fraction 1
+    # (the copy ceiling's share), a part of it at a half
+    copyable = refigured["copyable"]
+    assert copyable["database"] == whole["copyable"] == ceiling[1]["share"]
+    assert 0 <= half["copyable"] <= whole["copyable"]
+    assert "copyable from training documents (n = 16)" in again
