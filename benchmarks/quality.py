@@ -305,7 +305,7 @@ def read_runs(experiment_path: Path, overrides: list[str], tracking: str) -> lis
     from retro_platform.config import load_experiment
     from retro_platform.config.resolved import flatten_config, resolved_config
     from retro_platform.config.sweep import sweep_points
-    from retro_platform.runner.run import DONE, run_folder
+    from retro_platform.runner.folder import DONE, run_folder
 
     client = MlflowClient(tracking_uri=tracking)
     runs = []
@@ -438,7 +438,7 @@ def same_validation_chunks(runs: list[dict[str, Any]]) -> bool | None:
     import numpy as np
 
     from retro_platform.evaluation.comparison import ChunkFigures
-    from retro_platform.runner.run import CHUNK_FIGURES
+    from retro_platform.runner.folder import CHUNK_FIGURES
 
     paths = [Path(run["run_dir"]) / CHUNK_FIGURES for run in runs]
     if not all(path.exists() for path in paths):
@@ -452,7 +452,7 @@ def leakage(points: list[Any], runs: list[dict[str, Any]], edges: tuple[float, .
     arms (:func:`retro_platform.runner.ablation.compare_points`), and the medians."""
     from retro_platform.evaluation.comparison import comparison_markdown
     from retro_platform.runner.ablation import compare_points
-    from retro_platform.runner.run import RunOutcome
+    from retro_platform.runner.folder import RunOutcome
 
     notes: list[str] = []
     seeds = []

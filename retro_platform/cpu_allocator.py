@@ -15,7 +15,7 @@ that checkpoints activations to fit a long sequence: at 8,192 tokens such a run 
 speed (``checkpoint_activations=True``), so it leaves malloc alone.
 
 This is a process-wide setting, so the library never applies it on import: the commands that
-train (``retro-platform run`` and ``demo``, and the benchmark for both implementations) call
+train (``retro-platform run``, and the benchmark for both implementations) call
 :func:`keep_freed_memory` unless they checkpoint activations. Set
 ``RETRO_PLATFORM_SYSTEM_MALLOC=1`` to leave malloc alone in every case.
 """

@@ -4,7 +4,6 @@
 # each import registers its commands
 from retro_platform.cli import (  # noqa: F401
     db,
-    demo,
     plugins,
     run,
     stages,

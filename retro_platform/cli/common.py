@@ -38,7 +38,7 @@ def open_experiment(path: str, overrides: Iterable[str] = ()) -> tuple[Experimen
 
     Validation comes first so that a typo costs nothing and touches nothing.
     """
-    from retro_platform.config.rules import check_experiment
+    from retro_platform.config.sweep import check_experiment
 
     experiment = load_experiment(path, overrides)
     check_experiment(experiment)

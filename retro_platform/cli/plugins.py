@@ -7,7 +7,7 @@ import json
 import click
 
 from retro_platform.cli.group import cli
-from retro_platform.cli.tables import text_table
+from retro_platform.text_table import text_table
 
 
 @cli.command()

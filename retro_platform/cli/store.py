@@ -13,7 +13,7 @@ from retro_platform.cli.common import (
     set_option,
 )
 from retro_platform.cli.group import cli
-from retro_platform.cli.tables import text_table
+from retro_platform.text_table import text_table
 
 
 @cli.group()
@@ -63,7 +63,7 @@ def check(experiment_file: str, overrides: tuple[str, ...]) -> None:
     Every id in every vector index must be a chunk in SQL and every chunk of the retrieval
     database must be in its index; embedding and neighbour files must match their records.
     """
-    from retro_platform.store.check import check_store
+    from retro_platform.pipeline.check import check_store
 
     _, opened = open_experiment(experiment_file, overrides)
     report = check_store(opened)

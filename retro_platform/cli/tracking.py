@@ -14,8 +14,8 @@ import click
 
 from retro_platform.cli.common import experiment_argument, set_option
 from retro_platform.cli.group import cli
-from retro_platform.cli.tables import text_table
 from retro_platform.errors import ConfigError
+from retro_platform.text_table import text_table
 
 _STOP_TIMEOUT_S = 10.0
 

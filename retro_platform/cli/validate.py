@@ -21,7 +21,7 @@ def validate(experiment_file: str, overrides: tuple[str, ...]) -> None:
     store and writes nothing. Prints a summary, or one error line and exits with code 2.
     """
     from retro_platform.config import load_experiment
-    from retro_platform.config.rules import check_experiment
+    from retro_platform.config.sweep import check_experiment
 
     experiment = load_experiment(experiment_file, overrides)
     points = check_experiment(experiment)

@@ -17,7 +17,7 @@ import re
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -156,21 +156,13 @@ class Experiment(_Table):
         for table in PLUGIN_TABLES:
             self.plugin_options(table)
 
-    def check_runner(self) -> None:
-        """Check the rules between the runner's tables (a sequence length that is a multiple
-        of the chunk size, cross-attention layers within the depth, a positional encoding
-        that accepts its options, ...): see :mod:`retro_platform.config.rules`."""
-        from retro_platform.config.rules import check_runner
-
-        check_runner(self)
-
 
 def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> Experiment:
     """Read and validate ``path`` with ``--set`` ``overrides`` (``"train.steps=100"``, see
     :mod:`retro_platform.config.overrides`) applied first; every problem is a one-line
     :class:`ConfigError`.
 
-    This checks the tables; :meth:`Experiment.check_plugins`, :meth:`Experiment.check_runner`
+    This checks the tables; :meth:`Experiment.check_plugins`, :func:`retro_platform.config.rules.check_runner`
     and :func:`retro_platform.config.sweep.sweep_points` check the rest.
     """
     path = Path(path)
@@ -216,8 +208,6 @@ def validate_tables(
         name = getattr(experiment, table).get("name")
         if not isinstance(name, str) or not name:
             raise ConfigError(f'[{table}] needs name = "..." (a plugin name)')
-    from retro_platform.config.sweep import check_sweep_keys
-
     check_sweep_keys(experiment.sweep.grid)
     return experiment.model_copy(update={"source": source, "base_dir": base_dir})
 
@@ -284,3 +274,31 @@ def _key_path(parts: list[Any]) -> str:
     for part in parts:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
+
+
+def check_sweep_keys(grid: dict[str, Any]) -> None:
+    """Every swept key must name a key of a table: a typed table's own key (or a key inside
+    one of its dictionaries, such as ``model.positional_encoding_options.slope``), or any key
+    of a plugin table, whose plugin then validates it at every point."""
+    for key in grid:
+        table, _, rest = key.partition(".")
+        if table not in TABLES or table == "sweep":
+            tables = [name for name in TABLES if name != "sweep"]
+            raise ConfigError(
+                f"[sweep] {key!r}: unknown table {table!r}{did_you_mean(table, tables)}"
+            )
+        model = table_model(table)
+        if model is None:
+            if table not in PLUGIN_TABLES:  # pragma: no cover - every table is one or the other
+                raise ConfigError(f"[sweep] {key!r}: [{table}] cannot be swept")
+            continue
+        field, _, inner = rest.partition(".")
+        if field not in model.model_fields:
+            known = list(model.model_fields)
+            raise ConfigError(
+                f"[sweep] {key!r}: [{table}] has no key {field!r}{did_you_mean(field, known)}"
+            )
+        if inner and get_origin(model.model_fields[field].annotation) is not dict:
+            raise ConfigError(
+                f"[sweep] {key!r}: [{table}] {field} is not a table; sweep {table}.{field}"
+            )

@@ -27,20 +27,9 @@ if TYPE_CHECKING:
     from torch import nn
 
     from retro_platform.config.experiment import Experiment
-    from retro_platform.config.sweep import SweepPoint
 
 #: Keyword arguments the model passes to every positional encoding: never the user's options.
 ENCODING_ARGUMENTS = ("role", "dim", "heads", "dim_head", "max_positions", "causal")
-
-
-def check_experiment(experiment: Experiment) -> list[SweepPoint]:
-    """Everything that can be checked without work: the plugins, the rules between tables, and
-    every point of the sweep in full. Returns the points (one, with no sweep)."""
-    from retro_platform.config.sweep import sweep_points
-
-    experiment.check_plugins()
-    check_runner(experiment)
-    return sweep_points(experiment)
 
 
 def check_runner(experiment: Experiment) -> None:

@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, get_origin
+from typing import Any
 
-from retro_platform.config.experiment import (
-    PLUGIN_TABLES,
-    TABLES,
-    Experiment,
-    table_model,
-    validate_tables,
-)
+from retro_platform.config.experiment import Experiment, check_sweep_keys, validate_tables
 from retro_platform.config.overrides import set_dotted
-from retro_platform.errors import ConfigError, did_you_mean
+from retro_platform.config.resolved import format_value
+from retro_platform.config.rules import check_runner
+from retro_platform.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -46,7 +42,7 @@ class SweepPoint:
 def sweep_points(experiment: Experiment) -> list[SweepPoint]:
     """Every point of ``experiment``'s grid, each validated in full; a one-line
     :class:`ConfigError` names the first bad point. Without a sweep: one point with no values,
-    ``experiment`` itself (check it with ``check_plugins`` and ``check_runner``)."""
+    ``experiment`` itself (:func:`check_experiment` checks it)."""
     grid = experiment.sweep.grid
     if not grid:
         return [SweepPoint(0, {}, experiment)]
@@ -59,11 +55,19 @@ def sweep_points(experiment: Experiment) -> list[SweepPoint]:
         try:
             point = apply_values(experiment, values)
             point.check_plugins()
-            point.check_runner()
+            check_runner(point)
         except ConfigError as error:
             raise ConfigError(f"{where}: {error}") from None
         points.append(SweepPoint(index, values, point))
     return points
+
+
+def check_experiment(experiment: Experiment) -> list[SweepPoint]:
+    """Everything that can be checked without work: the plugins, the rules between tables, and
+    every point of the sweep in full. Returns the points (one, with no sweep)."""
+    experiment.check_plugins()
+    check_runner(experiment)
+    return sweep_points(experiment)
 
 
 def apply_values(experiment: Experiment, values: dict[str, Any]) -> Experiment:
@@ -75,35 +79,5 @@ def apply_values(experiment: Experiment, values: dict[str, Any]) -> Experiment:
     return validate_tables(data, base_dir=experiment.base_dir, source=experiment.source)
 
 
-def check_sweep_keys(grid: dict[str, Any]) -> None:
-    """Every swept key must name a key of a table: a typed table's own key (or a key inside
-    one of its dictionaries, such as ``model.positional_encoding_options.slope``), or any key
-    of a plugin table, whose plugin then validates it at every point."""
-    for key in grid:
-        table, _, rest = key.partition(".")
-        if table not in TABLES or table == "sweep":
-            tables = [name for name in TABLES if name != "sweep"]
-            raise ConfigError(
-                f"[sweep] {key!r}: unknown table {table!r}{did_you_mean(table, tables)}"
-            )
-        model = table_model(table)
-        if model is None:
-            if table not in PLUGIN_TABLES:  # pragma: no cover - every table is one or the other
-                raise ConfigError(f"[sweep] {key!r}: [{table}] cannot be swept")
-            continue
-        field, _, inner = rest.partition(".")
-        if field not in model.model_fields:
-            known = list(model.model_fields)
-            raise ConfigError(
-                f"[sweep] {key!r}: [{table}] has no key {field!r}{did_you_mean(field, known)}"
-            )
-        if inner and get_origin(model.model_fields[field].annotation) is not dict:
-            raise ConfigError(
-                f"[sweep] {key!r}: [{table}] {field} is not a table; sweep {table}.{field}"
-            )
-
-
 def _label(values: dict[str, Any]) -> str:
-    from retro_platform.config.resolved import format_value
-
     return ", ".join(f"{key}={format_value(value)}" for key, value in values.items())

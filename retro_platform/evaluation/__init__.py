@@ -9,10 +9,10 @@ from retro_platform.evaluation.copy_ceiling import CeilingRow, copy_ceiling
 from retro_platform.evaluation.leakage import (
     LeakageRow,
     leakage_table,
-    overlap_ratios,
     plot_leakage,
     write_leakage_csv,
 )
+from retro_platform.evaluation.overlap import overlap_ratios
 from retro_platform.evaluation.samples import Sample, generate_samples, samples_markdown
 
 __all__ = [

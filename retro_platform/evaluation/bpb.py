@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from retro_platform.errors import ConfigError
-from retro_platform.evaluation.leakage import overlap_ratios
+from retro_platform.evaluation.overlap import overlap_ratios
 from retro_platform.training.batch import Batch
 
 LN2 = math.log(2.0)
@@ -65,7 +65,7 @@ class EvalResult:
         chunk_tokens: ``(chunks,)`` int64 counted positions of each chunk.
         chunk_bytes: ``(chunks,)`` int64 UTF-8 bytes of each chunk.
         chunk_overlap: ``(chunks,)`` float64 longest common token run between each chunk and
-            its neighbours over the chunk's length (:func:`~retro_platform.evaluation.leakage.
+            its neighbours over the chunk's length (:func:`~retro_platform.evaluation.overlap.
             overlap_ratios`), or None when the batches carried no neighbours.
     """
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from retro_platform.atomic import write_text_atomic
 from retro_platform.config.sweep import SweepPoint
-from retro_platform.runner.run import CHUNK_FIGURES, RunOutcome
+from retro_platform.runner.folder import CHUNK_FIGURES, RunOutcome
 from retro_platform.tracking.listing import (
     COMPARISON_CSV,
     COMPARISON_MARKDOWN,

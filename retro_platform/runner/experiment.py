@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from retro_platform.config import Experiment
-from retro_platform.config.rules import check_experiment
-from retro_platform.config.sweep import SweepPoint
+from retro_platform.config.sweep import SweepPoint, check_experiment
 from retro_platform.runner.ablation import log_comparison
-from retro_platform.runner.run import RunOutcome, run_point
+from retro_platform.runner.folder import RunOutcome
+from retro_platform.runner.run import run_point
 from retro_platform.store.fingerprints import fingerprint, short
 
 

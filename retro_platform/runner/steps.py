@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from retro_platform.config import Experiment
-from retro_platform.runner.run import CHUNK_FIGURES, LEAKAGE_CSV
+from retro_platform.runner.folder import CHUNK_FIGURES, LEAKAGE_CSV
 
 
 @dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
-from retro_platform.cli.tables import text_table
-from retro_platform.runner.run import LEAKAGE_CSV, RunOutcome
+from retro_platform.runner.folder import LEAKAGE_CSV, RunOutcome
+from retro_platform.text_table import text_table
 from retro_platform.tracking.listing import FINAL_METRICS
 
 

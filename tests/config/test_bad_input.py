@@ -10,7 +10,7 @@ import pytest
 from click.testing import Result
 
 from retro_platform.config import load_experiment
-from retro_platform.config.rules import check_experiment
+from retro_platform.config.sweep import check_experiment
 from retro_platform.errors import ConfigError
 
 from .conftest import BASE

@@ -20,7 +20,8 @@ from retro_platform.evaluation import (
     plot_leakage,
     write_leakage_csv,
 )
-from retro_platform.evaluation.leakage import bucket_of, longest_common_runs
+from retro_platform.evaluation.leakage import bucket_of
+from retro_platform.evaluation.overlap import longest_common_runs
 from tests.evaluation.helpers import IndexedStore, document_batches
 
 PAD = 0

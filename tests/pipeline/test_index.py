@@ -18,8 +18,8 @@ from retro_platform.corpus.ingest import ingest
 from retro_platform.errors import IndexFileError
 from retro_platform.index.build import open_index
 from retro_platform.pipeline import run_index, search
+from retro_platform.pipeline.check import check_store
 from retro_platform.plugins import get_registry
-from retro_platform.store.check import check_store
 from retro_platform.store.models import BUILDING, Document, EmbeddingSet, NeighbourSet, VectorIndex
 from tests.pipeline.helpers import write_experiment
 

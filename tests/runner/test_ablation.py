@@ -18,7 +18,7 @@ from retro_platform.config.runner_tables import EvalTable
 from retro_platform.config.sweep import sweep_points
 from retro_platform.evaluation.comparison import OFF_SUFFIX, ChunkFigures
 from retro_platform.runner.ablation import compare_points
-from retro_platform.runner.run import CHUNK_FIGURES, RunOutcome
+from retro_platform.runner.folder import CHUNK_FIGURES, RunOutcome
 from tests.runner.helpers import artifact_paths, client_for, runs_of, tiny_experiment
 
 KINDS = ["retrieved", "none", "shuffled"]

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from retro_platform.cli import cli
 from retro_platform.config import load_experiment
 from retro_platform.config.resolved import flatten_config, resolved_config
-from retro_platform.runner.run import run_folder
+from retro_platform.runner.folder import run_folder
 from retro_platform.training.checkpoint import checkpoint_path, load_checkpoint
 from tests.runner.helpers import artifact_paths, client_for, runs_of, tiny_experiment
 

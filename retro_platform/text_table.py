@@ -1,4 +1,4 @@
-"""Plain-text tables for terminal output."""
+"""Plain-text tables for terminal output (the CLI's listings, the runner's closing summary)."""
 
 from __future__ import annotations
 
