@@ -7,6 +7,7 @@ import click
 from retro_platform.cli.common import experiment_argument as _experiment_argument
 from retro_platform.cli.common import set_option
 from retro_platform.cli.group import cli
+from retro_platform.config import load_experiment
 
 
 @cli.group()
@@ -26,7 +27,6 @@ def upgrade(experiment_file: str, overrides: tuple[str, ...]) -> None:
 
     Creates the database if it is empty. Does nothing to a database already at the head.
     """
-    from retro_platform.config import load_experiment
     from retro_platform.store.database import safe_url, upgrade
 
     experiment = load_experiment(experiment_file, overrides)
@@ -47,7 +47,6 @@ def current(experiment_file: str, overrides: tuple[str, ...]) -> None:
     The head is the revision this version of retro-platform needs. Reads EXPERIMENT.toml's
     [store] table; changes nothing, and does not create a missing SQLite file.
     """
-    from retro_platform.config import load_experiment
     from retro_platform.store.database import head_revision, safe_url, schema_status
 
     experiment = load_experiment(experiment_file, overrides)

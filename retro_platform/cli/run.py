@@ -6,6 +6,7 @@ import click
 
 from retro_platform.cli.common import experiment_argument, progress_option, set_option
 from retro_platform.cli.group import cli
+from retro_platform.config import load_experiment
 
 
 @cli.command()
@@ -19,7 +20,6 @@ def run(experiment_file: str, overrides: tuple[str, ...], progress: bool | None)
     checkpoint into the same MLflow run when the same command is started again; a finished
     one is not run again. With a [sweep] table, each grid point is a child run of one parent.
     """
-    from retro_platform.config import load_experiment
     from retro_platform.runner.experiment import run_experiment
     from retro_platform.runner.table import closing_summary
 

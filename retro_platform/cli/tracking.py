@@ -14,6 +14,7 @@ import click
 
 from retro_platform.cli.common import experiment_argument, set_option
 from retro_platform.cli.group import cli
+from retro_platform.config import load_experiment
 from retro_platform.errors import ConfigError
 from retro_platform.text_table import text_table
 
@@ -41,7 +42,6 @@ def ui(
     mlflow.db beside the experiment file. A tracking server has its own UI: open its URL
     instead. The first start can take a minute on a slow machine.
     """
-    from retro_platform.config import load_experiment
     from retro_platform.tracking.client import TrackingError, quiet_mlflow_environment
     from retro_platform.tracking.uri import (
         HTTP_SCHEMES,
@@ -107,7 +107,6 @@ def runs(experiment_file: str, overrides: tuple[str, ...], all_params: bool, as_
     is followed by its comparison: each point's validation bits per byte by how much a chunk
     overlaps its retrieved neighbours.
     """
-    from retro_platform.config import load_experiment
     from retro_platform.tracking import listing
     from retro_platform.tracking.client import open_client, tracking_errors
     from retro_platform.tracking.uri import experiment_name, safe_uri, sqlite_path, tracking_uri

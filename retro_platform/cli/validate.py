@@ -6,7 +6,8 @@ import click
 
 from retro_platform.cli.common import experiment_argument, set_option
 from retro_platform.cli.group import cli
-from retro_platform.config import Experiment
+from retro_platform.config import Experiment, load_experiment
+from retro_platform.config.experiment import PLUGIN_TABLES
 
 
 @cli.command()
@@ -20,7 +21,6 @@ def validate(experiment_file: str, overrides: tuple[str, ...]) -> None:
     positional encoding that accepts its options, ...) and every point of a [sweep]. Opens no
     store and writes nothing. Prints a summary, or one error line and exits with code 2.
     """
-    from retro_platform.config import load_experiment
     from retro_platform.config.sweep import check_experiment
 
     experiment = load_experiment(experiment_file, overrides)
@@ -31,8 +31,6 @@ def validate(experiment_file: str, overrides: tuple[str, ...]) -> None:
 
 def summary(experiment: Experiment, points: int) -> list[str]:
     """What a reader wants to know about a valid file, in a few lines."""
-    from retro_platform.config.experiment import PLUGIN_TABLES
-
     plugins = ", ".join(f"{table} {experiment.plugin_options(table)[0]}" for table in PLUGIN_TABLES)
     model, train, retrieval = experiment.model, experiment.train, experiment.retrieval
     lines = [

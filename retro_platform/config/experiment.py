@@ -31,7 +31,7 @@ from retro_platform.config.runner_tables import (
     TrainTable,
 )
 from retro_platform.errors import ConfigError, UnknownPluginError, did_you_mean
-from retro_platform.protocols.options import BASE_DIR, RelativePath
+from retro_platform.protocols.options import BASE_DIR, RelativePath, options_dict, stored_options
 
 #: The plugin tables: table name -> plugin family.
 PLUGIN_TABLES: dict[str, str] = {
@@ -116,6 +116,7 @@ class Experiment(_Table):
 
     def plugin(self, table: str, *args: Any) -> Any:
         """Build the plugin of a plugin table (``"corpus"``, ``"embedder"``, ...)."""
+        # lazy: keeps the plugin registry out of retro-platform --help
         from retro_platform.plugins import build_plugin
 
         return build_plugin(
@@ -128,8 +129,8 @@ class Experiment(_Table):
 
     def plugin_options(self, table: str) -> tuple[str, dict[str, Any]]:
         """A plugin table's name and its validated options, defaults filled in."""
+        # lazy: keeps the plugin registry out of retro-platform --help
         from retro_platform.plugins import plugin_options
-        from retro_platform.protocols.options import options_dict
 
         try:
             registration, options = plugin_options(
@@ -142,8 +143,8 @@ class Experiment(_Table):
     def plugin_stored_options(self, table: str) -> tuple[str, dict[str, Any]]:
         """Like :meth:`plugin_options` without the plugin's runtime options (batch size,
         device, search breadth, ...): what fingerprints a stored result."""
+        # lazy: keeps the plugin registry out of retro-platform --help
         from retro_platform.plugins import plugin_options
-        from retro_platform.protocols.options import stored_options
 
         registration, options = plugin_options(
             PLUGIN_TABLES[table], getattr(self, table), table_name=table, base_dir=self.base_dir

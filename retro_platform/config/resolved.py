@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from retro_platform.config.experiment import PLUGIN_TABLES, TABLES, Experiment
+from retro_platform.config.rules import encoding_options
+from retro_platform.store.database import safe_url
 
 #: MLflow's limit on a parameter value's length.
 MAX_VALUE_CHARS = 6000
@@ -29,9 +31,6 @@ def resolved_config(experiment: Experiment) -> dict[str, Any]:
     the store's URL is its effective one with any password masked. The plugins must be valid
     (:meth:`Experiment.check_plugins`).
     """
-    from retro_platform.config.rules import encoding_options
-    from retro_platform.store.database import safe_url
-
     resolved: dict[str, Any] = {}
     for table in TABLES:
         if table == "sweep":

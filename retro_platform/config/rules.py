@@ -21,7 +21,12 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from retro_platform.errors import ConfigError, UnknownPluginError, did_you_mean
+from retro_platform.model.retro import RETRO
+from retro_platform.plugins import get_positional_encoding
+from retro_platform.protocols import PositionalEncoding
 
 if TYPE_CHECKING:
     from torch import nn
@@ -57,10 +62,6 @@ def model_kwargs(experiment: Experiment, *, num_tokens: int, pad_id: int = 0) ->
 def build_meta_model(experiment: Experiment, *, num_tokens: int = 2) -> nn.Module:
     """The experiment's RETRO on the ``meta`` device: every check of the model and of its
     positional encoding runs, but no weight is allocated. Problems become ``[model] ...``."""
-    import torch
-
-    from retro_platform.model.retro import RETRO
-
     _check_encoding(
         experiment.model.positional_encoding, experiment.model.positional_encoding_options
     )
@@ -76,9 +77,6 @@ def encoding_options(name: str) -> dict[str, Any] | None:
     """The options the positional encoding ``name`` declares, each with its default
     (``inspect.Parameter.empty`` when it has none); None when its factory takes keywords that
     cannot be listed (a ``**kwargs`` that goes elsewhere than the protocol's ``__init__``)."""
-    from retro_platform.plugins import get_positional_encoding
-    from retro_platform.protocols import PositionalEncoding
-
     factory = get_positional_encoding(name).factory
     if isinstance(factory, type) and issubclass(factory, PositionalEncoding):
         # each subclass's __init__ passes its **kwargs on to the next, down to the protocol's

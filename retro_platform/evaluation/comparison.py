@@ -326,6 +326,7 @@ def describe_split(split: GainSplit) -> str:
 def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
     """A PNG of grouped bars: bits per byte per overlap bucket (and all chunks, set apart),
     one bar per column, each bucket labelled with its share of the chunks."""
+    # lazy: importing matplotlib takes about 0.5 s, and only a plot needs it
     from matplotlib.figure import Figure  # the object API: no global backend, no pyplot state
 
     path = Path(path)

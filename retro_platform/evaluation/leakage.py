@@ -163,6 +163,7 @@ def _parse(text: str, kind: str) -> object:
 def plot_leakage(rows: list[LeakageRow], path: str | Path) -> Path:
     """A PNG bar chart: bits per byte per overlap bucket, retrieval on beside off, each bucket
     labelled with its share of the chunks. Needs matplotlib (installed with mlflow)."""
+    # lazy: importing matplotlib takes about 0.5 s, and only a plot needs it
     from matplotlib.figure import Figure  # the object API: no global backend, no pyplot state
 
     path = Path(path)

@@ -31,6 +31,7 @@ from retro_platform.errors import ConfigError
 from retro_platform.model.dropout_attention import causal_attention_with_dropout
 from retro_platform.model.feed_forward import FeedForward
 from retro_platform.model.loss import linear_cross_entropy
+from retro_platform.plugins import get_positional_encoding  # the registry, not a backend
 from retro_platform.protocols import AttentionRole, PositionalEncoding
 
 # ---------------------------------------------------------------------------------------------
@@ -631,8 +632,6 @@ def _build_positional_encodings(
     neighbour_len: int,
 ) -> nn.ModuleDict:
     """One encoding per attention role, from the plugin registered under ``name``."""
-    from retro_platform.plugins import get_positional_encoding  # the registry, not a backend
-
     factory = get_positional_encoding(name).factory
     roles: dict[AttentionRole, dict[str, Any]] = {
         "decoder": dict(dim=dec_dim, max_positions=max_seq_len, causal=True),

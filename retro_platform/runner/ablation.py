@@ -16,6 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 from retro_platform.atomic import write_text_atomic
 from retro_platform.config.sweep import SweepPoint
+from retro_platform.evaluation.comparison import (
+    ChunkFigures,
+    ComparedRun,
+    compare,
+    comparison_markdown,
+    gain_split,
+    plot_comparison,
+    reference_overlap,
+    write_comparison_csv,
+)
 from retro_platform.runner.folder import CHUNK_FIGURES, RunOutcome
 from retro_platform.tracking.listing import (
     COMPARISON_CSV,
@@ -23,8 +33,9 @@ from retro_platform.tracking.listing import (
     COMPARISON_PNG,
     COMPARISON_TAG,
 )
+from retro_platform.tracking.params import MAX_TAG_VALUE
 
-if TYPE_CHECKING:  # the evaluation package imports torch, which only a comparison needs
+if TYPE_CHECKING:
     from retro_platform.evaluation.comparison import Comparison, GainSplit
 
 NEIGHBOURS_KEY = "train.neighbours"
@@ -44,13 +55,6 @@ def log_comparison(
     run (a :class:`~retro_platform.tracking.run.TrackedRun`); return its markdown, or None
     when the sweep does not compare neighbours or a point's figures are missing (said
     through ``log``)."""
-    from retro_platform.evaluation.comparison import (
-        comparison_markdown,
-        plot_comparison,
-        write_comparison_csv,
-    )
-    from retro_platform.tracking.params import MAX_TAG_VALUE
-
     made = compare_points(points, outcomes, edges, log)
     if made is None:
         return None
@@ -79,14 +83,6 @@ def compare_points(
     """The :class:`~retro_platform.evaluation.comparison.Comparison` of the points, labelled
     by their run names, and the gain split of each retrieved point over its baseline; None
     (and a line through ``log``) when there is nothing to compare."""
-    from retro_platform.evaluation.comparison import (
-        ChunkFigures,
-        ComparedRun,
-        compare,
-        gain_split,
-        reference_overlap,
-    )
-
     kinds = [point.experiment.train.neighbours for point in points]
     if len(set(kinds)) < 2:
         return None

@@ -15,11 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from retro_platform.config import Experiment
+from retro_platform.config.resolved import flatten_config, resolved_config
 from retro_platform.config.sweep import SweepPoint, check_experiment
 from retro_platform.runner.ablation import log_comparison
 from retro_platform.runner.folder import RunOutcome
 from retro_platform.runner.run import run_point
+from retro_platform.store.database import open_store
 from retro_platform.store.fingerprints import fingerprint, short
+from retro_platform.tracking.client import open_client, tracking_errors
+from retro_platform.tracking.params import tags_for
+from retro_platform.tracking.run import TrackedRun, load_run_id, save_run_id
+from retro_platform.tracking.uri import experiment_name, safe_uri, tracking_uri
 
 
 @dataclass(frozen=True)
@@ -32,21 +38,14 @@ class Tracking:
 
     @property
     def uri_for_display(self) -> str:
-        from retro_platform.tracking.uri import safe_uri
-
         return safe_uri(self.uri)
 
     def tags(self, experiment: Experiment, store_id: int | None = None) -> dict[str, str]:
-        from retro_platform.tracking.params import tags_for
-
         return tags_for(experiment, store_id=store_id)
 
 
 def open_tracking(experiment: Experiment) -> Tracking:
     """A client on the experiment's tracking store, after checking that it answers."""
-    from retro_platform.tracking.client import open_client
-    from retro_platform.tracking.uri import experiment_name, tracking_uri
-
     uri = tracking_uri(experiment)
     return Tracking(open_client(uri), experiment_name(experiment), uri)
 
@@ -60,9 +59,6 @@ def run_experiment(
     """Run every point of ``experiment``; see the module docstring."""
     points = check_experiment(experiment)  # every point in full, before any work
     tracking = open_tracking(experiment)
-    from retro_platform.store.database import open_store
-    from retro_platform.tracking.client import tracking_errors
-
     store = open_store(experiment.store.database_url, experiment.store.path)
     with tracking_errors(tracking.uri, "log to"):  # an MLflow failure is one line too
         if not experiment.sweep.grid:
@@ -79,9 +75,6 @@ def _run_sweep(
     progress: bool | None,
     log: Callable[[str], None],
 ) -> list[RunOutcome]:
-    from retro_platform.config.resolved import flatten_config, resolved_config
-    from retro_platform.tracking.run import TrackedRun, load_run_id, save_run_id
-
     grid = experiment.sweep.grid
     key = short(fingerprint(config=flatten_config(resolved_config(experiment)), grid=grid))
     sweep_dir = experiment.train.output / f"{experiment.experiment.name}-sweep-{key}"

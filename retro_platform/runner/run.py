@@ -16,7 +16,10 @@ from typing import Any
 from retro_platform.atomic import write_text_atomic
 from retro_platform.config import Experiment
 from retro_platform.config.resolved import flatten_config, resolved_config
+from retro_platform.pipeline import ingest, run_index
+from retro_platform.runner import steps
 from retro_platform.runner.folder import DONE, RunOutcome, run_folder
+from retro_platform.tracking.run import TrackedRun, load_run_id, save_run_id
 
 
 def run_point(
@@ -30,8 +33,6 @@ def run_point(
     log: Callable[[str], None] = print,
 ) -> RunOutcome:
     """Run (or resume, or skip when finished) one point: see the module docstring."""
-    from retro_platform.tracking.run import TrackedRun, load_run_id, save_run_id
-
     resolved = resolved_config(experiment)
     params = flatten_config(resolved)
     run_dir = run_folder(experiment, params)
@@ -48,8 +49,6 @@ def run_point(
             skipped=True,
             neighbours=experiment.train.neighbours,
         )
-
-    from retro_platform.pipeline import ingest, run_index
 
     ingest_report = ingest(experiment, store, progress=progress)
     log(ingest_report.summary())
@@ -90,8 +89,6 @@ def _train_and_evaluate(
     progress: bool | None,
     log: Callable[[str], None],
 ) -> dict[str, float]:
-    from retro_platform.runner import steps
-
     if experiment.source is not None:
         run.log_artifact(experiment.source, "config")
     run.log_text(json.dumps(resolved, indent=2, default=str), "config/resolved.json")

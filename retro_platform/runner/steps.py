@@ -15,7 +15,18 @@ import numpy as np
 import torch
 
 from retro_platform.config import Experiment
+from retro_platform.corpus.ingest import load_tokenizer
+from retro_platform.errors import ConfigError
+from retro_platform.evaluation import evaluate
+from retro_platform.evaluation.autoretrieval import ShuffledRetriever, make_retriever
+from retro_platform.evaluation.comparison import ChunkFigures
+from retro_platform.evaluation.leakage import leakage_table, plot_leakage, write_leakage_csv
+from retro_platform.evaluation.samples import generate_samples, samples_markdown
 from retro_platform.runner.folder import CHUNK_FIGURES, LEAKAGE_CSV
+from retro_platform.store.models import Corpus
+from retro_platform.training.model_factory import build_model
+from retro_platform.training.sequences import load_sequence_data
+from retro_platform.training.trainer import train
 
 
 @dataclass
@@ -31,8 +42,6 @@ class Prepared:
 def choose_device(experiment: Experiment) -> torch.device:
     wanted = experiment.train.device
     if wanted == "cuda" and not torch.cuda.is_available():
-        from retro_platform.errors import ConfigError
-
         raise ConfigError('[train] device = "cuda" but torch sees no GPU; use "auto" or "cpu"')
     if wanted == "auto":
         wanted = "cuda" if torch.cuda.is_available() else "cpu"
@@ -43,19 +52,12 @@ def prepare_training(
     experiment: Experiment, store: Any, index: Any, log: Callable[[str], None] = print
 ) -> Prepared:
     """Load the tokenizer and the sequences, and build the model (seeded)."""
-    from retro_platform.corpus.ingest import load_tokenizer
-    from retro_platform.store.models import Corpus
-    from retro_platform.training.model_factory import build_model
-    from retro_platform.training.sequences import load_sequence_data
-
     with store.session() as session:
         corpus = session.get(Corpus, index.corpus_id)
         tokenizer = load_tokenizer(experiment, store, corpus)
     data = load_sequence_data(experiment, store, index, tokenizer)
     log(data.describe())
     if len(data.windows("val")) == 0:  # found now, not after the training
-        from retro_platform.errors import ConfigError
-
         raise ConfigError(
             "no document is held out for validation; raise [retrieval] validation_fraction"
         )
@@ -74,8 +76,6 @@ def train_model(
     progress: bool | None = None,
 ) -> Any:
     """Train (or resume) with every logged metric sent to the MLflow run."""
-    from retro_platform.training.trainer import train
-
     return train(
         prepared.model,
         prepared.data,
@@ -95,8 +95,6 @@ def finite(metrics: dict[str, float]) -> dict[str, float]:
 
 def validate(experiment: Experiment, prepared: Prepared) -> Any:
     """Validation loss and bpb of the model as it is now (retrieval on, and off when asked)."""
-    from retro_platform.evaluation import evaluate
-
     retrieval = experiment.train.retrieval
     batches = prepared.data.batches("val", experiment.eval.batch_size, retrieval=retrieval)
     on_cuda = prepared.device.type == "cuda"
@@ -132,8 +130,6 @@ def evaluate_and_log(
 ) -> dict[str, float]:
     """The final evaluation, its per-chunk figures, the leakage table and plot, and sample
     generations, all logged."""
-    from retro_platform.evaluation.comparison import ChunkFigures
-
     result = validate(experiment, prepared)
     metrics = validation_metrics(result)
     run.log_metrics(step, metrics)
@@ -152,8 +148,6 @@ def evaluate_and_log(
 
 def log_leakage(experiment: Experiment, result: Any, run: Any, run_dir: Path) -> None:
     """The paper's leakage analysis: bpb by how much a chunk overlaps its neighbours."""
-    from retro_platform.evaluation.leakage import leakage_table, plot_leakage, write_leakage_csv
-
     rows = leakage_table(result, experiment.eval.leakage_buckets)
     table = run_dir / LEAKAGE_CSV
     folder = LEAKAGE_CSV.parent.as_posix()
@@ -165,9 +159,6 @@ def log_samples(
     experiment: Experiment, store: Any, index: Any, prepared: Prepared, run: Any
 ) -> None:
     """Sample generations with autoretrieval, and the documents each chunk retrieved."""
-    from retro_platform.evaluation.autoretrieval import ShuffledRetriever, make_retriever
-    from retro_platform.evaluation.samples import generate_samples, samples_markdown
-
     settings = experiment.generate
     prompts = [prepared.tokenizer.encode(text).ids.tolist() for text in settings.prompts]
     if not prompts:  # the starts of validation documents, which the model never trained on

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from retro_platform.evaluation.leakage import read_leakage_csv
 from retro_platform.runner.folder import LEAKAGE_CSV, RunOutcome
 from retro_platform.text_table import text_table
 from retro_platform.tracking.listing import FINAL_METRICS
@@ -39,8 +40,6 @@ def overlap_split(outcome: RunOutcome) -> str | None:
     path = outcome.run_dir / LEAKAGE_CSV
     if outcome.neighbours != "retrieved" or not path.exists():
         return None
-    from retro_platform.evaluation.leakage import read_leakage_csv
-
     header = ("overlap", "share of chunks", "bpb with retrieval", "same weights without", "gain")
     rows = [
         [

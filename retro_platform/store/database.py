@@ -31,19 +31,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, quote_plus
 
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event, inspect
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from retro_platform.errors import StoreError
-
-if TYPE_CHECKING:
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
+from retro_platform.store.models import Base
 
 logger = logging.getLogger(__name__)
 
@@ -269,8 +270,6 @@ def migrations_dir() -> Path:
 
 def alembic_config(url: str | URL | None = None) -> Config:
     """An Alembic ``Config`` built in code: our migrations, and ``url`` as ``sqlalchemy.url``."""
-    from alembic.config import Config
-
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     config.set_main_option("path_separator", "os")
@@ -281,8 +280,6 @@ def alembic_config(url: str | URL | None = None) -> Config:
 
 
 def _script() -> ScriptDirectory:
-    from alembic.script import ScriptDirectory
-
     return ScriptDirectory.from_config(alembic_config())
 
 
@@ -320,10 +317,6 @@ class _State:
 
 
 def _state(engine: Engine) -> _State:
-    from alembic.runtime.migration import MigrationContext
-
-    from retro_platform.store.models import Base
-
     with engine.connect() as connection:
         # tables first: SQLite reads each statement on its own, and a migration that commits
         # in between must not make a new store look like our tables without a revision
@@ -392,8 +385,6 @@ def upgrade(url: str | URL) -> tuple[str | None, str]:
     Used by ``retro-platform db upgrade``. Refuses, unchanged, a database this version cannot
     upgrade (an unknown revision, or our tables without a revision).
     """
-    from alembic import command
-
     parsed = _parse(url)
     head = head_revision()
     engine = make_engine(parsed)

@@ -1,6 +1,8 @@
 """An MLflow client for a checked tracking URI, and MLflow's errors as one line.
 
-mlflow is imported here, on first use, never at the import of the package: it takes seconds.
+mlflow is imported here, on first use, never at the import of the package: it takes seconds,
+and importing it sets up its telemetry (a client, and an installation id written under
+``~/.config/mlflow``) unless :func:`quiet_mlflow_environment` has turned telemetry off first.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from retro_platform.errors import RetroPlatformError
 from retro_platform.tracking.uri import check_reachable, safe_uri
@@ -35,7 +39,7 @@ def open_client(uri: str, *, timeout_s: float = 3.0) -> MlflowClient:
     """A client of ``uri`` after :func:`~retro_platform.tracking.uri.check_reachable`."""
     check_reachable(uri, timeout_s)
     quiet_mlflow_environment()
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # lazy: after quiet_mlflow_environment() (module docstring)
 
     return MlflowClient(tracking_uri=uri)
 
@@ -44,8 +48,7 @@ def open_client(uri: str, *, timeout_s: float = 3.0) -> MlflowClient:
 def tracking_errors(uri: str, doing: str = "use the tracking store") -> Iterator[None]:
     """Re-raise an MLflow (or database) error inside the block as a one-line
     :class:`TrackingError` that names the URI without its password."""
-    from mlflow.exceptions import MlflowException
-    from sqlalchemy.exc import SQLAlchemyError
+    from mlflow.exceptions import MlflowException  # lazy: see the module docstring
 
     try:
         yield

@@ -74,6 +74,7 @@ class SweepComparison:
 
 def read_comparison(client: MlflowClient, run_id: str) -> SweepComparison | None:
     """The comparison logged to the run ``run_id``, or None if its artifacts are gone."""
+    # lazy: importing mlflow starts its telemetry unless quiet_mlflow_environment() ran first
     from mlflow.exceptions import MlflowException
 
     with tempfile.TemporaryDirectory() as folder:
@@ -93,6 +94,7 @@ def read_comparison(client: MlflowClient, run_id: str) -> SweepComparison | None
 def list_runs(client: MlflowClient, experiment_id: str) -> list[RunSummary]:
     """Every active run of the experiment, oldest first, each sweep parent followed by its
     children (``depth`` 1)."""
+    # lazy: importing mlflow starts its telemetry unless quiet_mlflow_environment() ran first
     from mlflow.entities import ViewType
 
     found: list[Any] = []

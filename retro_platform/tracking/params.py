@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import retro_platform
 from retro_platform.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -100,8 +101,6 @@ def package_version() -> str:
     try:
         return metadata.version("retro-platform")
     except metadata.PackageNotFoundError:
-        import retro_platform
-
         return str(getattr(retro_platform, "__version__", "unknown"))
 
 

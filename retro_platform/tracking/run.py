@@ -28,6 +28,7 @@ from retro_platform.tracking.params import (
     mlflow_params,
     mlflow_tags,
 )
+from retro_platform.tracking.uri import sqlite_path
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -120,6 +121,7 @@ class TrackedRun:
         logged: a resumed run must be the same config. The run then goes back to the status
         it had before the resume, and a later :meth:`finish` leaves it so.
         """
+        # lazy: importing mlflow starts its telemetry unless quiet_mlflow_environment() ran first
         from mlflow.entities import Param
 
         wanted = mlflow_params(params)
@@ -148,6 +150,7 @@ class TrackedRun:
         for it is skipped: a job restarted from its last checkpoint repeats the steps it ran
         after that checkpoint, and each point belongs in the history once.
         """
+        # lazy: importing mlflow starts its telemetry unless quiet_mlflow_environment() ran first
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -160,6 +163,7 @@ class TrackedRun:
             self.client.log_batch(self.run_id, metrics=items[start : start + METRICS_PER_BATCH])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
+        # lazy: importing mlflow starts its telemetry unless quiet_mlflow_environment() ran first
         from mlflow.entities import RunTag
 
         for batch in batches(mlflow_tags(tags), PARAMS_PER_BATCH):
@@ -223,6 +227,7 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
     not in the working directory (MLflow's default), so they are found from anywhere.
     Raises :class:`ConfigError` if the experiment was deleted.
     """
+    # lazy: importing mlflow starts its telemetry unless quiet_mlflow_environment() ran first
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
@@ -249,8 +254,6 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
 
 
 def _artifact_location(client: MlflowClient, name: str) -> str | None:
-    from retro_platform.tracking.uri import sqlite_path
-
     database = sqlite_path(str(client.tracking_uri))
     if database is None:
         return None  # a server or another database decides
@@ -260,6 +263,7 @@ def _artifact_location(client: MlflowClient, name: str) -> str | None:
 
 def _resumable(client: MlflowClient, run_id: str, experiment_id: str, name: str):  # noqa: ANN202
     """``(run, None)`` for a run that can be resumed, else ``(None, why not)``."""
+    # lazy: importing mlflow starts its telemetry unless quiet_mlflow_environment() ran first
     from mlflow.exceptions import MlflowException
 
     try:

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from sqlalchemy.engine import make_url
+
 from retro_platform.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -84,8 +86,6 @@ def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:`` URI; None for other URIs and in-memory databases."""
     if scheme(uri) != "sqlite":
         return None
-    from sqlalchemy.engine import make_url
-
     database = make_url(uri).database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
@@ -129,8 +129,6 @@ def _absolute_sqlite(uri: str, base: Path) -> str:
     path = sqlite_path(uri)
     if path is None or path.is_absolute():
         return uri
-    from sqlalchemy.engine import make_url
-
     url = make_url(uri).set(database=str((base / path).resolve()))
     return url.render_as_string(hide_password=False)
 
@@ -155,8 +153,6 @@ def _refuse_store_database(uri: str, source: str, experiment: Experiment) -> Non
 
 
 def _same_database(uri: str, store_url: str, base: Path) -> bool:
-    from sqlalchemy.engine import make_url
-
     if scheme(uri) != scheme(store_url) or not is_database_uri(uri):
         return False
     if scheme(uri) == "sqlite":

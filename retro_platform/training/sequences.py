@@ -56,6 +56,7 @@ from retro_platform.corpus.chunk_table import (
     training_documents,
     validation_documents,
 )
+from retro_platform.corpus.ingest import find_corpus_id
 from retro_platform.errors import ConfigError, StoreError
 from retro_platform.neighbours.aligned import (
     TokenStream,
@@ -291,8 +292,6 @@ def load_sequence_data(
         )
     pad_id = tokenizer.pad_id
     if index_result is None:
-        from retro_platform.corpus.ingest import find_corpus_id
-
         corpus_id = find_corpus_id(experiment, store)
     else:
         corpus_id = index_result.corpus_id

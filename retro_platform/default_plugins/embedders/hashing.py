@@ -21,6 +21,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field
 
+from retro_platform.errors import ConfigError
 from retro_platform.hookspecs import hookimpl
 from retro_platform.protocols import Embedder, PluginOptions
 
@@ -71,8 +72,6 @@ class HashingEmbedder(Embedder):
     def __init__(self, options: HashingOptions) -> None:
         super().__init__(options)
         if options.ngram == 0 and not options.words:
-            from retro_platform.errors import ConfigError
-
             raise ConfigError("the hashing embedder needs ngram >= 1 or words = true")
 
     @property

