@@ -1,2 +1,2 @@
 """The store's Alembic environment, installed as ``retro_platform.migrations`` (see
-pyproject.toml); :func:`retro_platform.store.database.migrations_dir` finds it."""
+pyproject.toml); :func:`retro_platform.store.migrations.migrations_dir` finds it."""

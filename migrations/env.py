@@ -2,7 +2,7 @@
 
 Two ways in, one environment:
 
-- retro-platform itself (:mod:`retro_platform.store.database`) builds the Alembic ``Config`` in
+- retro-platform itself (:mod:`retro_platform.store.migrations`) builds the Alembic ``Config`` in
   code, with ``script_location`` taken from the installed package ``retro_platform.migrations``
   (this folder, shipped inside the wheel) and ``sqlalchemy.url`` from the experiment's
   ``[store]``;
@@ -24,8 +24,9 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from retro_platform.store.database import make_engine, safe_url
+from retro_platform.store.engine import make_engine
 from retro_platform.store.models import Base
+from retro_platform.store.urls import safe_url
 
 config = context.config
 if config.config_file_name is not None:

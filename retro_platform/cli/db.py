@@ -27,7 +27,8 @@ def upgrade(experiment_file: str, overrides: tuple[str, ...]) -> None:
 
     Creates the database if it is empty. Does nothing to a database already at the head.
     """
-    from retro_platform.store.database import safe_url, upgrade
+    from retro_platform.store.migrations import upgrade
+    from retro_platform.store.urls import safe_url
 
     experiment = load_experiment(experiment_file, overrides)
     url = experiment.store.database_url
@@ -47,7 +48,8 @@ def current(experiment_file: str, overrides: tuple[str, ...]) -> None:
     The head is the revision this version of retro-platform needs. Reads EXPERIMENT.toml's
     [store] table; changes nothing, and does not create a missing SQLite file.
     """
-    from retro_platform.store.database import head_revision, safe_url, schema_status
+    from retro_platform.store.migrations import head_revision, schema_status
+    from retro_platform.store.urls import safe_url
 
     experiment = load_experiment(experiment_file, overrides)
     url = experiment.store.database_url

@@ -18,7 +18,7 @@ from typing import Any
 
 from retro_platform.config.experiment import PLUGIN_TABLES, TABLES, Experiment
 from retro_platform.config.rules import encoding_options
-from retro_platform.store.database import safe_url
+from retro_platform.store.urls import safe_url
 
 #: MLflow's limit on a parameter value's length.
 MAX_VALUE_CHARS = 6000

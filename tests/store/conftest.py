@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from retro_platform.store import database
+from retro_platform.store import migrations
 from retro_platform.store.database import Store, open_store
 
 #: A second revision, written into a copy of the migrations by ``newer_migrations``.
@@ -62,16 +62,16 @@ def newer_migrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callabl
     """
 
     def activate() -> str:
-        head = database.head_revision()
+        head = migrations.head_revision()
         copy = tmp_path / "newer_migrations"
         shutil.copytree(
-            database.migrations_dir(), copy, ignore=shutil.ignore_patterns("__pycache__")
+            migrations.migrations_dir(), copy, ignore=shutil.ignore_patterns("__pycache__")
         )
         source = _NEXT_REVISION_SOURCE.format(revision=NEXT_REVISION, head=head)
         (copy / "versions" / f"99990101_{NEXT_REVISION}_test_extra.py").write_text(
             textwrap.dedent(source)
         )
-        monkeypatch.setattr(database, "migrations_dir", lambda: copy)
+        monkeypatch.setattr(migrations, "migrations_dir", lambda: copy)
         return head
 
     return activate

@@ -9,7 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from retro_platform.cli import cli
-from retro_platform.store.database import UPGRADE_COMMAND, head_revision, open_store, safe_url
+from retro_platform.store.database import open_store
+from retro_platform.store.migrations import UPGRADE_COMMAND, head_revision
+from retro_platform.store.urls import safe_url
 from tests.store.conftest import NEXT_REVISION, set_revision, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]

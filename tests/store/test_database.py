@@ -11,13 +11,12 @@ import pytest
 from sqlalchemy import create_engine, inspect, select, text
 
 from retro_platform.errors import StoreError
-from retro_platform.store import database
-from retro_platform.store.database import (
+from retro_platform.store.database import Store, open_store
+from retro_platform.store.engine import BUSY_TIMEOUT_SECONDS
+from retro_platform.store.migrations import (
     UPGRADE_COMMAND,
-    Store,
     current_revision,
     head_revision,
-    open_store,
     schema_status,
     upgrade,
 )
@@ -82,7 +81,7 @@ def test_sqlite_pragmas_are_on_for_every_connection(tmp_path: Path) -> None:
                 "foreign_keys": 1,
                 "journal_mode": "wal",
                 "synchronous": 1,  # NORMAL
-                "busy_timeout": database.BUSY_TIMEOUT_SECONDS * 1000,
+                "busy_timeout": BUSY_TIMEOUT_SECONDS * 1000,
             }
             store.engine.dispose()  # the second round runs on a brand-new connection
 

@@ -17,13 +17,9 @@ from sqlalchemy import insert, inspect, select
 
 from retro_platform.cli import cli
 from retro_platform.errors import StoreError
-from retro_platform.store.database import (
-    alembic_config,
-    head_revision,
-    make_engine,
-    open_store,
-    upgrade,
-)
+from retro_platform.store.database import open_store
+from retro_platform.store.engine import make_engine
+from retro_platform.store.migrations import alembic_config, head_revision, upgrade
 from retro_platform.store.models import Base, Chunk, Corpus, Document
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from retro_platform.store.database import head_revision, migrations_dir
+from retro_platform.store.migrations import head_revision, migrations_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -85,10 +85,11 @@ def test_an_installed_wheel_creates_a_store(wheel: Path, tmp_path: Path) -> None
     script = textwrap.dedent(
         f"""
         import retro_platform.store.database as database
+        import retro_platform.store.migrations as migrations
         assert database.__file__.startswith({str(target)!r}), database.__file__
-        print(database.migrations_dir())
+        print(migrations.migrations_dir())
         store = database.open_store("sqlite:///{tmp_path}/store/retro.db", "{tmp_path}/store")
-        print(database.current_revision("sqlite:///{tmp_path}/store/retro.db"))
+        print(migrations.current_revision("sqlite:///{tmp_path}/store/retro.db"))
         store.close()
         """
     )

@@ -13,7 +13,9 @@ from click.testing import CliRunner
 
 from retro_platform.cli import cli
 from retro_platform.errors import StoreError
-from retro_platform.store.database import open_store, safe_url, schema_status, scrub, upgrade
+from retro_platform.store.database import open_store
+from retro_platform.store.migrations import schema_status, upgrade
+from retro_platform.store.urls import safe_url, scrub
 from tests.postgres import USER, PostgresServer
 
 #: A wrong password with characters that need escaping in a URL.

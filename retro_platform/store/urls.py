@@ -1,0 +1,118 @@
+"""Database URLs: parsing them, keeping their passwords out of sight, one-line database errors.
+
+Passwords are never shown: every URL we print or log goes through :func:`safe_url`, and every
+database error raised inside :func:`database_errors` (cannot connect, authentication failed,
+database locked, ...) is re-raised as a one-line :class:`~retro_platform.errors.StoreError`
+with the password scrubbed from the driver's text (:func:`scrub`). An ``IntegrityError`` (a
+unique or foreign-key violation) is passed through unchanged, so that callers can react to it.
+
+This module stays light: of SQLAlchemy it imports only ``URL``, ``make_url`` and the exceptions,
+never Alembic or the ORM, so that ``config/resolved.py`` can mask a URL without loading them.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import quote, quote_plus
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, make_url
+
+from retro_platform.errors import StoreError
+
+_MASK = "***"
+
+
+# ---------------------------------------------------------------- passwords out of sight
+
+
+def safe_url(url: str | URL) -> str:
+    """``url`` with its password replaced by ``***``: the only form of a URL we print or log."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (sa_exc.ArgumentError, ValueError, TypeError):
+        # not parseable: hide whatever sits between "user:" and "@"
+        return re.sub(r"(//[^/:@]*:)[^@]*@", rf"\g<1>{_MASK}@", str(url))
+
+
+def _secrets(url: str | URL) -> list[str]:
+    """Every spelling of the password of ``url`` that could turn up in a message."""
+    found: set[str] = set()
+    try:
+        password = make_url(url).password
+    except (sa_exc.ArgumentError, ValueError, TypeError):
+        password = None
+    if password:
+        found |= {str(password), quote(str(password), safe=""), quote_plus(str(password))}
+    raw = re.search(r"//[^/:@]*:([^@]*)@", str(url))
+    if raw and raw.group(1):
+        found.add(raw.group(1))
+    return sorted(found, key=len, reverse=True)
+
+
+def scrub(text: str, url: str | URL) -> str:
+    """``text`` on one line, with the URL masked and every spelling of its password removed."""
+    text = str(text)
+    raw = url.render_as_string(hide_password=False) if isinstance(url, URL) else url
+    if raw:
+        text = text.replace(raw, safe_url(url))
+    for secret in _secrets(url):
+        text = text.replace(secret, _MASK)
+    return " ".join(text.split())
+
+
+def _describe(error: BaseException, url: str | URL) -> str:
+    """The driver's own words for ``error`` (not SQLAlchemy's wrapper), scrubbed, shortened."""
+    if isinstance(error, sa_exc.DBAPIError) and error.orig is not None:
+        text = str(error.orig) or type(error.orig).__name__
+    else:
+        text = str(error) or type(error).__name__
+    text = re.sub(r"\(Background on this error at: [^)]*\)", "", text)
+    text = scrub(text, url)
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+@contextmanager
+def database_errors(url: str | URL, doing: str) -> Iterator[None]:
+    """Re-raise any database error inside the block as a one-line, password-free StoreError.
+
+    ``doing`` completes "cannot ... <url>" (e.g. ``"open the store database"``).
+    ``IntegrityError`` passes through unchanged: it is the caller's to handle.
+    """
+    try:
+        yield
+    except sa_exc.IntegrityError:
+        raise
+    except (sa_exc.SQLAlchemyError, sqlite3.Error) as error:
+        message = f"cannot {doing} {safe_url(url)}: {_describe(error, url)}"
+        raise StoreError(message) from None
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _parse(url: str | URL) -> URL:
+    try:
+        return make_url(url)
+    except (sa_exc.ArgumentError, ValueError, TypeError):
+        # not echoed: an unparseable URL could hide its password anywhere
+        raise StoreError(
+            "the store's database URL is not a SQLAlchemy URL (expected e.g. "
+            "sqlite:///store/retro.db or postgresql+psycopg://user:password@host:5432/database)"
+        ) from None
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    """The file of a SQLite URL, or None for an in-memory or URI-style database."""
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:") or url.query.get("uri"):
+        return None
+    return Path(database)
