@@ -14,10 +14,10 @@ Texts are passed to the model's tokenizer unchanged, for stored chunks and queri
 WordPiece tokenizer already ignores how whitespace is laid out.
 
 Speed: on the CPU, a call of at least :data:`POOL_MIN_TEXTS` texts is shared out between
-``workers`` processes (one per core by default), each holding the model and running one thread
-per core it owns: on two cores this ran 2.8x faster than one process with two threads while
-other jobs shared the machine, because a descheduled thread stalls the whole team of an
-intra-op parallel matrix product but not another process. Each process hands
+``workers`` processes (one per core by default; :mod:`.worker_pool`), each holding the model
+and running one thread per core it owns: on two cores this ran 2.8x faster than one process
+with two threads while other jobs shared the machine, because a descheduled thread stalls the
+whole team of an intra-op parallel matrix product but not another process. Each process hands
 sentence-transformers' ``encode`` all its texts at once, which sorts them by length so that
 each batch pads little, and restores their order. fp32 is
 the default because it was the fastest on the CPUs we measured (AVX-512, no AMX: bfloat16
@@ -31,12 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pickle
-import subprocess
-import sys
 import threading
-import time
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -45,6 +40,7 @@ import numpy as np
 from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from retro_platform.default_plugins.embedders.worker_pool import _WorkerPool
 from retro_platform.errors import ConfigError
 from retro_platform.hookspecs import hookimpl
 from retro_platform.protocols import Embedder, PluginOptions, RelativePath
@@ -195,7 +191,9 @@ class SentenceTransformerEmbedder(Embedder):
         mix of lengths), and put the rows back in the caller's order."""
         with self._lock:
             if self._pool is None:
-                self._pool = _WorkerPool(self._settings(), self.workers, self.threads)
+                self._pool = _WorkerPool(
+                    self._settings(), self.workers, self.threads, _load_model, _encode
+                )
             pool = self._pool
         order = np.argsort(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)))
         shards = [order[i :: self.workers] for i in range(self.workers)]
@@ -282,145 +280,6 @@ def _encode(model: Any, texts: list[str], settings: dict[str, Any]) -> np.ndarra
         )
         vectors = torch.nn.functional.normalize(vectors.float(), dim=1)
     return np.ascontiguousarray(vectors.cpu().numpy(), dtype=np.float32)
-
-
-class _WorkerPool:
-    """Worker processes that each hold the model and embed a share of every call.
-
-    Each worker is a fresh interpreter (``python -c``, so a user's ``__main__`` is never
-    re-run, unlike multiprocessing's spawn) that talks pickle over its stdin and stdout. A
-    worker exits when its stdin closes: at :meth:`close`, or when this process ends.
-    """
-
-    def __init__(self, settings: dict[str, Any], workers: int, threads: int) -> None:
-        env = {
-            **os.environ,
-            "OMP_NUM_THREADS": str(threads),
-            "MKL_NUM_THREADS": str(threads),
-            "TOKENIZERS_PARALLELISM": "false",
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "PYTHONPATH": os.pathsep.join(path for path in sys.path if path),
-        }
-        command = [sys.executable, "-c", f"from {__name__} import _serve; _serve()"]
-        self._procs = [
-            subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-            for _ in range(workers)
-        ]
-        self._finalizer = weakref.finalize(self, _stop, self._procs)
-        try:
-            for proc in self._procs:
-                _send(proc, {**settings, "threads": threads})
-            for proc in self._procs:
-                _receive(proc)  # "ready", or the worker's one-line error
-        except BaseException:
-            self.close()
-            raise
-
-    def map(self, shards: list[list[str]]) -> list[np.ndarray]:
-        """Each worker embeds one shard; their results, in order."""
-        try:
-            for proc, shard in zip(self._procs, shards, strict=True):
-                _send(proc, shard)
-            return [_receive(proc) for proc in self._procs]
-        except BaseException:
-            self.close()  # a worker's stream is out of step now: never reuse it
-            raise
-
-    def close(self) -> None:
-        self._finalizer()
-
-
-def _send(proc: subprocess.Popen, message: Any) -> None:
-    try:
-        pickle.dump(message, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-        proc.stdin.flush()
-    except (BrokenPipeError, OSError):
-        raise RuntimeError(_died(proc)) from None
-
-
-def _receive(proc: subprocess.Popen) -> Any:
-    try:
-        kind, value = pickle.load(proc.stdout)
-    except (EOFError, OSError, pickle.UnpicklingError):
-        raise RuntimeError(_died(proc)) from None
-    if kind == "config-error":
-        raise ConfigError(value)
-    if kind == "error":
-        raise RuntimeError(f"an embedding worker failed: {value}")
-    return value
-
-
-def _died(proc: subprocess.Popen) -> str:
-    try:
-        code = proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        code = None
-    return f"an embedding worker process stopped (exit code {code}); its error is above"
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        with contextlib.suppress(OSError):
-            proc.stdin.close()
-    for proc in procs:
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        with contextlib.suppress(OSError):
-            proc.stdout.close()
-
-
-def _die_with_parent() -> None:
-    """End this worker within a second of its parent's death, even a death by a signal that
-    left no time for :meth:`_WorkerPool.close` (a busy worker would not see EOF until it has
-    finished its texts): a watchdog thread notices that the parent process changed."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
-
-
-def _serve() -> None:
-    """The loop of a worker process: settings, then texts in and vectors out until EOF."""
-    _die_with_parent()
-    protocol_out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # anything a library prints goes to stderr, not into the protocol stream
-    sys.stdout = sys.stderr
-    protocol_in = sys.stdin.buffer
-
-    def reply(kind: str, value: Any) -> None:
-        pickle.dump((kind, value), protocol_out, protocol=pickle.HIGHEST_PROTOCOL)
-        protocol_out.flush()
-
-    settings = pickle.load(protocol_in)
-    try:
-        import torch  # lazy: a plugin imports its backend when used, not when it registers
-
-        torch.set_num_threads(settings["threads"])
-        model = _load_model(settings)
-    except ConfigError as error:
-        reply("config-error", str(error))
-        return
-    except Exception as error:  # reported in the parent, which stops
-        reply("error", f"{type(error).__name__}: {' '.join(str(error).split())}")
-        return
-    reply("ready", _model_dimension(model))
-    while True:
-        try:
-            texts = pickle.load(protocol_in)
-        except EOFError:
-            return
-        try:
-            reply("ok", _encode(model, texts, settings))
-        except Exception as error:
-            reply("error", f"{type(error).__name__}: {' '.join(str(error).split())}")
 
 
 # --- helpers ---------------------------------------------------------------------------------
