@@ -45,7 +45,9 @@ def _fraction_holding_out_one(path: Path, max_files: int) -> float:
     data = tomllib.loads(path.read_text())
     data["corpus"]["max_files"] = max_files
     experiment = experiment_from_dict(data, base_dir=path.parent, source=path)
-    ids = [document.external_id for document in experiment.plugin("corpus").documents()]
+    ids = [
+        document.external_id for document in experiment.plugin_table("corpus").build().documents()
+    ]
     for tenths in range(1, 10):
         held_out = sum(is_validation(external_id, tenths / 10) for external_id in ids)
         if 0 < held_out < len(ids):

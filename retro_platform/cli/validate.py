@@ -31,7 +31,7 @@ def validate(experiment_file: str, overrides: tuple[str, ...]) -> None:
 
 def summary(experiment: Experiment, points: int) -> list[str]:
     """What a reader wants to know about a valid file, in a few lines."""
-    plugins = ", ".join(f"{table} {experiment.plugin_options(table)[0]}" for table in PLUGIN_TABLES)
+    plugins = ", ".join(f"{table} {experiment.plugin_table(table).name}" for table in PLUGIN_TABLES)
     model, train, retrieval = experiment.model, experiment.train, experiment.retrieval
     lines = [
         f"{experiment.source}: valid",
@@ -79,16 +79,16 @@ def _parameters(experiment: Experiment) -> str:
 def _vocabulary(experiment: Experiment) -> int | None:
     """The tokenizer's vocabulary size when it is known without the store: a built-in
     tokenizer with a fixed vocabulary, or one that trains to its ``vocab_size`` option."""
-    from retro_platform.plugins import DISTRIBUTION, get_registration
+    from retro_platform.plugins import DISTRIBUTION
 
-    name, options = experiment.plugin_options("tokenizer")
-    registration = get_registration("tokenizers", name)
+    tokenizer = experiment.plugin_table("tokenizer")
+    registration = tokenizer.registration
     if getattr(registration.factory, "needs_training", False):
-        size = options.get("vocab_size")
+        size = tokenizer.options.get("vocab_size")
         return size if isinstance(size, int) else None
     if registration.distribution != DISTRIBUTION:
         return None  # a third party's tokenizer may be slow to build: do not guess
-    return experiment.plugin("tokenizer").vocab_size
+    return tokenizer.build().vocab_size
 
 
 def _millions(count: int) -> str:

@@ -3,8 +3,8 @@
 Every table is a pydantic model that forbids unknown keys, so a typo is reported with its
 table, its key and the closest valid key. Plugin tables (``[corpus]``, ``[tokenizer]``,
 ``[embedder]``, ``[retriever]``) hold ``name`` plus the plugin's own options; those options are
-validated by the plugin itself (:func:`retro_platform.plugins.plugin_options`) when a stage
-builds it, and by :meth:`Experiment.check_plugins` before any work. Relative paths are taken
+validated by the plugin itself, once (:meth:`Experiment.plugin_table`), by
+:meth:`Experiment.check_plugins` before any work. Relative paths are taken
 from the experiment file's folder.
 
 The runner's tables (``[model]``, ``[train]``, ``[eval]``, ``[generate]``, ``[mlflow]``,
@@ -13,15 +13,17 @@ The runner's tables (``[model]``, ``[train]``, ``[eval]``, ``[generate]``, ``[ml
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from retro_platform.config.overrides import apply_overrides
+from retro_platform.config.plugin_table import PluginTable, validate_plugin_table
 from retro_platform.config.runner_tables import (
     EvalTable,
     GenerateTable,
@@ -30,8 +32,8 @@ from retro_platform.config.runner_tables import (
     SweepTable,
     TrainTable,
 )
-from retro_platform.errors import ConfigError, UnknownPluginError, did_you_mean
-from retro_platform.protocols.options import BASE_DIR, RelativePath, options_dict, stored_options
+from retro_platform.errors import ConfigError, did_you_mean
+from retro_platform.protocols.options import BASE_DIR, RelativePath
 
 #: The plugin tables: table name -> plugin family.
 PLUGIN_TABLES: dict[str, str] = {
@@ -114,48 +116,38 @@ class Experiment(_Table):
     source: Path | None = Field(None, exclude=True)
     base_dir: Path = Field(Path("."), exclude=True)
 
-    def plugin(self, table: str, *args: Any) -> Any:
-        """Build the plugin of a plugin table (``"corpus"``, ``"embedder"``, ...)."""
-        # lazy: keeps the plugin registry out of retro-platform --help
-        from retro_platform.plugins import build_plugin
+    _plugin_tables: dict[tuple[str, str, str], PluginTable] = PrivateAttr(default_factory=dict)
 
-        return build_plugin(
-            PLUGIN_TABLES[table],
-            getattr(self, table),
-            *args,
-            table_name=table,
-            base_dir=self.base_dir,
-        )
-
-    def plugin_options(self, table: str) -> tuple[str, dict[str, Any]]:
-        """A plugin table's name and its validated options, defaults filled in."""
-        # lazy: keeps the plugin registry out of retro-platform --help
-        from retro_platform.plugins import plugin_options
-
-        try:
-            registration, options = plugin_options(
-                PLUGIN_TABLES[table], getattr(self, table), table_name=table, base_dir=self.base_dir
-            )
-        except UnknownPluginError as error:  # the registry's message does not name the table
-            raise UnknownPluginError(f"[{table}] name: {error}") from None
-        return registration.name, options_dict(options)
-
-    def plugin_stored_options(self, table: str) -> tuple[str, dict[str, Any]]:
-        """Like :meth:`plugin_options` without the plugin's runtime options (batch size,
-        device, search breadth, ...): what fingerprints a stored result."""
-        # lazy: keeps the plugin registry out of retro-platform --help
-        from retro_platform.plugins import plugin_options
-
-        registration, options = plugin_options(
-            PLUGIN_TABLES[table], getattr(self, table), table_name=table, base_dir=self.base_dir
-        )
-        return registration.name, stored_options(options)
+    def plugin_table(self, table: str) -> PluginTable:
+        """A plugin table (``"corpus"``, ``"embedder"``, ...) validated against its plugin: the
+        first call validates it, later ones return the same object. Raises a one-line
+        ``ConfigError`` naming the table and key."""
+        values = getattr(self, table)
+        # keyed by content: a copied or edited experiment never reads another's validation
+        key = (table, json.dumps(values, sort_keys=True, default=str), str(self.base_dir))
+        found = self._plugin_tables.get(key)
+        if found is None:
+            found = validate_plugin_table(table, PLUGIN_TABLES[table], values, self.base_dir)
+            self._plugin_tables[key] = found
+        return found
 
     def check_plugins(self) -> None:
         """Validate every plugin table against its plugin; raise ``ConfigError`` on the first
         problem."""
         for table in PLUGIN_TABLES:
-            self.plugin_options(table)
+            self.plugin_table(table)
+
+    def __eq__(self, other: object) -> bool:
+        # the validated plugin tables are a cache of the fields, not a part of the experiment
+        if not isinstance(other, Experiment):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    @property
+    def hint_file(self) -> str:
+        """The experiment file as a fix-it hint names it (``retro-platform index FILE``): its
+        path, or ``EXPERIMENT.toml`` for an experiment built in code."""
+        return str(self.source or "EXPERIMENT.toml")
 
 
 def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> Experiment:

@@ -36,8 +36,8 @@ def resolved_config(experiment: Experiment) -> dict[str, Any]:
         if table == "sweep":
             continue
         if table in PLUGIN_TABLES:
-            name, options = experiment.plugin_options(table)
-            resolved[table] = {"name": name, **options}
+            plugin = experiment.plugin_table(table)
+            resolved[table] = {"name": plugin.name, **plugin.options}
         else:
             resolved[table] = getattr(experiment, table).model_dump(mode="json")
     resolved["store"]["url"] = safe_url(experiment.store.database_url)

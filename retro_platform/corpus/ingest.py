@@ -92,9 +92,9 @@ def ingest(experiment: Experiment, store: Any, *, progress: bool | None = None) 
         progress: show a progress bar (None: only on a terminal).
     """
     started = time.perf_counter()
-    reader: CorpusReader = experiment.plugin("corpus")
+    reader: CorpusReader = experiment.plugin_table("corpus").build()
     reader.check()
-    tokenizer: Tokenizer = experiment.plugin("tokenizer")
+    tokenizer: Tokenizer = experiment.plugin_table("tokenizer").build()
     corpus_id = prepare_corpus(experiment, store, reader, tokenizer)
     report = IngestReport(corpus_id)
     chunk_size = experiment.retrieval.chunk_size
@@ -133,8 +133,8 @@ def prepare_corpus(
     A tokenizer that learns from the corpus is trained once, on the corpus's usable texts, and
     saved in the store folder; every later stage (and run) loads that file.
     """
-    reader_name, reader_options = experiment.plugin_options("corpus")
-    tokenizer_name, tokenizer_options = experiment.plugin_options("tokenizer")
+    reader_table = experiment.plugin_table("corpus")
+    tokenizer_table = experiment.plugin_table("tokenizer")
     key = corpus_fingerprint(experiment)
     tokenizer_file = None
     if tokenizer.needs_training:
@@ -146,7 +146,7 @@ def prepare_corpus(
             if first is None:
                 raise CorpusError(
                     f"the corpus ({reader.describe()}) has no usable documents to train the "
-                    f"{tokenizer_name!r} tokenizer on; check the [corpus] table"
+                    f"{tokenizer_table.name!r} tokenizer on; check the [corpus] table"
                 )
             with atomic_destination(path) as partial:  # a killed training leaves no half file
                 tokenizer.train(itertools.chain([first], texts), partial)
@@ -157,10 +157,10 @@ def prepare_corpus(
         if corpus is None:
             corpus = Corpus(
                 fingerprint=key,
-                reader=reader_name,
-                reader_options=reader_options,
-                tokenizer=tokenizer_name,
-                tokenizer_options=tokenizer_options,
+                reader=reader_table.name,
+                reader_options=reader_table.options,
+                tokenizer=tokenizer_table.name,
+                tokenizer_options=tokenizer_table.options,
                 tokenizer_file=tokenizer_file,
                 vocab_size=tokenizer.vocab_size,
                 pad_id=tokenizer.pad_id,
@@ -174,13 +174,13 @@ def prepare_corpus(
 
 def corpus_fingerprint(experiment: Experiment) -> str:
     """What identifies the experiment's corpus: reader, tokenizer and chunk size, all options."""
-    reader_name, reader_options = experiment.plugin_options("corpus")
-    tokenizer_name, tokenizer_options = experiment.plugin_options("tokenizer")
+    reader = experiment.plugin_table("corpus")
+    tokenizer = experiment.plugin_table("tokenizer")
     return fingerprint(
-        reader=reader_name,
-        reader_options=reader_options,
-        tokenizer=tokenizer_name,
-        tokenizer_options=tokenizer_options,
+        reader=reader.name,
+        reader_options=reader.options,
+        tokenizer=tokenizer.name,
+        tokenizer_options=tokenizer.options,
         chunk_size=experiment.retrieval.chunk_size,
     )
 
@@ -194,7 +194,7 @@ def find_corpus_id(experiment: Experiment, store: Any) -> int:
             select(Document.id).where(Document.corpus_id == corpus_id).limit(1)
         )
     if not has_documents:
-        source = experiment.source or "EXPERIMENT.toml"
+        source = experiment.hint_file
         raise StoreError(
             f"this experiment's corpus is not ingested yet (no documents for its [corpus], "
             f"[tokenizer] and chunk_size); run: retro-platform ingest {source}"
@@ -204,7 +204,7 @@ def find_corpus_id(experiment: Experiment, store: Any) -> int:
 
 def load_tokenizer(experiment: Experiment, store: Any, corpus: Corpus) -> Tokenizer:
     """The tokenizer a stored corpus was cut with, loaded from the store where it trained."""
-    tokenizer: Tokenizer = experiment.plugin("tokenizer")
+    tokenizer: Tokenizer = experiment.plugin_table("tokenizer").build()
     if corpus.tokenizer_file:
         tokenizer.load(store.path(corpus.tokenizer_file))
     return tokenizer

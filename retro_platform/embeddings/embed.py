@@ -51,9 +51,15 @@ class EmbeddingFile:
         return open_vectors(self.path, self.count, self.dimension, mode="r")
 
 
-def embedding_fingerprint(corpus: Corpus, embedder: str, options: dict[str, Any]) -> str:
+def embedding_fingerprint(experiment: Experiment, corpus: Corpus) -> str:
+    """What identifies the embeddings of ``corpus`` (at its version) by the experiment's
+    embedder: its name and every option but the runtime ones."""
+    embedder = experiment.plugin_table("embedder")
     return fingerprint(
-        corpus=corpus.fingerprint, version=corpus.version, embedder=embedder, options=options
+        corpus=corpus.fingerprint,
+        version=corpus.version,
+        embedder=embedder.name,
+        options=embedder.stored_options,
     )
 
 
@@ -71,20 +77,19 @@ def embed_corpus(
     ``reembed`` embeds again from the first chunk even when a finished set is stored (for a
     model whose files changed under the same options).
     """
-    name, options = experiment.plugin_options("embedder")
-    _, identity = experiment.plugin_stored_options("embedder")
-    embedder = embedder or experiment.plugin("embedder")
+    table = experiment.plugin_table("embedder")
+    embedder = embedder or table.build()
     with store.session() as session:
         corpus = session.get(Corpus, corpus_id)
-        key = embedding_fingerprint(corpus, name, identity)
+        key = embedding_fingerprint(experiment, corpus)
         row = session.scalar(select(EmbeddingSet).where(EmbeddingSet.fingerprint == key))
         count = count_chunks(session, corpus_id)
         if row is None:
             row = EmbeddingSet(
                 corpus_id=corpus_id,
                 fingerprint=key,
-                embedder=name,
-                embedder_options=options,
+                embedder=table.name,
+                embedder_options=table.options,
                 corpus_version=corpus.version,
                 dimension=embedder.dimension,
                 normalized=embedder.normalized,
@@ -107,9 +112,9 @@ def embed_corpus(
 
     if embedder.dimension != record["dimension"]:
         raise ConfigError(
-            f"embedder {name!r} now gives {embedder.dimension}-d vectors but the stored "
+            f"embedder {table.name!r} now gives {embedder.dimension}-d vectors but the stored "
             f"embeddings of this corpus are {record['dimension']}-d (did the model change?); "
-            f"run: retro-platform index {experiment.source or 'EXPERIMENT.toml'} --reembed"
+            f"run: retro-platform index {experiment.hint_file} --reembed"
         )
     path = store.path(record["file"])
     if record["status"] == READY and path.exists():

@@ -19,7 +19,7 @@ from retro_platform.corpus.chunk_table import ChunkTable, load_chunk_table
 from retro_platform.corpus.ingest import find_corpus_id
 from retro_platform.errors import ConfigError
 from retro_platform.evaluation.samples import NeighbourChunk
-from retro_platform.index.build import IndexRecord, open_index
+from retro_platform.index.build import IndexRecord, open_run_index
 from retro_platform.neighbours.aligned import (
     TokenStream,
     aligned_neighbour_tokens,
@@ -137,13 +137,9 @@ def make_retriever(
         raise ConfigError(
             f"the embedder gives {embedder.dimension}-d vectors but index {index_record.id} "
             f"holds {index_record.dimension}-d ones (did the model change?); run: "
-            f"retro-platform index {experiment.source or 'EXPERIMENT.toml'} --reembed"
+            f"retro-platform index {experiment.hint_file} --reembed"
         )
-    retriever = open_index(
-        index_record,
-        str(experiment.source or "EXPERIMENT.toml"),
-        experiment.plugin_options("retriever")[1],
-    )
+    retriever = open_run_index(experiment, index_record)
     if table is None or chunk_tokens is None:
         corpus_id = find_corpus_id(experiment, store)
         with store.session() as session:

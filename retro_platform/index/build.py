@@ -52,12 +52,15 @@ class IndexRecord:
         )
 
 
-def index_fingerprint(embeddings: EmbeddingFile, retriever: str, options: dict, fraction: float):
+def index_fingerprint(experiment: Experiment, embeddings: EmbeddingFile) -> str:
+    """What identifies the experiment's index over ``embeddings``: the retriever, every option
+    but the search-time ones, and the validation split (held-out chunks are left out)."""
+    retriever = experiment.plugin_table("retriever")
     return fingerprint(
         embeddings=embeddings.fingerprint,
-        retriever=retriever,
-        options=options,
-        validation_fraction=fraction,
+        retriever=retriever.name,
+        options=retriever.stored_options,
+        validation_fraction=experiment.retrieval.validation_fraction,
     )
 
 
@@ -76,19 +79,18 @@ def build_index(
     log: Any = print,
 ) -> IndexRecord:
     """The experiment's index over ``embeddings``: reused when built, else built now."""
-    name, options = experiment.plugin_options("retriever")
-    _, identity = experiment.plugin_stored_options("retriever")
+    plugin = experiment.plugin_table("retriever")
     fraction = experiment.retrieval.validation_fraction
-    key = index_fingerprint(embeddings, name, identity, fraction)
-    retriever: Retriever = experiment.plugin("retriever", embeddings.dimension)
+    key = index_fingerprint(experiment, embeddings)
+    retriever: Retriever = plugin.build(embeddings.dimension)
     with store.session() as session:
         row = session.scalar(select(VectorIndex).where(VectorIndex.fingerprint == key))
         if row is None:
             row = VectorIndex(
                 embedding_set_id=embeddings.id,
                 fingerprint=key,
-                retriever=name,
-                retriever_options=options,
+                retriever=plugin.name,
+                retriever_options=plugin.options,
                 validation_fraction=fraction,
                 dimension=embeddings.dimension,
                 file=f"indexes/{short(key)}{retriever.file_suffix}",
@@ -112,7 +114,7 @@ def build_index(
             "lower [retrieval] validation_fraction"
         )
     started = time.perf_counter()
-    log(f"building {name} index over {len(rows)} chunks ({len(table) - len(rows)} held out)")
+    log(f"building {plugin.name} index over {len(rows)} chunks ({len(table) - len(rows)} held out)")
     vectors = np.ascontiguousarray(embeddings.open()[rows])
     retriever.build(vectors, table.chunk_ids[rows])
     with atomic_destination(path) as partial:
@@ -150,3 +152,10 @@ def open_index(
             f"{record.count}; {rebuild}"
         )
     return retriever
+
+
+def open_run_index(experiment: Experiment, record: IndexRecord) -> Retriever:
+    """The experiment's finished index, ready to search: loaded with the retriever it was built
+    with and the experiment's current options (a search breadth may differ from the build's);
+    a missing or damaged file says how to rebuild it."""
+    return open_index(record, experiment.hint_file, experiment.plugin_table("retriever").options)

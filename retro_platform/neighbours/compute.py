@@ -103,7 +103,7 @@ def compute_neighbours(
     k = experiment.retrieval.neighbours
     exclusion = "same-document" if experiment.retrieval.exclude_same_document else "none"
     # the index's fingerprint leaves search-time options out; the neighbours depend on them
-    _, search_options = experiment.plugin_options("retriever")
+    search_options = experiment.plugin_table("retriever").options
     key = fingerprint(index=index.fingerprint, search=search_options, k=k, exclusion=exclusion)
     with store.session() as session:
         row = session.scalar(select(NeighbourSet).where(NeighbourSet.fingerprint == key))

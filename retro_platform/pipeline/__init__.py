@@ -16,7 +16,7 @@ from retro_platform.config import Experiment
 from retro_platform.corpus.ingest import find_corpus_id, ingest
 from retro_platform.embeddings.embed import EmbeddingFile, embed_corpus, embedding_fingerprint
 from retro_platform.errors import ConfigError, IndexFileError
-from retro_platform.index.build import IndexRecord, build_index, index_fingerprint, open_index
+from retro_platform.index.build import IndexRecord, build_index, index_fingerprint, open_run_index
 from retro_platform.neighbours.compute import NeighbourFile, compute_neighbours
 from retro_platform.protocols import MISSING, Embedder
 from retro_platform.store.models import READY, Chunk, Corpus, Document, EmbeddingSet, VectorIndex
@@ -51,11 +51,7 @@ def run_index(
     corpus_id = find_corpus_id(experiment, store)
     embeddings = embed_corpus(experiment, store, corpus_id, reembed=reembed, progress=progress)
     index = build_index(experiment, store, corpus_id, embeddings, rebuild=rebuild, log=log)
-    retriever = open_index(
-        index,
-        str(experiment.source or "EXPERIMENT.toml"),
-        experiment.plugin_options("retriever")[1],
-    )
+    retriever = open_run_index(experiment, index)
     neighbours = compute_neighbours(
         experiment,
         store,
@@ -85,18 +81,14 @@ def search(
     if k < 1:
         raise ConfigError("-k must be at least 1")
     index = stored_index(experiment, store)
-    retriever = open_index(
-        index,
-        str(experiment.source or "EXPERIMENT.toml"),
-        experiment.plugin_options("retriever")[1],
-    )
-    embedder = embedder or experiment.plugin("embedder")
+    retriever = open_run_index(experiment, index)
+    embedder = embedder or experiment.plugin_table("embedder").build()
     vector = np.asarray(embedder.embed([query]), dtype=np.float32)
     if vector.shape != (1, index.dimension):
         raise ConfigError(
             f"the embedder gives {vector.shape[-1]}-d vectors but index {index.id} holds "
             f"{index.dimension}-d ones (did the model change?); run: retro-platform index "
-            f"{experiment.source or 'EXPERIMENT.toml'} --reembed"
+            f"{experiment.hint_file} --reembed"
         )
     scores, ids = retriever.search(vector, k)
     found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i != MISSING]
@@ -113,7 +105,7 @@ def search(
     if missing:
         raise IndexFileError(
             f"index {index.id} returned chunk ids that are not in SQL (e.g. {missing[0]}); "
-            f"run: retro-platform store check {experiment.source or 'EXPERIMENT.toml'}"
+            f"run: retro-platform store check {experiment.hint_file}"
         )
     return [SearchHit(score, i, *rows[i]) for score, i in found]
 
@@ -121,21 +113,18 @@ def search(
 def stored_index(experiment: Experiment, store: Any) -> IndexRecord:
     """The finished index of the experiment's current corpus, embedder and retriever."""
     corpus_id = find_corpus_id(experiment, store)
-    embedder_name, embedder_options = experiment.plugin_stored_options("embedder")
-    retriever_name, retriever_options = experiment.plugin_stored_options("retriever")
-    fraction = experiment.retrieval.validation_fraction
     with store.session() as session:
         corpus = session.get(Corpus, corpus_id)
-        key = embedding_fingerprint(corpus, embedder_name, embedder_options)
+        key = embedding_fingerprint(experiment, corpus)
         embedding_set = session.scalar(select(EmbeddingSet).where(EmbeddingSet.fingerprint == key))
         row = None
         if embedding_set is not None and embedding_set.status == READY:
             embeddings = EmbeddingFile.from_row(embedding_set, store)
-            index_key = index_fingerprint(embeddings, retriever_name, retriever_options, fraction)
+            index_key = index_fingerprint(experiment, embeddings)
             row = session.scalar(select(VectorIndex).where(VectorIndex.fingerprint == index_key))
         if row is None or row.status != READY:
             raise IndexFileError(
                 "no finished index for this experiment's [embedder] and [retriever]; "
-                f"run: retro-platform index {experiment.source or 'EXPERIMENT.toml'}"
+                f"run: retro-platform index {experiment.hint_file}"
             )
         return IndexRecord.from_row(row, store)

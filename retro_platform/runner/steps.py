@@ -176,7 +176,7 @@ def log_samples(
             store,
             index.index,
             prepared.tokenizer,
-            experiment.plugin("embedder"),
+            experiment.plugin_table("embedder").build(),
             table=prepared.data.table,
             chunk_tokens=prepared.data.chunk_tokens,
             stream=prepared.data.stream,

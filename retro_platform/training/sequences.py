@@ -318,7 +318,7 @@ def load_sequence_data(
             raise StoreError(
                 f"the neighbour file {stored.path} holds {stored.k} neighbours of "
                 f"{stored.count} chunks, not {k} of {len(table)}; run: retro-platform index "
-                f"{experiment.source or 'EXPERIMENT.toml'} --rebuild"
+                f"{experiment.hint_file} --rebuild"
             )
         neighbour_ids = np.asarray(stored.open()[:, :k])
     try:
@@ -326,7 +326,7 @@ def load_sequence_data(
     except KeyError:
         raise StoreError(
             "the neighbour file names chunks that are no longer in the corpus; run: "
-            f"retro-platform index {experiment.source or 'EXPERIMENT.toml'} --rebuild"
+            f"retro-platform index {experiment.hint_file} --rebuild"
         ) from None
 
     is_val = np.isin(table.document_ids, held_out)

@@ -94,7 +94,7 @@ def test_an_override_beats_the_file_and_the_last_one_wins(
     assert experiment.train.lr == 1e-4
     assert experiment.train.seq_len == 128  # the rest of the table is the file's
     assert experiment.retriever == {"name": "faiss-hnsw", "efSearch": 16}
-    assert experiment.plugin_options("retriever")[1]["efSearch"] == 16
+    assert experiment.plugin_table("retriever").options["efSearch"] == 16
     assert experiment.model.positional_encoding_options == {"theta": 500.0}
     assert experiment.generate.prompts == ("def ", "class ")
     assert experiment.mlflow.tracking_uri == "sqlite:///tracking.db"

@@ -132,5 +132,5 @@ def test_every_plugin_table_is_resolved_through_its_plugin(
     experiment = load_experiment(write_file())
     resolved = resolved_config(experiment)
     for table in PLUGIN_TABLES:
-        name, options = experiment.plugin_options(table)
-        assert resolved[table] == {"name": name, **options}
+        plugin = experiment.plugin_table(table)
+        assert resolved[table] == {"name": plugin.name, **plugin.options}

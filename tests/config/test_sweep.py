@@ -80,7 +80,7 @@ def test_sweeping_a_plugin_option_is_checked_by_the_plugin_at_every_point(
 ) -> None:
     path = write_file('[sweep]\nretriever.name = ["faiss-hnsw"]\nretriever.efSearch = [8, 64]\n')
     points = sweep_points(load_experiment(path))
-    assert [point.experiment.plugin_options("retriever")[1]["efSearch"] for point in points] == [
+    assert [point.experiment.plugin_table("retriever").options["efSearch"] for point in points] == [
         8,
         64,
     ]

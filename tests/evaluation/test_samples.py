@@ -22,7 +22,7 @@ def retriever(indexed: IndexedStore):
         indexed.store,
         indexed.result.index,
         indexed.tokenizer,
-        indexed.experiment.plugin("embedder"),
+        indexed.experiment.plugin_table("embedder").build(),
     )
 
 
@@ -207,7 +207,7 @@ def test_an_aligned_retriever_gives_windows_lined_up_with_the_query(indexed) -> 
         indexed.store,
         indexed.result.index,
         indexed.tokenizer,
-        experiment.plugin("embedder"),
+        experiment.plugin_table("embedder").build(),
     )
     stream = TokenStream.build(indexed.table, indexed.chunk_tokens, indexed.pad_id)
     chunks = indexed.chunk_tokens[[5, 40, 123]]

@@ -78,7 +78,7 @@ def test_a_search_time_option_reuses_the_index_and_recomputes_neighbours(experim
     assert second.index.id == first.index.id  # efSearch is not part of what the index is
     assert first.index.path.stat().st_mtime_ns == stamp
     assert second.neighbours.id != first.neighbours.id  # but the neighbours depend on it
-    retriever = open_index(second.index, options=experiment.plugin_options("retriever")[1])
+    retriever = open_index(second.index, options=experiment.plugin_table("retriever").options)
     assert retriever.options.efSearch == 200
 
     bigger = experiment_file(retriever={"name": "faiss-hnsw", "efSearch": 200, "M": 8})
@@ -170,7 +170,7 @@ def test_store_check_finds_an_index_that_disagrees_with_sql(experiment_file) -> 
     experiment, store, result = indexed(path)
     assert check_store(store).ok
     # an index of the same kind and size whose ids are not the chunks'
-    retriever = experiment.plugin("retriever", result.index.dimension)
+    retriever = experiment.plugin_table("retriever").build(result.index.dimension)
     vectors = np.asarray(result.embeddings.open())[: result.index.count]
     retriever.build(np.ascontiguousarray(vectors), np.arange(result.index.count) + 10**9)
     retriever.save(result.index.path)

@@ -1,0 +1,75 @@
+"""A plugin table of an experiment file, validated against its plugin once.
+
+``[corpus]``, ``[tokenizer]``, ``[embedder]`` and ``[retriever]`` hold ``name`` plus the
+plugin's own options. :meth:`~retro_platform.config.experiment.Experiment.plugin_table` looks
+the name up in the registry and validates the options with the plugin's ``Options`` model the
+first time a table is asked for, and keeps the result, so that every stage of a run reads the
+same validated object instead of validating the table again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from retro_platform.errors import UnknownPluginError
+from retro_platform.protocols.options import options_dict, stored_options
+
+if TYPE_CHECKING:
+    from retro_platform.plugins import Registration
+
+
+@dataclass(frozen=True)
+class PluginTable:
+    """One plugin table, validated.
+
+    Attributes:
+        table: the table's name in the experiment file (``"retriever"``).
+        registration: the plugin it names, from the registry.
+        validated: the plugin's ``Options`` model holding the table's other keys.
+    """
+
+    table: str
+    registration: Registration
+    validated: BaseModel
+
+    @property
+    def name(self) -> str:
+        """The registered name of the plugin."""
+        return self.registration.name
+
+    @cached_property
+    def options(self) -> dict[str, Any]:
+        """Every option with its default filled in: what the store and MLflow record."""
+        return options_dict(self.validated)
+
+    @cached_property
+    def stored_options(self) -> dict[str, Any]:
+        """The options without the plugin's runtime ones (batch size, device, search breadth,
+        ...): what fingerprints a stored result."""
+        return stored_options(self.validated)
+
+    def build(self, *args: Any) -> Any:
+        """The plugin itself: ``factory(options, *args)``."""
+        return self.registration.factory(self.validated, *args)
+
+
+def validate_plugin_table(
+    table: str, family: str, values: dict[str, Any], base_dir: Path
+) -> PluginTable:
+    """Look ``values["name"]`` up in ``family`` and validate the other keys; every problem is
+    a one-line :class:`~retro_platform.errors.ConfigError` naming the table and the key."""
+    # lazy: keeps the plugin registry out of retro-platform --help
+    from retro_platform.plugins import plugin_options
+
+    try:
+        registration, validated = plugin_options(
+            family, values, table_name=table, base_dir=base_dir
+        )
+    except UnknownPluginError as error:  # the registry's message does not name the table
+        raise UnknownPluginError(f"[{table}] name: {error}") from None
+    return PluginTable(table, registration, validated)
