@@ -94,6 +94,12 @@ class RetrievalTable(_Table):
         "continuation on the chunk grid (retro_platform/neighbours/aligned.py)",
     )
 
+    @property
+    def neighbour_len(self) -> int:
+        """Tokens per neighbour the encoder reads (the paper's ``r = 2m``): a neighbour is its
+        chunk plus the continuation."""
+        return 2 * self.chunk_size
+
 
 class Experiment(_Table):
     """A validated experiment file."""

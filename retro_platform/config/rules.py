@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from retro_platform.errors import ConfigError, UnknownPluginError, did_you_mean
+from retro_platform.model.config import CROSS_ATTN_LAYERS, layers_outside
 from retro_platform.model.retro import RETRO
 from retro_platform.plugins import get_positional_encoding
 from retro_platform.protocols import PositionalEncoding
@@ -48,14 +49,16 @@ def check_runner(experiment: Experiment) -> None:
 
 
 def model_kwargs(experiment: Experiment, *, num_tokens: int, pad_id: int = 0) -> dict[str, Any]:
-    """The ``RETRO(**kwargs)`` of an experiment: ``[model]`` plus what other tables and the
-    tokenizer decide (vocabulary, padding id, sequence length, chunk size)."""
+    """The ``RETRO(**kwargs)`` of an experiment, the one place an experiment becomes the
+    model's arguments: ``[model]`` plus what other tables and the tokenizer decide
+    (vocabulary, padding id, sequence length, chunk size and neighbour length)."""
     return {
         **experiment.model.model_dump(),
         "num_tokens": num_tokens,
         "pad_id": pad_id,
         "max_seq_len": experiment.train.seq_len,
         "chunk_size": experiment.retrieval.chunk_size,
+        "neighbour_len": experiment.retrieval.neighbour_len,
     }
 
 
@@ -137,14 +140,11 @@ def _check_sequence(experiment: Experiment) -> None:
 
 def _check_layers(experiment: Experiment) -> None:
     model = experiment.model
-    for key, depth_key in (
-        ("dec_cross_attn_layers", "dec_depth"),
-        ("enc_cross_attn_layers", "enc_depth"),
-    ):
+    for key, depth_key in CROSS_ATTN_LAYERS:  # the model's own rule, worded for the file
         layers, depth = getattr(model, key), getattr(model, depth_key)
         if layers is None:
             continue
-        outside = [layer for layer in layers if not 1 <= layer <= depth]
+        outside = layers_outside(layers, depth)
         if outside:
             raise ConfigError(
                 f"[model] {key}: layer {outside[0]} is outside 1..{depth} ({depth_key} = {depth});"

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from retro_platform.errors import ConfigError
+from retro_platform.model.config import RetroConfig
 from retro_platform.model.dropout_attention import causal_attention_with_dropout
 from retro_platform.model.feed_forward import FeedForward
 from retro_platform.model.loss import linear_cross_entropy
@@ -294,6 +295,8 @@ class RETRO(nn.Module):
             them; trades about a third more compute for memory that grows far more slowly.
         loss_chunk_tokens: the loss computes logits for this many tokens at a time, so the full
             ``(b, n, num_tokens)`` logits never exist when ``return_loss=True``.
+
+    ``model.config`` is these arguments as a checked :class:`RetroConfig` (defaults filled in).
     """
 
     def __init__(
@@ -323,17 +326,14 @@ class RETRO(nn.Module):
         loss_chunk_tokens: int = 2048,
     ) -> None:
         super().__init__()
-        neighbour_len = 2 * chunk_size if neighbour_len is None else neighbour_len
-        self.config = dict(
+        self.config = c = RetroConfig(
             num_tokens=num_tokens,
             max_seq_len=max_seq_len,
             enc_dim=enc_dim,
             enc_depth=enc_depth,
-            enc_cross_attn_layers=None
-            if enc_cross_attn_layers is None
-            else tuple(enc_cross_attn_layers),
+            enc_cross_attn_layers=enc_cross_attn_layers,
             dec_depth=dec_depth,
-            dec_cross_attn_layers=tuple(dec_cross_attn_layers),
+            dec_cross_attn_layers=dec_cross_attn_layers,
             heads=heads,
             dec_dim=dec_dim,
             dim_head=dim_head,
@@ -346,76 +346,76 @@ class RETRO(nn.Module):
             neighbour_len=neighbour_len,
             pad_id=pad_id,
             positional_encoding=positional_encoding,
-            positional_encoding_options=dict(positional_encoding_options or {}),
+            positional_encoding_options=positional_encoding_options,
             checkpoint_activations=checkpoint_activations,
             loss_chunk_tokens=loss_chunk_tokens,
         )
-        _validate_config(self.config)
-        self.num_tokens, self.max_seq_len, self.pad_id = num_tokens, max_seq_len, pad_id
-        self.chunk_size, self.neighbour_len = chunk_size, neighbour_len
-        self.checkpoint_activations = checkpoint_activations
-        self.loss_chunk_tokens = loss_chunk_tokens
-        self.dec_cross_attn_layers = tuple(dec_cross_attn_layers)
+        # from here on every setting is read from the checked config
 
         # one embedding table; the encoder reads it through a projection to its own width
-        self.token_emb = nn.Embedding(num_tokens, dec_dim)
-        self.to_encoder_dim = nn.Linear(dec_dim, enc_dim) if enc_dim != dec_dim else nn.Identity()
-
-        enc_cross = (
-            range(1, enc_depth + 1) if enc_cross_attn_layers is None else enc_cross_attn_layers
+        self.token_emb = nn.Embedding(c.num_tokens, c.dec_dim)
+        self.to_encoder_dim = (
+            nn.Linear(c.dec_dim, c.enc_dim) if c.enc_dim != c.dec_dim else nn.Identity()
         )
         self.encoder = nn.ModuleList(
             EncoderLayer(
-                enc_dim,
-                context_dim=dec_dim,
-                heads=heads,
-                dim_head=dim_head,
-                cross_attend=layer in enc_cross,
-                attn_dropout=enc_attn_dropout,
-                ff_dropout=enc_ff_dropout,
-                ff_mult=ff_mult,
+                c.enc_dim,
+                context_dim=c.dec_dim,
+                heads=c.heads,
+                dim_head=c.dim_head,
+                cross_attend=layer in c.encoder_cross_layers,
+                attn_dropout=c.enc_attn_dropout,
+                ff_dropout=c.enc_ff_dropout,
+                ff_mult=c.ff_mult,
             )
-            for layer in range(1, enc_depth + 1)
+            for layer in range(1, c.enc_depth + 1)
         )
-        self.encoder_norm = nn.LayerNorm(enc_dim)
-        self.encoder_out = nn.Linear(enc_dim, dec_dim)
+        self.encoder_norm = nn.LayerNorm(c.enc_dim)
+        self.encoder_out = nn.Linear(c.enc_dim, c.dec_dim)
 
         self.decoder = nn.ModuleList(
             DecoderLayer(
-                dec_dim,
-                heads=heads,
-                dim_head=dim_head,
-                chunk_size=chunk_size,
-                cross_attend=layer in self.dec_cross_attn_layers,
-                attn_dropout=dec_attn_dropout,
-                ff_dropout=dec_ff_dropout,
-                ff_mult=ff_mult,
+                c.dec_dim,
+                heads=c.heads,
+                dim_head=c.dim_head,
+                chunk_size=c.chunk_size,
+                cross_attend=layer in c.dec_cross_attn_layers,
+                attn_dropout=c.dec_attn_dropout,
+                ff_dropout=c.dec_ff_dropout,
+                ff_mult=c.ff_mult,
             )
-            for layer in range(1, dec_depth + 1)
+            for layer in range(1, c.dec_depth + 1)
         )
-        self.decoder_norm = nn.LayerNorm(dec_dim)
-        self.to_logits = nn.Linear(dec_dim, num_tokens)
+        self.decoder_norm = nn.LayerNorm(c.dec_dim)
+        self.to_logits = nn.Linear(c.dec_dim, c.num_tokens)
 
         self.apply(_init_weights)
         # built after the initialisation above, so each plugin keeps its own
-        self.positions = _build_positional_encodings(
-            positional_encoding,
-            positional_encoding_options or {},
-            heads=heads,
-            dim_head=dim_head,
-            dec_dim=dec_dim,
-            enc_dim=enc_dim,
-            max_seq_len=max_seq_len,
-            chunk_size=chunk_size,
-            neighbour_len=neighbour_len,
-        )
+        self.positions = _build_positional_encodings(c)
+
+    # the settings that code outside reads off a model
+    @property
+    def max_seq_len(self) -> int:
+        return self.config.max_seq_len
+
+    @property
+    def chunk_size(self) -> int:
+        return self.config.chunk_size
+
+    @property
+    def neighbour_len(self) -> int:
+        return self.config.neighbour_len
+
+    @property
+    def pad_id(self) -> int:
+        return self.config.pad_id
 
     # -----------------------------------------------------------------------------------------
     # the parts of a forward pass
 
     def _run(self, fn, *args):
         # recompute in the backward pass rather than store, when asked and when it matters
-        if self.checkpoint_activations and self.training and torch.is_grad_enabled():
+        if self.config.checkpoint_activations and self.training and torch.is_grad_enabled():
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
@@ -424,20 +424,20 @@ class RETRO(nn.Module):
         retrieved them ``(b, u, m, d_dec)``. Returns ``(b * u, k * r, d_dec)`` and its key mask
         ``(b * u, k * r)``, or None when no neighbour token is padding."""
         b, u, k, r = neighbours.shape
-        mask = neighbours != self.pad_id
+        mask = neighbours != self.config.pad_id
         # on the meta device (FLOP counting) nothing can be read: assume padding
         has_padding = neighbours.is_meta or not bool(mask.all())
 
         y = self.to_encoder_dim(self.token_emb(neighbours))
         token_positions = torch.arange(r, device=neighbours.device)
         y = self.positions["encoder"].embed(y, token_positions).reshape(b * u * k, r, -1)
-        chunk_states = chunk_states.reshape(b * u, self.chunk_size, -1)
+        chunk_states = chunk_states.reshape(b * u, self.config.chunk_size, -1)
 
         self_positions = Positions.build(self.positions["encoder"], token_positions)
         cross_positions = Positions.build(
             self.positions["encoder_cross"],
             token_positions.repeat(k),  # every neighbour restarts at position 0
-            torch.arange(self.chunk_size, device=neighbours.device),
+            torch.arange(self.config.chunk_size, device=neighbours.device),
         )
         flat_mask = mask.reshape(b * u * k, r) if has_padding else None
         mask = mask.reshape(b * u, k * r) if has_padding else None
@@ -469,9 +469,9 @@ class RETRO(nn.Module):
         if return_loss:
             seq, labels = seq[:, :-1], seq[:, 1:]
         b, n = seq.shape
-        if n > self.max_seq_len:
+        if n > self.config.max_seq_len:
             raise ValueError(
-                f"sequence of {n} tokens is longer than max_seq_len={self.max_seq_len}"
+                f"sequence of {n} tokens is longer than max_seq_len={self.config.max_seq_len}"
             )
         neighbours = self._check_retrieved(retrieved, b, n)
 
@@ -485,13 +485,13 @@ class RETRO(nn.Module):
             if exists(layer.cross_attn) and exists(neighbours):
                 h = layer.cross_norm(x)
                 if encoded is None:
-                    u, m = neighbours.shape[1], self.chunk_size
+                    u, m = neighbours.shape[1], self.config.chunk_size
                     chunk_states = h[:, : u * m].reshape(b, u, m, -1)
                     encoded, mask = self.encode(neighbours, chunk_states)
                     cca_positions = Positions.build(
                         self.positions["chunked_cross"],
                         torch.arange(m, device=seq.device) + m - 1,
-                        torch.arange(self.neighbour_len, device=seq.device).repeat(
+                        torch.arange(self.config.neighbour_len, device=seq.device).repeat(
                             neighbours.shape[2]
                         ),
                     )
@@ -506,8 +506,8 @@ class RETRO(nn.Module):
             self.to_logits.weight,
             self.to_logits.bias,
             labels.reshape(b * n),
-            ignore_index=self.pad_id,
-            chunk_tokens=self.loss_chunk_tokens,
+            ignore_index=self.config.pad_id,
+            chunk_tokens=self.config.loss_chunk_tokens,
         )
 
     def _check_retrieved(self, retrieved: Tensor | None, b: int, n: int) -> Tensor | None:
@@ -521,13 +521,13 @@ class RETRO(nn.Module):
                 "retrieved must be (batch, chunks, neighbours, tokens), "
                 f"got shape {tuple(retrieved.shape)}"
             )
-        u, partial = divmod(n, self.chunk_size)
+        u, partial = divmod(n, self.config.chunk_size)
         rb, ru, _, rr = retrieved.shape
-        if rb != b or rr != self.neighbour_len or ru not in (u, u + (partial > 0)):
-            expected = f"({b}, {u}, k, {self.neighbour_len})"
+        if rb != b or rr != self.config.neighbour_len or ru not in (u, u + (partial > 0)):
+            expected = f"({b}, {u}, k, {self.config.neighbour_len})"
             raise ValueError(
                 f"retrieved has shape {tuple(retrieved.shape)}; a sequence of {n} tokens with "
-                f"chunk_size={self.chunk_size} needs {expected}"
+                f"chunk_size={self.config.chunk_size} needs {expected}"
             )
         return retrieved[:, :u] if u > 0 else None
 
@@ -593,60 +593,27 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, std=1.0)
 
 
-def _validate_config(config: dict[str, Any]) -> None:
-    positive = ("num_tokens", "max_seq_len", "enc_dim", "dec_dim", "heads", "dim_head",
-                "chunk_size", "neighbour_len", "ff_mult", "loss_chunk_tokens")  # fmt: skip
-    for key in positive:
-        if not isinstance(config[key], int) or config[key] <= 0:
-            raise ValueError(f"{key} must be a positive integer, got {config[key]!r}")
-    for key in ("enc_depth", "dec_depth"):
-        if not isinstance(config[key], int) or config[key] < 0:
-            raise ValueError(f"{key} must be a non-negative integer, got {config[key]!r}")
-    for key in ("enc_attn_dropout", "enc_ff_dropout", "dec_attn_dropout", "dec_ff_dropout"):
-        if not 0.0 <= config[key] < 1.0:
-            raise ValueError(f"{key} must be in [0, 1), got {config[key]!r}")
-    for key, depth in (("dec_cross_attn_layers", "dec_depth"), ("enc_cross_attn_layers", "enc_depth")):  # fmt: skip
-        layers = config[key] or ()
-        bad = [layer for layer in layers if not 1 <= layer <= config[depth]]
-        if bad:
-            raise ValueError(
-                f"{key} {bad} outside 1..{depth}={config[depth]} (layers count from 1)"
-            )
-    if config["neighbour_len"] < config["chunk_size"]:
-        raise ValueError(
-            f"neighbour_len ({config['neighbour_len']}) must be at least chunk_size "
-            f"({config['chunk_size']}): a neighbour is its chunk plus the continuation"
-        )
-
-
-def _build_positional_encodings(
-    name: str,
-    options: dict[str, Any],
-    *,
-    heads: int,
-    dim_head: int,
-    dec_dim: int,
-    enc_dim: int,
-    max_seq_len: int,
-    chunk_size: int,
-    neighbour_len: int,
-) -> nn.ModuleDict:
-    """One encoding per attention role, from the plugin registered under ``name``."""
+def _build_positional_encodings(config: RetroConfig) -> nn.ModuleDict:
+    """One encoding per attention role, from the plugin named ``config.positional_encoding``."""
+    c, name = config, config.positional_encoding
     factory = get_positional_encoding(name).factory
+    r, m = c.neighbour_len, c.chunk_size
     roles: dict[AttentionRole, dict[str, Any]] = {
-        "decoder": dict(dim=dec_dim, max_positions=max_seq_len, causal=True),
-        "encoder": dict(dim=enc_dim, max_positions=neighbour_len, causal=False),
-        "encoder_cross": dict(
-            dim=enc_dim, max_positions=max(neighbour_len, chunk_size), causal=False
-        ),
-        "chunked_cross": dict(
-            dim=dec_dim, max_positions=max(neighbour_len, 2 * chunk_size - 1), causal=False
-        ),
+        "decoder": dict(dim=c.dec_dim, max_positions=c.max_seq_len, causal=True),
+        "encoder": dict(dim=c.enc_dim, max_positions=r, causal=False),
+        "encoder_cross": dict(dim=c.enc_dim, max_positions=max(r, m), causal=False),
+        "chunked_cross": dict(dim=c.dec_dim, max_positions=max(r, 2 * m - 1), causal=False),
     }
     built = {}
     for role, kwargs in roles.items():
         try:
-            built[role] = factory(role=role, heads=heads, dim_head=dim_head, **kwargs, **options)
+            built[role] = factory(
+                role=role,
+                heads=c.heads,
+                dim_head=c.dim_head,
+                **kwargs,
+                **c.positional_encoding_options,
+            )
         except (TypeError, ValueError) as error:
             raise ConfigError(f"positional encoding {name!r}: {error}") from error
     return nn.ModuleDict(built)

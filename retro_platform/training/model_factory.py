@@ -9,13 +9,10 @@ from retro_platform.model.retro import RETRO
 
 
 def build_model(experiment: Experiment, vocab_size: int, pad_id: int) -> RETRO:
-    """A freshly initialised RETRO: ``[model]``, the tokenizer's vocabulary and padding,
-    ``[retrieval] chunk_size`` (a neighbour is that chunk plus its continuation: twice as
-    long) and ``[train] seq_len`` as the longest sequence. Seed torch first for a
-    reproducible initialisation."""
-    kwargs = model_kwargs(experiment, num_tokens=vocab_size, pad_id=pad_id)
-    kwargs["neighbour_len"] = 2 * experiment.retrieval.chunk_size
+    """A freshly initialised RETRO of :func:`~retro_platform.config.rules.model_kwargs` (the
+    arguments the experiment's validation built it with) for the tokenizer's vocabulary and
+    padding. Seed torch first for a reproducible initialisation."""
     try:
-        return RETRO(**kwargs)
+        return RETRO(**model_kwargs(experiment, num_tokens=vocab_size, pad_id=pad_id))
     except ValueError as error:
         raise ConfigError(f"[model] {error}") from None

@@ -128,7 +128,7 @@ def train(
 
     step, tokens_seen = 0, 0
     if resume is not None:
-        check_compatible(resume, model.config, settings, path)
+        check_compatible(resume, model.config.as_dict(), settings, path)
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
@@ -211,7 +211,7 @@ def train(
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "rng": rng_state(),
-                    "model_config": dict(model.config),
+                    "model_config": model.config.as_dict(),
                     "settings": settings,
                 }
                 save_checkpoint(path, state)
