@@ -1,5 +1,8 @@
 """The training loop: AdamW steps over the loader's batches, logged, checkpointed, resumable.
 
+The step itself (forward, backward, clipping, the optimizer) is
+:func:`~retro_platform.training.step.train_step`; this module is what runs around it.
+
 A run lives in one folder (``run_dir``). When it holds a checkpoint the run resumes from it:
 weights, optimizer, schedule, random generators and the data position (a step number: batch
 ``s`` is a pure function of the seed and ``s``), so a run killed at any moment and started
@@ -13,7 +16,6 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,6 @@ from retro_platform.config import Experiment
 from retro_platform.errors import ConfigError
 from retro_platform.model.retro import RETRO
 from retro_platform.training.checkpoint import (
-    FORMAT,
     check_compatible,
     checkpoint_path,
     load_checkpoint,
@@ -35,6 +36,7 @@ from retro_platform.training.checkpoint import (
 )
 from retro_platform.training.optim import build_optimizer, build_scheduler
 from retro_platform.training.sequences import SequenceData
+from retro_platform.training.step import StepOptions, TrainState, train_step
 
 #: ``on_log(step, metrics)``: the training metrics every ``[train] log_every`` steps.
 LogCallback = Callable[[int, dict[str, float]], None]
@@ -97,6 +99,10 @@ def train(
 ) -> TrainResult:
     """Train ``model`` for ``[train] steps`` optimizer steps, resuming from ``run_dir``.
 
+    The loop around :func:`~retro_platform.training.step.train_step`: it feeds the step its
+    micro-batches and does everything else a run does (timing, log lines or a progress bar,
+    the callbacks, checkpoints).
+
     Args:
         model: built by :func:`~retro_platform.training.model_factory.build_model` after
             seeding torch with ``[experiment] seed`` (the caller's part of determinism).
@@ -115,118 +121,93 @@ def train(
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
     device = torch.device(device)
-    run_dir = Path(run_dir)
-    path = checkpoint_path(run_dir)
-    resume = load_checkpoint(path) if path.exists() else None
-
-    if train_cfg.retrofit:
-        _retrofit(model, experiment, load_decoder=resume is None)
-    model.to(device)
-    optimizer = build_optimizer(model, train_cfg)
-    scheduler = build_scheduler(optimizer, train_cfg)
+    path = checkpoint_path(Path(run_dir))
     settings = run_settings(experiment, data, device)
-
-    step, tokens_seen = 0, 0
-    if resume is not None:
-        check_compatible(resume, model.config.as_dict(), settings, path)
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        restore_rng(resume["rng"])
-        step, tokens_seen = int(resume["step"]), int(resume["tokens"])
-    else:
-        torch.manual_seed(experiment.experiment.seed)  # dropout: a function of the seed alone
-    start_step = step
+    state, resumed = _start(model, experiment, settings, path, device)
+    start_step, steps = state.step, train_cfg.steps
+    end = steps if stop_after is None else min(steps, stop_after)
 
     accumulation = train_cfg.grad_accumulation
     stream = data.batches(
         "train",
         train_cfg.batch_size,
         seed=experiment.experiment.seed,
-        start_step=step * accumulation,  # the loader counts forward passes
+        start_step=state.step * accumulation,  # the loader counts forward passes
         retrieval=train_cfg.retrieval,
     )
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if _bf16(experiment, device)
-        else nullcontext()
-    )
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    options = StepOptions(device, train_cfg.grad_clip, _bf16(experiment, device))
     use_bar = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(total=train_cfg.steps, initial=step, unit="step", desc="train", disable=not use_bar)
+    bar = tqdm(total=steps, initial=state.step, unit="step", desc="train", disable=not use_bar)
     meter = _Meter()
     total = _Meter()
-    saved = path if resume is not None else None
+    saved = path if resumed else None
     metrics: dict[str, float] = {}
 
     with bar:
-        while step < train_cfg.steps and (stop_after is None or step < stop_after):
+        while state.step < end:
             started = time.perf_counter()
-            model.train()
-            loader_s, tokens = 0.0, 0
-            loss_sum = torch.zeros((), device=device)
-            for _ in range(accumulation):
-                fetched = time.perf_counter()
-                batch = next(stream)
-                tokens += int((batch.tokens[:, 1:] != data.pad_id).sum())
-                batch = batch.to(device)
-                loader_s += time.perf_counter() - fetched
-                with autocast:
-                    loss = model(batch.tokens, batch.retrieved, return_loss=True)
-                (loss / accumulation).backward()
-                loss_sum += loss.detach()
-            grad_norm = _clip(trainable, train_cfg.grad_clip)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens_seen += tokens
+            micro_batches = [next(stream) for _ in range(accumulation)]
+            loader_s = time.perf_counter() - started
+            done = train_step(state, micro_batches, options)
             elapsed = time.perf_counter() - started
             for m in (meter, total):
-                m.add(loss_sum / accumulation, elapsed, loader_s, tokens)
+                m.add(done.loss, elapsed, loader_s, done.tokens)
             bar.update(1)
 
-            if step % train_cfg.log_every == 0 or step == train_cfg.steps:
-                metrics = meter.metrics(lr, float(grad_norm))
+            step = state.step
+            if step % train_cfg.log_every == 0 or step == steps:
+                metrics = meter.metrics(done.lr, float(done.grad_norm))
                 meter = _Meter()
                 bar.set_postfix(
                     loss=f"{metrics['train/loss']:.4f}",
                     tok_s=f"{metrics['train/tokens_per_s']:,.0f}",
                 )
                 if not use_bar:
-                    _log_line(step, train_cfg.steps, metrics, total)
+                    _log_line(step, steps, metrics, total)
                 if on_log is not None:
                     on_log(step, metrics)
             if on_eval is not None and experiment.eval.every and step % experiment.eval.every == 0:
                 generators = rng_state()  # whatever the evaluation draws, training is unchanged
                 on_eval(step)
                 restore_rng(generators)
-            if step % train_cfg.checkpoint_every == 0 or step == train_cfg.steps:
-                state = {
-                    "format": FORMAT,
-                    "step": step,
-                    "tokens": tokens_seen,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": rng_state(),
-                    "model_config": model.config.as_dict(),
-                    "settings": settings,
-                }
-                save_checkpoint(path, state)
+            if step % train_cfg.checkpoint_every == 0 or step == steps:
+                save_checkpoint(path, state.checkpoint(settings))
                 saved = path
 
     return TrainResult(
-        step=step,
+        step=state.step,
         start_step=start_step,
-        finished=step >= train_cfg.steps,
+        finished=state.step >= steps,
         checkpoint=saved,
         tokens=total.tokens,
         seconds=total.seconds,
         loader_share=total.loader_share,
         metrics=metrics,
     )
+
+
+def _start(
+    model: RETRO,
+    experiment: Experiment,
+    settings: dict[str, Any],
+    path: Path,
+    device: torch.device,
+) -> tuple[TrainState, bool]:
+    """The state to train from, and whether it was resumed: the run's checkpoint at ``path``
+    when there is one, else fresh, with torch seeded so that dropout is a function of the
+    seed alone."""
+    saved = load_checkpoint(path) if path.exists() else None
+    if experiment.train.retrofit:
+        _retrofit(model, experiment, load_decoder=saved is None)
+    model.to(device)
+    optimizer = build_optimizer(model, experiment.train)
+    state = TrainState(model, optimizer, build_scheduler(optimizer, experiment.train))
+    if saved is None:
+        torch.manual_seed(experiment.experiment.seed)
+    else:
+        check_compatible(saved, model.config.as_dict(), settings, path)
+        state.restore(saved)
+    return state, saved is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,14 +242,6 @@ class _Meter:
             "train/grad_norm": grad_norm,
             "train/loader_share": self.loader_share,
         }
-
-
-def _clip(parameters: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """The global gradient norm before clipping; clipped to ``max_norm`` unless it is 0."""
-    if max_norm > 0:
-        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-    grads = [p.grad for p in parameters if p.grad is not None]
-    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
 
 
 def _bf16(experiment: Experiment, device: torch.device) -> bool:
