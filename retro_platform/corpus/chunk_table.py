@@ -10,10 +10,12 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from retro_platform.store.models import Chunk, Document
+from retro_platform.store.chunks import count_chunks as count_chunks  # for corpus.ingest
+from retro_platform.store.chunks import read_chunks
+from retro_platform.store.models import Document
 
 _FETCH = 100_000
 
@@ -51,26 +53,10 @@ class ChunkTable:
         return following
 
 
-def count_chunks(session: Session, corpus_id: int) -> int:
-    """How many chunks the corpus has."""
-    return session.scalar(
-        select(func.count())
-        .select_from(Chunk)
-        .join(Document)
-        .where(Document.corpus_id == corpus_id)
-    )
-
-
 def load_chunk_table(session: Session, corpus_id: int) -> ChunkTable:
     """Read the chunk table of ``corpus_id`` (three integers per chunk)."""
-    result = session.execute(
-        select(Chunk.id, Chunk.document_id, Chunk.position)
-        .join(Document)
-        .where(Document.corpus_id == corpus_id)
-        .order_by(Chunk.id)
-        .execution_options(yield_per=_FETCH)
-    )
-    parts = [np.array(rows, dtype=np.int64).reshape(-1, 3) for rows in result.partitions()]
+    blocks = read_chunks(session, corpus_id, "id", "document_id", "position", block=_FETCH)
+    parts = [np.array(rows, dtype=np.int64).reshape(-1, 3) for rows in blocks]
     table = np.concatenate(parts) if parts else np.empty((0, 3), dtype=np.int64)
     return ChunkTable(table[:, 0].copy(), table[:, 1].copy(), table[:, 2].copy())
 

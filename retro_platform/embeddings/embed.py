@@ -2,31 +2,37 @@
 
 The file is ``(chunks, dimension)`` in chunk-id order (row ``i`` is row ``i`` of the corpus's
 :class:`~retro_platform.corpus.chunk_table.ChunkTable`). Rows are written in order and the
-count of finished rows is committed to SQL every few seconds, after the file is flushed, so a
-killed run resumes at the last committed row and never trusts a row that was not flushed.
+count of finished rows is committed to SQL every few seconds, after the file is flushed
+(:class:`~retro_platform.store.stages.Progress`), so a killed run resumes at the last committed
+row and never trusts a row that was not flushed.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 from tqdm import tqdm
 
 from retro_platform.config import Experiment
-from retro_platform.corpus.chunk_table import count_chunks
 from retro_platform.errors import ConfigError, StoreError
 from retro_platform.protocols import Embedder
-from retro_platform.store.arrays import open_array
-from retro_platform.store.fingerprints import fingerprint, short
-from retro_platform.store.models import BUILDING, READY, Chunk, Corpus, Document, EmbeddingSet
+from retro_platform.store.arrays import open_array, resume_array
+from retro_platform.store.chunks import count_chunks, read_chunks
+from retro_platform.store.fingerprints import fingerprint
+from retro_platform.store.models import Corpus, EmbeddingSet
+from retro_platform.store.stages import (
+    Progress,
+    get_or_create_stage,
+    is_ready,
+    restart,
+    stage_file,
+)
 
-#: Seconds between commits of progress (each costs a flush of the file and a transaction).
-COMMIT_EVERY_S = 5.0
+#: What repairs a damaged embedding file.
+_FIX = "retro-platform index EXPERIMENT.toml --reembed"
 
 
 @dataclass(frozen=True)
@@ -82,67 +88,52 @@ def embed_corpus(
     with store.session() as session:
         corpus = session.get(Corpus, corpus_id)
         key = embedding_fingerprint(experiment, corpus)
-        row = session.scalar(select(EmbeddingSet).where(EmbeddingSet.fingerprint == key))
         count = count_chunks(session, corpus_id)
-        if row is None:
-            row = EmbeddingSet(
-                corpus_id=corpus_id,
-                fingerprint=key,
-                embedder=table.name,
-                embedder_options=table.options,
-                corpus_version=corpus.version,
-                dimension=embedder.dimension,
-                normalized=embedder.normalized,
-                count=count,
-                done=0,
-                file=f"embeddings/{short(key)}.npy",
-                status=BUILDING,
-            )
-            session.add(row)
-            session.flush()
-        elif row.count != count:  # same corpus version, so the chunks cannot have changed
+        row = get_or_create_stage(
+            session,
+            EmbeddingSet,
+            key,
+            corpus_id=corpus_id,
+            embedder=table.name,
+            embedder_options=table.options,
+            corpus_version=corpus.version,
+            dimension=embedder.dimension,
+            normalized=embedder.normalized,
+            count=count,
+            file=stage_file("embeddings", key, ".npy"),
+        )
+        if row.count != count:  # same corpus version, so the chunks cannot have changed
             raise StoreError(
                 f"embedding set {row.id} records {row.count} chunks but corpus {corpus_id} "
                 f"has {count}; the store was changed outside retro-platform"
             )
-        elif reembed:
-            row.done, row.status = 0, BUILDING
+        if reembed:
+            restart(row)
             row.dimension, row.normalized = embedder.dimension, embedder.normalized
-        record = _snapshot(row)
 
-    if embedder.dimension != record["dimension"]:
+    if embedder.dimension != row.dimension:
         raise ConfigError(
             f"embedder {table.name!r} now gives {embedder.dimension}-d vectors but the stored "
-            f"embeddings of this corpus are {record['dimension']}-d (did the model change?); "
+            f"embeddings of this corpus are {row.dimension}-d (did the model change?); "
             f"run: retro-platform index {experiment.hint_file} --reembed"
         )
-    path = store.path(record["file"])
-    if record["status"] == READY and path.exists():
-        return _finished(record, path)
-    _fill(store, record, path, embedder, progress)
-    record["status"] = READY
-    return _finished(record, path)
+    if not is_ready(store, row):
+        _fill(store, row, embedder, progress)
+    return EmbeddingFile.from_row(row, store)
 
 
 def open_vectors(path: Path, count: int, dimension: int, mode: str = "r") -> np.ndarray:
     """Open an embedding file, checking that it holds ``(count, dimension)`` float32."""
-    fix = "retro-platform index EXPERIMENT.toml --reembed"
-    return open_array(path, (count, dimension), np.float32, "embedding", fix, mode)
+    return open_array(path, (count, dimension), np.float32, "embedding", _FIX, mode)
 
 
-def _fill(
-    store: Any, record: dict[str, Any], path: Path, embedder: Embedder, progress: bool | None
-) -> None:
+def _fill(store: Any, row: EmbeddingSet, embedder: Embedder, progress: bool | None) -> None:
     """Write rows ``done .. count`` of the file, committing progress as it goes."""
-    count, dimension, done = record["count"], record["dimension"], record["done"]
-    if done == 0 or not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        vectors = np.lib.format.open_memmap(path, "w+", np.float32, (count, dimension))
-        done = 0
-    else:
-        vectors = open_vectors(path, count, dimension, mode="r+")
-
-    last_commit = time.perf_counter()
+    count, dimension = row.count, row.dimension
+    path = store.path(row.file)
+    shape = (count, dimension)
+    vectors, done = resume_array(path, shape, np.float32, row.done, "embedding", _FIX)
+    saved = Progress(store, EmbeddingSet, row.id, vectors)
     bar = tqdm(
         total=count,
         initial=done,
@@ -151,69 +142,22 @@ def _fill(
         disable=None if progress is None else not progress,
     )
     with bar, store.session() as reading:
-        texts = reading.scalars(
-            select(Chunk.text)
-            .join(Document)
-            .where(Document.corpus_id == record["corpus_id"])
-            .order_by(Chunk.id)
-            .offset(done)
-            .execution_options(yield_per=embedder.batch_size)
-        )
-        for batch in texts.partitions(embedder.batch_size):
-            embedded = np.asarray(embedder.embed(list(batch)), dtype=np.float32)
+        blocks = read_chunks(reading, row.corpus_id, "text", block=embedder.batch_size, offset=done)
+        for rows in blocks:
+            batch = [text for (text,) in rows]
+            embedded = np.asarray(embedder.embed(batch), dtype=np.float32)
             if embedded.shape != (len(batch), dimension):
                 raise ConfigError(
-                    f"embedder {record['embedder']!r} returned {embedded.shape} for "
+                    f"embedder {row.embedder!r} returned {embedded.shape} for "
                     f"{len(batch)} texts, expected ({len(batch)}, {dimension})"
                 )
             vectors[done : done + len(batch)] = embedded
             done += len(batch)
             bar.update(len(batch))
-            now = time.perf_counter()
-            if now - last_commit >= COMMIT_EVERY_S:
-                _commit_progress(store, record["id"], vectors, done, now - last_commit)
-                last_commit = now
+            saved.update(done)
     if done != count:
         raise StoreError(
-            f"embedding set {record['id']}: {done} of {count} chunks found; "
+            f"embedding set {row.id}: {done} of {count} chunks found; "
             f"the store changed while embedding, run the command again"
         )
-    _commit_progress(store, record["id"], vectors, done, time.perf_counter() - last_commit, READY)
-    record["done"] = done
-
-
-def _commit_progress(
-    store: Any, set_id: int, vectors: np.ndarray, done: int, seconds: float, status: str = BUILDING
-) -> None:
-    vectors.flush()  # the rows must be on disk before SQL says they are done
-    with store.session() as session:
-        row = session.get(EmbeddingSet, set_id)
-        row.done = done
-        row.seconds = (row.seconds or 0.0) + seconds
-        row.status = status
-
-
-def _snapshot(row: EmbeddingSet) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "corpus_id": row.corpus_id,
-        "fingerprint": row.fingerprint,
-        "embedder": row.embedder,
-        "dimension": row.dimension,
-        "normalized": row.normalized,
-        "count": row.count,
-        "done": row.done,
-        "file": row.file,
-        "status": row.status,
-    }
-
-
-def _finished(record: dict[str, Any], path: Path) -> EmbeddingFile:
-    return EmbeddingFile(
-        record["id"],
-        record["fingerprint"],
-        path,
-        record["dimension"],
-        record["count"],
-        record["normalized"],
-    )
+    saved.finish(done)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 
 from retro_platform.config import Experiment
 from retro_platform.corpus.chunk_table import ChunkTable, load_chunk_table
@@ -27,7 +26,7 @@ from retro_platform.neighbours.aligned import (
 )
 from retro_platform.neighbours.retrieved import load_chunk_tokens, neighbour_tokens
 from retro_platform.protocols import Embedder, Retriever, Tokenizer
-from retro_platform.store.models import Chunk, Document
+from retro_platform.store.chunks import describe_chunks
 
 
 @dataclass(frozen=True)
@@ -78,15 +77,8 @@ class StoreRetriever:
         if not wanted:
             return {}
         with self.store.session() as session:
-            found = session.execute(
-                select(Chunk.id, Document.external_id, Chunk.position, Chunk.text)
-                .join(Document)
-                .where(Chunk.id.in_(wanted))
-            )
-            return {
-                chunk_id: NeighbourChunk(chunk_id, external_id, position, text)
-                for chunk_id, external_id, position, text in found
-            }
+            found = describe_chunks(session, wanted)
+        return {chunk_id: NeighbourChunk(chunk_id, *about) for chunk_id, about in found.items()}
 
     def decode(self, ids: Any) -> str:
         return self.tokenizer.decode(ids)

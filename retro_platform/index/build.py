@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 
 from retro_platform.atomic import atomic_destination
 from retro_platform.config import Experiment
@@ -23,8 +22,9 @@ from retro_platform.embeddings.embed import EmbeddingFile
 from retro_platform.errors import IndexFileError
 from retro_platform.plugins import build_plugin
 from retro_platform.protocols import Retriever
-from retro_platform.store.fingerprints import fingerprint, short
-from retro_platform.store.models import BUILDING, READY, VectorIndex
+from retro_platform.store.fingerprints import fingerprint
+from retro_platform.store.models import VectorIndex
+from retro_platform.store.stages import finish, get_or_create_stage, is_ready, stage_file
 
 
 @dataclass(frozen=True)
@@ -84,28 +84,22 @@ def build_index(
     key = index_fingerprint(experiment, embeddings)
     retriever: Retriever = plugin.build(embeddings.dimension)
     with store.session() as session:
-        row = session.scalar(select(VectorIndex).where(VectorIndex.fingerprint == key))
-        if row is None:
-            row = VectorIndex(
-                embedding_set_id=embeddings.id,
-                fingerprint=key,
-                retriever=plugin.name,
-                retriever_options=plugin.options,
-                validation_fraction=fraction,
-                dimension=embeddings.dimension,
-                file=f"indexes/{short(key)}{retriever.file_suffix}",
-                status=BUILDING,
-            )
-            session.add(row)
-            session.flush()
-        record = IndexRecord.from_row(row, store)
-        status = row.status
+        row = get_or_create_stage(
+            session,
+            VectorIndex,
+            key,
+            embedding_set_id=embeddings.id,
+            retriever=plugin.name,
+            retriever_options=plugin.options,
+            validation_fraction=fraction,
+            dimension=embeddings.dimension,
+            file=stage_file("indexes", key, retriever.file_suffix),
+        )
         table = load_chunk_table(session, corpus_id)
         held_out = validation_documents(session, corpus_id, fraction)
 
-    path = record.path
-    if status == READY and path.exists() and not rebuild:
-        return record
+    if is_ready(store, row) and not rebuild:
+        return IndexRecord.from_row(row, store)
 
     rows = database_rows(table, held_out)
     if len(rows) == 0:
@@ -117,14 +111,17 @@ def build_index(
     log(f"building {plugin.name} index over {len(rows)} chunks ({len(table) - len(rows)} held out)")
     vectors = np.ascontiguousarray(embeddings.open()[rows])
     retriever.build(vectors, table.chunk_ids[rows])
-    with atomic_destination(path) as partial:
+    with atomic_destination(store.path(row.file)) as partial:
         retriever.save(partial)
-    seconds = time.perf_counter() - started
-    with store.session() as session:
-        row = session.get(VectorIndex, record.id)
-        row.status, row.count, row.seconds = READY, int(len(rows)), seconds
-        row.dimension = embeddings.dimension  # changes only when the embeddings were redone
-        return IndexRecord.from_row(row, store)
+    row = finish(
+        store,
+        VectorIndex,
+        row.id,
+        count=int(len(rows)),
+        seconds=time.perf_counter() - started,  # this build's: a rebuild starts again
+        dimension=embeddings.dimension,  # changes only when the embeddings were redone
+    )
+    return IndexRecord.from_row(row, store)
 
 
 def open_index(

@@ -10,13 +10,11 @@ stand-in chunk.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 from tqdm import tqdm
 
 from retro_platform.config import Experiment
@@ -24,14 +22,17 @@ from retro_platform.corpus.chunk_table import ChunkTable, load_chunk_table
 from retro_platform.embeddings.embed import EmbeddingFile
 from retro_platform.index.build import IndexRecord
 from retro_platform.protocols import MISSING, Retriever
-from retro_platform.store.arrays import open_array
-from retro_platform.store.fingerprints import fingerprint, short
-from retro_platform.store.models import BUILDING, READY, NeighbourSet
+from retro_platform.store.arrays import open_array, resume_array
+from retro_platform.store.fingerprints import fingerprint
+from retro_platform.store.models import NeighbourSet
+from retro_platform.store.stages import Progress, get_or_create_stage, is_ready, restart, stage_file
 
 #: Queries per search call, and the first candidate count per wanted neighbour.
 QUERY_BATCH = 2048
 FIRST_CANDIDATES = 4
-COMMIT_EVERY_S = 5.0
+
+#: What repairs a damaged neighbour file.
+_FIX = "retro-platform index EXPERIMENT.toml --rebuild"
 
 
 @dataclass(frozen=True)
@@ -106,39 +107,30 @@ def compute_neighbours(
     search_options = experiment.plugin_table("retriever").options
     key = fingerprint(index=index.fingerprint, search=search_options, k=k, exclusion=exclusion)
     with store.session() as session:
-        row = session.scalar(select(NeighbourSet).where(NeighbourSet.fingerprint == key))
-        if row is None:
-            row = NeighbourSet(
-                vector_index_id=index.id,
-                fingerprint=key,
-                k=k,
-                exclusion=exclusion,
-                count=embeddings.count,
-                done=0,
-                file=f"neighbours/{short(key)}.npy",
-                status=BUILDING,
-            )
-            session.add(row)
-            session.flush()
+        row = get_or_create_stage(
+            session,
+            NeighbourSet,
+            key,
+            vector_index_id=index.id,
+            k=k,
+            exclusion=exclusion,
+            count=embeddings.count,
+            file=stage_file("neighbours", key, ".npy"),
+        )
         if rebuild:
-            row.done, row.status = 0, BUILDING
-        set_id, file, status, done = row.id, row.file, row.status, row.done
+            restart(row)
         table = load_chunk_table(session, corpus_id)
 
-    path = store.path(file)
-    record = NeighbourFile(set_id, key, path, k, exclusion, embeddings.count)
-    if status == READY and path.exists():
+    path = store.path(row.file)
+    record = NeighbourFile(row.id, key, path, k, exclusion, embeddings.count)
+    if is_ready(store, row):
         return record
-    if done == 0 or not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        out = np.lib.format.open_memmap(path, "w+", np.int64, (embeddings.count, k))
-        done = 0
-    else:
-        out = open_neighbours(path, embeddings.count, k, mode="r+")
+    shape = (embeddings.count, k)
+    out, done = resume_array(path, shape, np.int64, row.done, "neighbour", _FIX)
+    saved = Progress(store, NeighbourSet, row.id, out)
 
     vectors = embeddings.open()
     exclude = table.document_ids if exclusion == "same-document" else None
-    last_commit = time.perf_counter()
     bar = tqdm(
         total=embeddings.count,
         initial=done,
@@ -152,20 +144,11 @@ def compute_neighbours(
             documents = None if exclude is None else exclude[start:stop]
             out[start:stop] = find_neighbours(retriever, vectors[start:stop], documents, table, k)
             bar.update(stop - start)
-            now = time.perf_counter()
-            if now - last_commit >= COMMIT_EVERY_S or stop == embeddings.count:
-                out.flush()  # on disk before SQL says so
-                with store.session() as session:
-                    row = session.get(NeighbourSet, set_id)
-                    row.done = stop
-                    row.seconds = (row.seconds or 0.0) + now - last_commit
-                    if stop == embeddings.count:
-                        row.status = READY
-                last_commit = now
+            saved.update(stop)
+    saved.finish(embeddings.count)
     return record
 
 
 def open_neighbours(path: Path, count: int, k: int, mode: str = "r") -> np.ndarray:
     """Open a neighbour file, checking that it holds ``(count, k)`` int64."""
-    fix = "retro-platform index EXPERIMENT.toml --rebuild"
-    return open_array(path, (count, k), np.int64, "neighbour", fix, mode)
+    return open_array(path, (count, k), np.int64, "neighbour", _FIX, mode)

@@ -8,25 +8,15 @@ neighbour (``-1``) is padding throughout; the model masks padding.
 from __future__ import annotations
 
 import numpy as np
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from retro_platform.store.models import Chunk, Document
-
-_FETCH = 50_000
+from retro_platform.store.chunks import read_chunks
 
 
 def load_chunk_tokens(session: Session, corpus_id: int, chunk_size: int, pad_id: int) -> np.ndarray:
     """``(chunks, chunk_size)`` int32 token ids in chunk-id order; short chunks padded."""
-    result = session.execute(
-        select(Chunk.token_ids)
-        .join(Document)
-        .where(Document.corpus_id == corpus_id)
-        .order_by(Chunk.id)
-        .execution_options(yield_per=_FETCH)
-    )
     blocks = []
-    for rows in result.partitions():
+    for rows in read_chunks(session, corpus_id, "token_ids"):
         block = np.full((len(rows), chunk_size), pad_id, dtype=np.int32)
         for i, (blob,) in enumerate(rows):
             ids = np.frombuffer(blob, dtype="<i4")

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 
 from retro_platform.config import Experiment
 from retro_platform.corpus.ingest import find_corpus_id, ingest
@@ -19,7 +18,9 @@ from retro_platform.errors import ConfigError, IndexFileError
 from retro_platform.index.build import IndexRecord, build_index, index_fingerprint, open_run_index
 from retro_platform.neighbours.compute import NeighbourFile, compute_neighbours
 from retro_platform.protocols import MISSING, Embedder
-from retro_platform.store.models import READY, Chunk, Corpus, Document, EmbeddingSet, VectorIndex
+from retro_platform.store.chunks import describe_chunks
+from retro_platform.store.models import READY, Corpus, EmbeddingSet, VectorIndex
+from retro_platform.store.stages import find_stage
 
 __all__ = ["IndexResult", "SearchHit", "ingest", "run_index", "search"]
 
@@ -93,14 +94,7 @@ def search(
     scores, ids = retriever.search(vector, k)
     found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i != MISSING]
     with store.session() as session:
-        rows = {
-            chunk_id: (external_id, position, text)
-            for chunk_id, external_id, position, text in session.execute(
-                select(Chunk.id, Document.external_id, Chunk.position, Chunk.text)
-                .join(Document)
-                .where(Chunk.id.in_([i for _, i in found]))
-            )
-        }
+        rows = describe_chunks(session, [i for _, i in found])
     missing = [i for _, i in found if i not in rows]
     if missing:
         raise IndexFileError(
@@ -116,12 +110,12 @@ def stored_index(experiment: Experiment, store: Any) -> IndexRecord:
     with store.session() as session:
         corpus = session.get(Corpus, corpus_id)
         key = embedding_fingerprint(experiment, corpus)
-        embedding_set = session.scalar(select(EmbeddingSet).where(EmbeddingSet.fingerprint == key))
+        embedding_set = find_stage(session, EmbeddingSet, key)
         row = None
         if embedding_set is not None and embedding_set.status == READY:
             embeddings = EmbeddingFile.from_row(embedding_set, store)
             index_key = index_fingerprint(experiment, embeddings)
-            row = session.scalar(select(VectorIndex).where(VectorIndex.fingerprint == index_key))
+            row = find_stage(session, VectorIndex, index_key)
         if row is None or row.status != READY:
             raise IndexFileError(
                 "no finished index for this experiment's [embedder] and [retriever]; "

@@ -24,3 +24,14 @@ def open_array(
             f"{np.dtype(dtype)} {shape}; run: {fix}"
         )
     return array
+
+
+def resume_array(
+    path: Path, shape: tuple[int, ...], dtype: type, done: int, what: str, fix: str
+) -> tuple[np.ndarray, int]:
+    """The file a resumable stage writes, memory-mapped for writing, and the row to go on from:
+    ``done`` when the file is there (checked like :func:`open_array`), else a new file and 0."""
+    if done == 0 or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return np.lib.format.open_memmap(path, "w+", dtype, shape), 0
+    return open_array(path, shape, dtype, what, fix, "r+"), done

@@ -5,9 +5,10 @@ database (paths relative to the store folder), each recorded by a row with its o
 status. A chunk's primary key is the id stored in the vector index, so SQL and Faiss always
 speak about the same chunk.
 
-Rows that describe derived data (embedding sets, vector indexes, neighbour sets) carry a
-``fingerprint``: a hash of everything that determines their content. A stage that finds a row
-with its fingerprint and status ``ready`` has nothing to do; a ``building`` row is resumed.
+Rows that describe derived data (embedding sets, vector indexes, neighbour sets) share the
+columns of :class:`StageRecord`, among them a ``fingerprint``: a hash of everything that
+determines their content. A stage that finds a row with its fingerprint and status ``ready`` has
+nothing to do; a ``building`` row is resumed (:mod:`retro_platform.store.stages`).
 """
 
 from __future__ import annotations
@@ -133,57 +134,72 @@ class Chunk(Base):
     document: Mapped[Document] = relationship(back_populates="chunks")
 
 
-class EmbeddingSet(Base):
+#: ``sort_order`` of a stage table's columns, so each table keeps the column order it was created
+#: with: its id, its parent's id (``_PARENT``), the fingerprint, its own columns (0), then
+#: count, done, file, status, seconds and created_at, then any it adds later (``_LATER``).
+_PARENT, _LATER = -1, 4
+
+
+class StageRecord:
+    """The columns of every stage's record (:mod:`retro_platform.store.stages`): the result's
+    ``fingerprint``, its ``file`` (relative to the store folder) holding ``count`` items, its
+    ``status`` and the ``seconds`` spent building it."""
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, sort_order=-2)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True, sort_order=_PARENT)
+    count: Mapped[int] = mapped_column(BigInteger, default=0, sort_order=1)
+    file: Mapped[str] = mapped_column(String(1024), sort_order=3)
+    status: Mapped[str] = mapped_column(String(20), default=BUILDING, sort_order=3)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0, sort_order=3)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=_now, sort_order=3
+    )
+
+
+class ResumableStageRecord(StageRecord):
+    """A stage that writes its file's rows in order: the first ``done`` are on disk, so an
+    interrupted build resumes there."""
+
+    done: Mapped[int] = mapped_column(BigInteger, default=0, sort_order=2)
+
+
+class EmbeddingSet(ResumableStageRecord, Base):
     """The embeddings of every chunk of a corpus (at ``corpus_version``) by one embedder.
 
-    ``file`` is a float32 ``(count, dimension)`` array in chunk-id order; ``done`` rows of it
-    are written, so an interrupted embedding resumes there.
+    ``file`` is a float32 ``(count, dimension)`` array in chunk-id order.
     """
 
     __tablename__ = "embedding_sets"
 
-    id: Mapped[int] = mapped_column(Id, primary_key=True)
-    corpus_id: Mapped[int] = mapped_column(ForeignKey("corpora.id", ondelete="CASCADE"))
-    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    corpus_id: Mapped[int] = mapped_column(
+        ForeignKey("corpora.id", ondelete="CASCADE"), sort_order=_PARENT
+    )
     embedder: Mapped[str] = mapped_column(String(200))
     embedder_options: Mapped[dict[str, Any]] = mapped_column(JSON)
     corpus_version: Mapped[int] = mapped_column(Integer)
     dimension: Mapped[int] = mapped_column(Integer)
     normalized: Mapped[bool] = mapped_column(default=False)
-    count: Mapped[int] = mapped_column(BigInteger)
-    done: Mapped[int] = mapped_column(BigInteger, default=0)
-    file: Mapped[str] = mapped_column(String(1024))
-    status: Mapped[str] = mapped_column(String(20), default=BUILDING)
-    seconds: Mapped[float] = mapped_column(Float, default=0.0)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=_now, onupdate=_now
+        DateTime(timezone=True), default=_now, onupdate=_now, sort_order=_LATER
     )
 
 
-class VectorIndex(Base):
+class VectorIndex(StageRecord, Base):
     """A retriever's index over the retrieval database: the embeddings of the chunks of the
-    documents not held out for validation."""
+    documents not held out for validation (``count`` of them)."""
 
     __tablename__ = "vector_indexes"
 
-    id: Mapped[int] = mapped_column(Id, primary_key=True)
     embedding_set_id: Mapped[int] = mapped_column(
-        ForeignKey("embedding_sets.id", ondelete="CASCADE")
+        ForeignKey("embedding_sets.id", ondelete="CASCADE"), sort_order=_PARENT
     )
-    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
     retriever: Mapped[str] = mapped_column(String(200))
     retriever_options: Mapped[dict[str, Any]] = mapped_column(JSON)
     validation_fraction: Mapped[float] = mapped_column(Float)
     dimension: Mapped[int] = mapped_column(Integer)
-    count: Mapped[int] = mapped_column(BigInteger, default=0)
-    file: Mapped[str] = mapped_column(String(1024))
-    status: Mapped[str] = mapped_column(String(20), default=BUILDING)
-    seconds: Mapped[float] = mapped_column(Float, default=0.0)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
-class NeighbourSet(Base):
+class NeighbourSet(ResumableStageRecord, Base):
     """Every chunk's ``k`` nearest neighbours in a vector index, as chunk ids.
 
     ``file`` is an int64 ``(count, k)`` array whose row ``i`` belongs to the ``i``-th chunk in
@@ -193,16 +209,8 @@ class NeighbourSet(Base):
 
     __tablename__ = "neighbour_sets"
 
-    id: Mapped[int] = mapped_column(Id, primary_key=True)
     vector_index_id: Mapped[int] = mapped_column(
-        ForeignKey("vector_indexes.id", ondelete="CASCADE")
+        ForeignKey("vector_indexes.id", ondelete="CASCADE"), sort_order=_PARENT
     )
-    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
     k: Mapped[int] = mapped_column(Integer)
     exclusion: Mapped[str] = mapped_column(String(40))
-    count: Mapped[int] = mapped_column(BigInteger)
-    done: Mapped[int] = mapped_column(BigInteger, default=0)
-    file: Mapped[str] = mapped_column(String(1024))
-    status: Mapped[str] = mapped_column(String(20), default=BUILDING)
-    seconds: Mapped[float] = mapped_column(Float, default=0.0)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)

@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-from sqlalchemy import select
 
 from retro_platform.config import Experiment
 from retro_platform.corpus.chunk_table import (
@@ -66,15 +65,13 @@ from retro_platform.neighbours.aligned import (
 from retro_platform.neighbours.retrieved import load_chunk_tokens, neighbour_tokens
 from retro_platform.neighbours.shuffled import shuffled_neighbours
 from retro_platform.protocols import Tokenizer
-from retro_platform.store.models import Chunk, Document
+from retro_platform.store.chunks import read_chunks
 from retro_platform.training.batch import Batch
 
 if TYPE_CHECKING:
     from retro_platform.pipeline import IndexResult
 
 Split = Literal["train", "val"]
-
-_FETCH = 50_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -387,19 +384,8 @@ def load_sequence_data(
 
 def _load_chunk_bytes(session: Any, corpus_id: int, count: int) -> np.ndarray:
     """``(chunks,)`` UTF-8 length of each chunk's text, in chunk-id order."""
-    result = session.execute(
-        select(Chunk.text)
-        .join(Document)
-        .where(Document.corpus_id == corpus_id)
-        .order_by(Chunk.id)
-        .execution_options(yield_per=_FETCH)
-    )
-    sizes = np.fromiter(
-        (len(text.encode("utf-8")) for rows in result.partitions() for (text,) in rows),
-        dtype=np.int64,
-        count=count,
-    )
-    return sizes
+    texts = (text for rows in read_chunks(session, corpus_id, "text") for (text,) in rows)
+    return np.fromiter((len(text.encode("utf-8")) for text in texts), dtype=np.int64, count=count)
 
 
 def _document_windows(
