@@ -13,7 +13,6 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from retro_platform.store.chunks import count_chunks as count_chunks  # for corpus.ingest
 from retro_platform.store.chunks import read_chunks
 from retro_platform.store.models import Document
 

@@ -24,10 +24,10 @@ from tqdm import tqdm
 
 from retro_platform.atomic import atomic_destination
 from retro_platform.config import Experiment
-from retro_platform.corpus.chunk_table import count_chunks
 from retro_platform.corpus.chunking import chunk_document
 from retro_platform.errors import CorpusError, StoreError
 from retro_platform.protocols import CorpusReader, SourceDocument, Tokenizer
+from retro_platform.store.chunks import count_chunks
 from retro_platform.store.fingerprints import fingerprint, short
 from retro_platform.store.models import Chunk, Corpus, Document
 
