@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: the reference model, memory, guarded workers, FLOPs, tables.
+"""Helpers shared by the benchmarks: the reference model, memory and process readings, FLOPs,
+the machine, medians and tables. Running tasks in fresh processes is ``_tasks.py``'s.
 
 The reference is ``retro-pytorch`` 0.3.9 (installed with ``--no-deps``). Its package ``__init__``
 imports ``autofaiss``, which we do not install, so :func:`load_reference_retro` loads only its
@@ -9,12 +10,11 @@ module takes from ``retro_pytorch.retrieval`` (``BERT_VOCAB_SIZE``) is served by
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import platform
 import resource
+import statistics
 import sys
-import threading
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -136,83 +136,6 @@ def available_memory_bytes() -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# guarding a worker process
-# ---------------------------------------------------------------------------------------------
-
-#: A worker's exit status when its memory guard stopped it.
-EXIT_OUT_OF_MEMORY = 86
-#: Stop a worker when the machine has less than this available, whatever its own RSS.
-MACHINE_MEMORY_FLOOR = 1 * GIB
-
-#: What a worker's task has established so far (baseline RSS, parameter count): reported even
-#: when the task is stopped for memory half-way.
-PROGRESS: dict[str, Any] = {}
-
-
-def is_allocation_failure(error: BaseException) -> bool:
-    """Whether torch or Python could not allocate memory (the address-space limit was hit)."""
-    if isinstance(error, MemoryError):
-        return True
-    message = str(error).lower()
-    return isinstance(error, RuntimeError) and (
-        "can't allocate memory" in message or "not enough memory" in message
-    )
-
-
-class MemoryGuard(threading.Thread):
-    """Watchdog: exit with :data:`EXIT_OUT_OF_MEMORY` when RSS passes the limit.
-
-    Polls every 50 ms, and also stops the worker when the whole machine runs short (other
-    work shares it). :meth:`limit_address_space` adds a hard backstop for allocations too large
-    and too fast for polling to see.
-    """
-
-    def __init__(self, limit_bytes: int, out_path: Path) -> None:
-        super().__init__(daemon=True)
-        self.limit_bytes = limit_bytes
-        self.out_path = out_path
-        self.max_seen = 0
-        self._stopped = threading.Event()
-
-    def run(self) -> None:
-        polls = 0
-        while not self._stopped.wait(0.05):
-            rss = current_rss_bytes()
-            self.max_seen = max(self.max_seen, rss)
-            if rss > self.limit_bytes:
-                self._abort(f"RSS {format_bytes(rss)} passed the limit")
-            polls += 1
-            available = available_memory_bytes() if polls % 4 == 0 else None
-            if available is not None and available < MACHINE_MEMORY_FLOOR:
-                self._abort(f"machine had only {format_bytes(available)} available")
-
-    def _abort(self, reason: str) -> None:
-        payload = {**PROGRESS, "status": "oom", "detail": reason, "peak_rss": self.max_seen}
-        write_json(self.out_path, payload)
-        os._exit(EXIT_OUT_OF_MEMORY)
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-
-def limit_address_space(limit_bytes: int) -> None:
-    """Backstop to :class:`MemoryGuard`: cap the address space at its size now plus the limit.
-
-    An allocation too large and too fast for polling to catch then fails inside torch, and the
-    worker reports it as out of memory.
-    """
-    cap = virtual_size_bytes() + limit_bytes
-    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    if hard != resource.RLIM_INFINITY:
-        cap = min(cap, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.write_text(json.dumps(payload, default=list))
-
-
-# ---------------------------------------------------------------------------------------------
 # FLOP counting
 # ---------------------------------------------------------------------------------------------
 
@@ -285,18 +208,19 @@ def format_bytes(num_bytes: float | None) -> str:
     return f"{num_bytes / 1024**2:.0f} MiB"
 
 
-def jsonable(value: Any) -> Any:
-    """Tuples to lists, recursively, so that a value round-trips through JSON unchanged."""
-    if isinstance(value, (list, tuple)):
-        return [jsonable(item) for item in value]
-    if isinstance(value, dict):
-        return {key: jsonable(item) for key, item in value.items()}
-    return value
-
-
 # ---------------------------------------------------------------------------------------------
 # tables
 # ---------------------------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    """Progress, to stderr: stdout is the report."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def median(values: list[float]) -> float | None:
+    """The median, or None for no values."""
+    return statistics.median(values) if values else None
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -326,7 +250,7 @@ def fmt_ratio(numerator: float | None, denominator: float | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# watching another process (added for benchmarks/retrieval.py)
+# other processes: memory, descendants, CPU time (from /proc)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -389,98 +313,3 @@ def process_tree_cpu_seconds(pid: int | None = None) -> float:
     embedder keeps (``time.process_time`` counts only the calling process's threads).
     Resolution: one clock tick (10 ms); a descendant that exited is no longer counted."""
     return sum(process_cpu_seconds(member) for member in process_tree(pid))
-
-
-class WatchedRun:
-    """What :func:`run_watched` saw of one child process (and the processes it started)."""
-
-    def __init__(self) -> None:
-        self.returncode: int | None = None
-        self.wall_s = 0.0
-        #: The child's own peak RSS: the last ``VmHWM`` read while it ran (polled), or None.
-        self.peak_rss: int | None = None
-        #: ``ru_maxrss`` of the child from ``wait4`` (bytes): at least the parent's RSS at the
-        #: fork, see :func:`peak_rss_bytes`; a cross-check of ``peak_rss``.
-        self.ru_maxrss: int | None = None
-        self.timed_out = False
-        #: True when ``stop_when`` asked for the child to be stopped (it was sent SIGTERM).
-        self.stopped = False
-        #: Seconds from the start to the poll at which ``stop_when`` answered True.
-        self.stopped_at_s: float | None = None
-        #: ``VmHWM`` read at that poll, before the child was stopped.
-        self.peak_rss_at_stop: int | None = None
-        #: The largest sum of ``VmRSS`` over the child and its descendants seen at one poll
-        #: (the memory of the whole job when the child starts worker processes), or None.
-        self.tree_peak_rss: int | None = None
-        #: The same, up to the poll at which ``stop_when`` answered True.
-        self.tree_peak_rss_at_stop: int | None = None
-        #: Largest number of processes seen in the tree at one poll.
-        self.tree_processes = 0
-
-
-def run_watched(
-    command: list[str],
-    *,
-    cwd: Path | str | None = None,
-    env: dict[str, str] | None = None,
-    stdout: Any = None,
-    stderr: Any = None,
-    timeout_s: float | None = None,
-    poll_s: float = 0.05,
-    stop_when: Callable[[], bool] | None = None,
-    stop_poll_s: float = 0.25,
-    tree_poll_s: float = 0.1,
-) -> WatchedRun:
-    """Run ``command`` to its end, polling its ``VmHWM`` every ``poll_s``.
-
-    ``stop_when`` (called every ``stop_poll_s``) may end the child early: when it returns True
-    the child's peak so far is recorded and the child is sent SIGTERM (then SIGKILL after 10 s).
-    A child past ``timeout_s`` is killed and reported with ``timed_out``. Every
-    ``tree_poll_s`` the RSS of the child and all its descendants is summed: ``tree_peak_rss``.
-    """
-    import subprocess
-    import time
-
-    result = WatchedRun()
-    started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=stdout, stderr=stderr)
-    last_stop_check = last_tree_poll = started
-    terminated_at: float | None = None
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid == process.pid:
-            process.returncode = os.waitstatus_to_exitcode(status)  # reaped: Popen must not
-            result.returncode = process.returncode
-            result.ru_maxrss = usage.ru_maxrss * 1024
-            break
-        hwm = process_status_bytes(process.pid, "VmHWM")
-        if hwm is not None:
-            result.peak_rss = max(result.peak_rss or 0, hwm)
-        now = time.perf_counter()
-        if now - last_tree_poll >= tree_poll_s:
-            last_tree_poll = now
-            members = process_tree(process.pid)
-            sizes = [process_status_bytes(member, "VmRSS") for member in members]
-            total = sum(size for size in sizes if size is not None)
-            if total:
-                result.tree_peak_rss = max(result.tree_peak_rss or 0, total)
-                result.tree_processes = max(result.tree_processes, len(members))
-        if terminated_at is None:
-            if timeout_s is not None and now - started > timeout_s:
-                result.timed_out = True
-                process.kill()
-                terminated_at = now
-            elif stop_when is not None and now - last_stop_check >= stop_poll_s:
-                last_stop_check = now
-                if stop_when():
-                    result.stopped = True
-                    result.stopped_at_s = now - started
-                    result.peak_rss_at_stop = result.peak_rss
-                    result.tree_peak_rss_at_stop = result.tree_peak_rss
-                    process.terminate()
-                    terminated_at = now
-        elif now - terminated_at > 10:
-            process.kill()
-        time.sleep(poll_s)
-    result.wall_s = time.perf_counter() - started
-    return result

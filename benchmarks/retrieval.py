@@ -17,9 +17,13 @@
    sizes, and of the index stage's embedding part with the hashing embedder.
 
 Every measurement whose memory matters runs in a process of its own: the CLI stages (4, 5) are
-watched from outside (``VmHWM`` of ``/proc/PID/status``, polled), the index and embedding
-measurements (1-3) are this script re-invoked with the hidden ``--worker`` flag. Items 1-3
-reuse the MiniLM embeddings and chunk texts of item 4's store. See ``benchmarks/README.md``.
+watched from outside (``_tasks.run_watched``: ``VmHWM`` of ``/proc/PID/status``, polled), the
+index and embedding measurements (1-3) are tasks that ``_tasks.TaskRunner`` runs in fresh
+processes of this script. Items 1-3 reuse the MiniLM embeddings and chunk texts of item 4's
+store. See ``benchmarks/README.md``.
+
+The script reads top-down: the sizes and options, what is run (the CLI stages and the tasks, in
+order), the tasks (what one worker measures), the tables.
 """
 
 from __future__ import annotations
@@ -31,9 +35,7 @@ import math
 import os
 import shlex
 import shutil
-import signal
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,9 +46,6 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    GIB,
-    REPO_ROOT,
-    MemoryGuard,
     cpu_model,
     current_rss_bytes,
     ensure_repo_on_path,
@@ -54,11 +53,20 @@ from _common import (
     fmt_ratio,
     fmt_seconds,
     format_bytes,
+    log,
     markdown_table,
+    median,
     peak_rss_bytes,
     process_tree_cpu_seconds,
+)
+from _tasks import (
+    TaskRunner,
+    Worker,
+    add_worker_arguments,
+    child_env,
+    log_tail,
     run_watched,
-    write_json,
+    serve,
 )
 
 SEED = 0
@@ -90,7 +98,7 @@ TARGET_EMBED_RECALL = 0.95
 TARGET_PIPELINE_S = 600.0
 TARGET_INGEST_RSS = 2 * 10**9
 
-#: Synthetic vectors: a two-level Gaussian mixture on the unit sphere (see make_synthetic).
+#: Synthetic vectors: a two-level Gaussian mixture on the unit sphere (see synthetic_task).
 SYNTHETIC_DIM = 384
 SYNTHETIC_CLUSTERS = 1024
 SYNTHETIC_SUBCLUSTERS = 16
@@ -100,14 +108,6 @@ SYNTHETIC_POINT_NOISE = 0.8
 #: Item 5: documents of this many chunks of CHUNK_BYTES bytes (bytes tokenizer: 1 token/byte).
 INGEST_CHUNKS_PER_DOC = 64
 INGEST_CHUNK_BYTES = 64
-
-#: Environment of every child: nothing may reach for the network.
-CHILD_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "TOKENIZERS_PARALLELISM": "false",
-}
 
 
 @dataclass(frozen=True)
@@ -125,56 +125,487 @@ FULL = Sizes(None, 1000, 1_000_000, 1000, 2000, 250, (100_000, 1_000_000))
 QUICK = Sizes(20, 200, 20_000, 200, 256, 64, (2_000, 20_000))
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+# ---------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------
 
 
-def child_env() -> dict[str, str]:
-    env = {**os.environ, **CHILD_ENV}
-    env["PYTHONPATH"] = os.pathsep.join(
-        part for part in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if part
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat: a smoke test")
+    parser.add_argument("--only", default="1,2,3,4,5", help="items to run, e.g. 1,2 (default all)")
+    parser.add_argument(
+        "--datasets",
+        default="stdlib,synthetic",
+        help="vector sets of items 1-2 (default stdlib,synthetic)",
     )
-    return env
-
-
-def median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-# =============================================================================================
-# workers: what runs in a fresh process (items 1-3 and the synthetic vectors)
-# =============================================================================================
-
-
-def run_worker(task: dict[str, Any], out_path: Path) -> int:
-    """Entry point of ``--worker``: run one task under a memory guard, write its result."""
-    guard = MemoryGuard(int(task.get("mem_limit_gb", 16) * GIB), out_path)
-    guard.start()
-    handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-        "synthetic": synthetic_task,
-        "index": index_task,
-        "embed": embed_task,
-    }
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed runs per measurement (5 for searches and 3 for embedding; 1 with --quick)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write everything as JSON")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="work in this folder and keep it (default: a temporary folder, removed); "
+        "a kept stdlib store is reused by items 1-3 when item 4 is not run",
+    )
+    parser.add_argument(
+        "--vectors",
+        type=int,
+        default=None,
+        help="synthetic vectors of items 1-2 (1,000,000; 20,000 with --quick)",
+    )
+    parser.add_argument("--mem-limit-gb", type=float, default=16.0, help="per worker (16)")
+    parser.add_argument(
+        "--timeout-s", type=float, default=7200.0, help="per worker or CLI stage (7200)"
+    )
+    add_worker_arguments(parser)
+    args = parser.parse_args(argv)
     try:
-        result = handlers[task["kind"]](task)
-        result.setdefault("status", "ok")
-    except MemoryError as error:
-        result = {"status": "oom", "detail": f"MemoryError: {error}"}
-    except Exception as error:  # reported in the table, not a traceback in the middle of it
-        import traceback
+        args.items = sorted({int(item) for item in args.only.split(",") if item.strip()})
+    except ValueError:
+        parser.error(f"--only takes item numbers 1-5 separated by commas, got {args.only!r}")
+    if not args.items or set(args.items) - set(ITEMS):
+        parser.error(f"--only takes item numbers 1-5 separated by commas, got {args.only!r}")
+    args.datasets = [name.strip() for name in args.datasets.split(",") if name.strip()]
+    if not args.datasets or set(args.datasets) - set(DATASETS):
+        parser.error(f"--datasets takes stdlib and/or synthetic, got {','.join(args.datasets)!r}")
+    if args.vectors is not None and args.vectors < 1000:
+        parser.error("--vectors must be at least 1000 (faiss-ivfpq trains on them)")
+    if args.repeats is not None and args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    args.search_repeats = args.repeats or (1 if args.quick else 5)
+    args.embed_repeats = args.repeats or (1 if args.quick else 3)
+    return args
 
-        traceback.print_exc()
-        result = {"status": "error", "detail": f"{type(error).__name__}: {error}"}
-    result["peak_rss"] = peak_rss_bytes()
-    guard.stop()
-    write_json(out_path, result)
-    return 0
+
+# ---------------------------------------------------------------------------------------------
+# what is run: items 4, 3, 1 and 2, 5
+# ---------------------------------------------------------------------------------------------
+
+
+def run_benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    sizes = QUICK if args.quick else FULL
+    if args.vectors is not None:
+        sizes = replace(sizes, synthetic_vectors=args.vectors)
+    items = set(args.items)
+    command = "python benchmarks/retrieval.py " + " ".join(
+        shlex.quote(arg) for arg in (args.argv or [])
+    )
+    results: dict[str, Any] = {
+        "command": command.strip(),
+        "quick": args.quick,
+        "items": sorted(items),
+        "repeats": {"search": args.search_repeats, "embedding": args.embed_repeats},
+        "sizes": asdict(sizes),
+        "machine": machine_facts(),
+        "load_average": [os.getloadavg()[0]],
+        "notes": [],
+    }
+    runner = TaskRunner(
+        __file__, timeout_s=args.timeout_s, mem_limit_gb=args.mem_limit_gb, scratch=work / "workers"
+    )
+    stdlib_folder = work / "stdlib"
+
+    needs_store = bool(items & {1, 2}) and "stdlib" in args.datasets or 3 in items
+    embeddings: Path | None = None
+    if 4 in items:
+        results["pipeline"] = run_stdlib_pipeline(stdlib_folder, sizes, args.timeout_s)
+        embeddings = finished_stdlib_store(stdlib_folder)
+    elif needs_store:
+        embeddings = finished_stdlib_store(stdlib_folder)
+        if embeddings is None:
+            log("items 1-3 need item 4's store: running ingest + index first (not reported)")
+            run_stdlib_pipeline(stdlib_folder, sizes, args.timeout_s)
+            embeddings = finished_stdlib_store(stdlib_folder)
+            results["notes"].append("item 4's store was built first for items 1-3")
+        else:
+            results["notes"].append(f"items 1-3 reused the stdlib store in {stdlib_folder}")
+    database = stdlib_folder / "store" / "retro.db"
+
+    if 3 in items:
+        if embeddings is None:
+            results["embed"] = {"status": "error", "detail": "no finished stdlib store"}
+        else:
+            log(f"item 3: embedding {sizes.embed_texts:,} texts, {args.embed_repeats} runs each")
+            results["embed"] = runner.run(
+                {
+                    "kind": "embed",
+                    "database": str(database),
+                    "texts": sizes.embed_texts,
+                    "queries": sizes.embed_queries,
+                    "repeats": args.embed_repeats,
+                }
+            )
+            log(f"    {results['embed'].get('status')} {results['embed'].get('detail', '')}")
+
+    if items & {1, 2}:
+        datasets: dict[str, dict[str, Any]] = {}
+        vectors_folder = work / "vectors"
+        if "stdlib" in args.datasets:
+            if embeddings is None:
+                datasets["stdlib"] = {"status": "error", "detail": "no finished stdlib store"}
+            else:
+                datasets["stdlib"] = prepare_stdlib_vectors(
+                    embeddings, vectors_folder, sizes.stdlib_queries
+                )
+        if "synthetic" in args.datasets:
+            results["synthetic"] = prepare_synthetic_vectors(vectors_folder, sizes, runner)
+            datasets["synthetic"] = results["synthetic"]
+        results["index_results"] = run_index_measurements(
+            datasets, work / "indexes", runner, args.search_repeats
+        )
+
+    if 5 in items:
+        results["ingest_scale"] = run_ingest_scale(work / "ingest", sizes, args.timeout_s)
+
+    results["load_average"].append(os.getloadavg()[0])
+    results["wall_s"] = time.perf_counter() - started
+    return results
+
+
+# --- experiment files and the CLI --------------------------------------------------------------
+
+
+def write_experiment(folder: Path, corpus: dict[str, Any], tokenizer: str, embedder: str) -> Path:
+    def value(item: Any) -> str:
+        return json.dumps(item)  # TOML strings and integers are JSON's
+
+    corpus_lines = "\n".join(f"{key} = {value(item)}" for key, item in corpus.items())
+    text = f"""# written by benchmarks/retrieval.py
+[experiment]
+name = "retrieval-benchmark"
+seed = {SEED}
+
+[store]
+path = "store"
+
+[corpus]
+{corpus_lines}
+
+[tokenizer]
+name = "{tokenizer}"
+
+[retrieval]
+chunk_size = 64
+
+[embedder]
+name = "{embedder}"
+
+[retriever]
+name = "faiss-flat"
+"""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "experiment.toml"
+    path.write_text(text)
+    return path
+
+
+def run_cli(
+    stage: str,
+    experiment: Path,
+    timeout_s: float,
+    stop_when: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """``python -m retro_platform.cli STAGE EXPERIMENT`` in the experiment's folder, watched."""
+    log_path = experiment.parent / f"{stage}.log"
+    command = [sys.executable, "-m", "retro_platform.cli", stage, experiment.name]
+    with open(log_path, "w") as log_file:
+        watched = run_watched(
+            command,
+            cwd=experiment.parent,
+            env=child_env(),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            timeout_s=timeout_s,
+            stop_when=stop_when,
+        )
+    status = "ok"
+    detail = ""
+    if watched.timed_out:
+        status, detail = "timeout", f"timeout (> {timeout_s:g} s)"
+    elif watched.returncode != 0 and not watched.stopped:
+        status, detail = "error", f"exit {watched.returncode}: {log_tail(log_path)}"
+    return {
+        "stage": stage,
+        "status": status,
+        "detail": detail,
+        "wall_s": watched.wall_s,
+        "peak_rss": watched.peak_rss,
+        "ru_maxrss": watched.ru_maxrss,
+        "stopped": watched.stopped,
+        "stopped_at_s": watched.stopped_at_s,
+        "peak_rss_at_stop": watched.peak_rss_at_stop,
+        "tree_peak_rss": watched.tree_peak_rss,
+        "tree_peak_rss_at_stop": watched.tree_peak_rss_at_stop,
+        "tree_processes": watched.tree_processes,
+        "log": str(log_path),
+    }
+
+
+def query_store(database: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of a read-only query on a store's SQLite database ([] if it cannot be read)."""
+    if not database.exists():
+        return []
+    try:
+        connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)
+        try:
+            return connection.execute(sql).fetchall()
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        return []
+
+
+def store_facts(database: Path) -> dict[str, Any]:
+    """What the store recorded: counts and the seconds of each sub-stage of ``index``."""
+
+    def one(sql: str) -> Any:
+        rows = query_store(database, sql)
+        return rows[0] if rows else None
+
+    documents = one("SELECT count(*) FROM documents")
+    chunks = one("SELECT count(*) FROM chunks")
+    ingest = one("SELECT last_ingest FROM corpora ORDER BY id DESC LIMIT 1")
+    embedding = one(
+        "SELECT count, seconds, dimension, file, status, done FROM embedding_sets "
+        "ORDER BY id DESC LIMIT 1"
+    )
+    index = one("SELECT count, seconds, retriever FROM vector_indexes ORDER BY id DESC LIMIT 1")
+    neighbours = one("SELECT count, seconds, k FROM neighbour_sets ORDER BY id DESC LIMIT 1")
+    facts: dict[str, Any] = {
+        "documents": documents[0] if documents else None,
+        "chunks": chunks[0] if chunks else None,
+        "last_ingest": json.loads(ingest[0]) if ingest and ingest[0] else None,
+    }
+    if embedding:
+        facts["embedding"] = dict(
+            zip(("count", "seconds", "dimension", "file", "status", "done"), embedding, strict=True)
+        )
+    if index:
+        facts["index"] = dict(zip(("count", "seconds", "retriever"), index, strict=True))
+    if neighbours:
+        facts["neighbours"] = dict(zip(("count", "seconds", "k"), neighbours, strict=True))
+    return facts
+
+
+# --- item 4: the whole python-stdlib corpus, end to end ----------------------------------------
+
+
+def run_stdlib_pipeline(folder: Path, sizes: Sizes, timeout_s: float) -> dict[str, Any]:
+    if folder.exists():
+        shutil.rmtree(folder)  # our own folder from an earlier --keep run: start from nothing
+    corpus: dict[str, Any] = {"name": "python-stdlib"}
+    if sizes.stdlib_max_files is not None:
+        corpus["max_files"] = sizes.stdlib_max_files
+    experiment = write_experiment(folder, corpus, "pretrained", "sentence-transformers")
+    log(f"item 4: ingest {experiment}")
+    ingest = run_cli("ingest", experiment, timeout_s)
+    log(f"item 4: ingest {ingest['status']} in {ingest['wall_s']:.0f} s; index (MiniLM, flat)")
+    index = run_cli("index", experiment, timeout_s) if ingest["status"] == "ok" else None
+    if index is not None:
+        log(f"item 4: index {index['status']} in {index['wall_s']:.0f} s")
+    return {
+        "experiment": str(experiment),
+        "ingest": ingest,
+        "index": index,
+        "store": store_facts(folder / "store" / "retro.db"),
+    }
+
+
+def finished_stdlib_store(folder: Path) -> Path | None:
+    """The embeddings file of a finished stdlib store in ``folder`` (from a kept run), or None."""
+    facts = store_facts(folder / "store" / "retro.db")
+    embedding = facts.get("embedding")
+    if not embedding or embedding["status"] != "ready":
+        return None
+    path = folder / "store" / embedding["file"]
+    return path if path.exists() else None
+
+
+# --- items 1 and 2 -----------------------------------------------------------------------------
+
+
+def prepare_stdlib_vectors(embeddings: Path, folder: Path, queries: int) -> dict[str, Any]:
+    """Hold out ``queries`` chunks (seeded) as queries; the rest is the database."""
+    import numpy as np
+
+    vectors = np.load(embeddings)
+    rows = np.random.default_rng(SEED).choice(len(vectors), size=queries, replace=False)
+    held_out = np.zeros(len(vectors), dtype=bool)
+    held_out[rows] = True
+    folder.mkdir(parents=True, exist_ok=True)
+    db, query_path = folder / "stdlib-db.npy", folder / "stdlib-queries.npy"
+    np.save(db, vectors[~held_out])
+    np.save(query_path, vectors[np.sort(rows)])
+    return {"db": str(db), "queries": str(query_path), "n": int((~held_out).sum())}
+
+
+def prepare_synthetic_vectors(folder: Path, sizes: Sizes, runner: TaskRunner) -> dict[str, Any]:
+    folder.mkdir(parents=True, exist_ok=True)
+    n, q = sizes.synthetic_vectors, sizes.synthetic_queries
+    db, query_path = folder / f"synthetic-{n}-db.npy", folder / f"synthetic-{n}-queries.npy"
+    spec = {
+        "n": n,
+        "n_queries": q,
+        "seed": SEED,
+        "generator": [
+            SYNTHETIC_DIM,
+            SYNTHETIC_CLUSTERS,
+            SYNTHETIC_SUBCLUSTERS,
+            SYNTHETIC_SUB_NOISE,
+            SYNTHETIC_POINT_NOISE,
+        ],
+    }
+    meta = folder / f"synthetic-{n}.json"
+    if (
+        meta.exists()
+        and db.exists()
+        and query_path.exists()
+        and json.loads(meta.read_text()) == spec
+    ):
+        return {"db": str(db), "queries": str(query_path), "n": n, "seconds": None, "reused": True}
+    log(f"items 1-2: generating {n:,} synthetic vectors")
+    result = runner.run(
+        {"kind": "synthetic", "vectors": str(db), "queries": str(query_path), **spec}
+    )
+    if result.get("status") != "ok":
+        return {"status": result.get("status"), "detail": result.get("detail")}
+    meta.write_text(json.dumps(spec))
+    return {"db": str(db), "queries": str(query_path), "n": n, "seconds": result["seconds"]}
+
+
+def run_index_measurements(
+    datasets: dict[str, dict[str, Any]], folder: Path, runner: TaskRunner, repeats: int
+) -> list[dict[str, Any]]:
+    folder.mkdir(parents=True, exist_ok=True)
+    results = []
+    for dataset, data in datasets.items():
+        if "db" not in data:
+            for retriever in RETRIEVERS:
+                results.append(
+                    {
+                        "dataset": dataset,
+                        "retriever": retriever,
+                        "status": data.get("status", "error"),
+                        "detail": data.get("detail", "no vectors"),
+                    }
+                )
+            continue
+        gt_path = folder / f"{dataset}-exact-top{max(KS)}.npy"
+        gt_path.unlink(missing_ok=True)
+        for retriever in RETRIEVERS:  # flat first: it writes the exact neighbours
+            log(f"items 1-2: {retriever} on {dataset} ({data['n']:,} vectors)")
+            result = runner.run(
+                {
+                    "kind": "index",
+                    "retriever": retriever,
+                    "db": data["db"],
+                    "queries": data["queries"],
+                    "ks": list(KS),
+                    "repeats": repeats,
+                    "gt_path": str(gt_path),
+                    "index_path": str(folder / f"{dataset}-{retriever}.index"),
+                }
+            )
+            result.update(dataset=dataset, retriever=retriever)
+            results.append(result)
+            if result.get("status") == "ok":
+                log(
+                    f"    built in {result['build_s']:.1f} s; recall {result['recall']}; "
+                    f"same results {result['same_results']}"
+                )
+            else:
+                log(f"    {result.get('status')}: {result.get('detail')}")
+            (folder / f"{dataset}-{retriever}.index").unlink(missing_ok=True)
+    return results
+
+
+# --- item 5: a million chunks ------------------------------------------------------------------
+
+
+def write_synthetic_jsonl(path: Path, chunks: int) -> dict[str, Any]:
+    """Documents of 64 chunks x 64 ASCII bytes (the last one shorter), deterministic text."""
+    import numpy as np
+
+    rng = np.random.default_rng(SEED)
+    letters = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
+    words = [
+        letters[rng.integers(0, 26, length)].tobytes().decode()
+        for length in rng.integers(2, 11, 4096)
+    ]
+    pool = " ".join(words[i] for i in rng.integers(0, len(words), 800_000))  # ~5 MB
+    doc_bytes = INGEST_CHUNKS_PER_DOC * INGEST_CHUNK_BYTES
+    documents = math.ceil(chunks / INGEST_CHUNKS_PER_DOC)
+    offsets = rng.integers(0, len(pool) - doc_bytes, documents)
+    with open(path, "w", encoding="ascii") as out:
+        for index, offset in enumerate(offsets):
+            size = min(doc_bytes, (chunks - index * INGEST_CHUNKS_PER_DOC) * INGEST_CHUNK_BYTES)
+            text = pool[offset : offset + size]
+            out.write(json.dumps({"id": f"doc-{index:07d}", "text": text}) + "\n")
+    return {"documents": documents, "bytes": path.stat().st_size}
+
+
+def run_ingest_scale(folder: Path, sizes: Sizes, timeout_s: float) -> list[dict[str, Any]]:
+    rows = []
+    for position, chunks in enumerate(sizes.ingest_chunks):
+        sub = folder / f"jsonl-{chunks}"
+        if sub.exists():
+            shutil.rmtree(sub)
+        sub.mkdir(parents=True)
+        started = time.perf_counter()
+        corpus = write_synthetic_jsonl(sub / "corpus.jsonl", chunks)
+        generate_s = time.perf_counter() - started
+        experiment = write_experiment(
+            sub, {"name": "jsonl", "path": "corpus.jsonl"}, "bytes", "hashing"
+        )
+        log(f"item 5: ingest {chunks:,} chunks ({format_bytes(corpus['bytes'])} of JSON Lines)")
+        ingest = run_cli("ingest", experiment, timeout_s)
+        facts = store_facts(sub / "store" / "retro.db")
+        peak = format_bytes(ingest["peak_rss"])
+        log(f"    {ingest['status']} in {ingest['wall_s']:.0f} s, peak RSS {peak}")
+        row = {
+            "target_chunks": chunks,
+            "corpus": corpus,
+            "generate_s": generate_s,
+            "ingest": ingest,
+            "store": facts,
+            "database_bytes": _folder_bytes(sub / "store"),
+        }
+        if position == len(sizes.ingest_chunks) - 1 and ingest["status"] == "ok":
+            database = sub / "store" / "retro.db"
+
+            def embeddings_ready(database: Path = database) -> bool:
+                found = query_store(database, "SELECT status FROM embedding_sets")
+                return bool(found) and found[0][0] == "ready"
+
+            log(f"item 5: index stage with hashing, stopped when the {chunks:,} embeddings are in")
+            index = run_cli("index", experiment, timeout_s, stop_when=embeddings_ready)
+            row["index"] = index
+            row["index_store"] = store_facts(database)
+            log(f"    {index['status']}, stopped {index['stopped']} at {index['stopped_at_s']}")
+        rows.append(row)
+    return rows
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+# ---------------------------------------------------------------------------------------------
+# the tasks: what one worker measures (items 1-3 and the synthetic vectors)
+# ---------------------------------------------------------------------------------------------
 
 
 # --- synthetic vectors -----------------------------------------------------------------------
 
 
-def synthetic_task(task: dict[str, Any]) -> dict[str, Any]:
+def synthetic_task(task: dict[str, Any], _worker: Worker) -> dict[str, Any]:
     """Write ``n`` database vectors and ``q`` query vectors (float32 .npy), deterministically."""
     import numpy as np
 
@@ -211,7 +642,7 @@ def _unit(x: Any) -> Any:
 # --- items 1 and 2: one retriever on one dataset ---------------------------------------------
 
 
-def index_task(task: dict[str, Any]) -> dict[str, Any]:
+def index_task(task: dict[str, Any], _worker: Worker) -> dict[str, Any]:
     """Build the retriever plugin's index, save it, load it back twice (plugin and
     ``faiss.read_index``), time both searches alternately, measure recall."""
     import faiss
@@ -353,7 +784,7 @@ def describe_index(index: Any) -> str:
 # --- item 3: embedding throughput --------------------------------------------------------------
 
 
-def embed_task(task: dict[str, Any]) -> dict[str, Any]:
+def embed_task(task: dict[str, Any], _worker: Worker) -> dict[str, Any]:
     import contextlib
 
     import numpy as np
@@ -484,388 +915,13 @@ def read_chunk_texts(database: Path, count: int) -> list[str]:
         connection.close()
 
 
-# =============================================================================================
-# the driver
-# =============================================================================================
+#: What ``--worker`` runs, by the task's kind.
+WORKER_TASKS = {"synthetic": synthetic_task, "index": index_task, "embed": embed_task}
 
 
-class Workers:
-    """Runs worker tasks one at a time, each in a fresh process of this script."""
-
-    def __init__(self, scratch: Path, timeout_s: float, mem_limit_gb: float) -> None:
-        self.scratch = scratch
-        self.timeout_s = timeout_s
-        self.mem_limit_gb = mem_limit_gb
-        self.count = 0
-
-    def run(self, task: dict[str, Any]) -> dict[str, Any]:
-        self.count += 1
-        out_path = self.scratch / f"worker-{self.count}.json"
-        log_path = self.scratch / f"worker-{self.count}.log"
-        task = {**task, "mem_limit_gb": self.mem_limit_gb}
-        command = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--worker",
-            json.dumps(task),
-            "--worker-out",
-            str(out_path),
-        ]
-        with open(log_path, "w") as log_file:
-            watched = run_watched(
-                command,
-                env=child_env(),
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                timeout_s=self.timeout_s,
-                poll_s=0.2,
-            )
-        if watched.timed_out:
-            return {"status": "timeout", "detail": f"timeout (> {self.timeout_s:g} s)"}
-        result = json.loads(out_path.read_text()) if out_path.exists() else None
-        if result is None:
-            if watched.returncode == -signal.SIGKILL:
-                return {"status": "oom", "detail": "killed by SIGKILL (the kernel's OOM killer?)"}
-            tail = (log_path.read_text().strip().splitlines() or ["no output"])[-1]
-            return {"status": "error", "detail": f"worker exited {watched.returncode}: {tail}"}
-        if result.get("status") == "oom":
-            result["detail"] = f"out of memory (> {self.mem_limit_gb:g} GiB; {result['detail']})"
-        result["wall_s"] = watched.wall_s
-        return result
-
-
-# --- experiment files and the CLI --------------------------------------------------------------
-
-
-def write_experiment(folder: Path, corpus: dict[str, Any], tokenizer: str, embedder: str) -> Path:
-    def value(item: Any) -> str:
-        return json.dumps(item)  # TOML strings and integers are JSON's
-
-    corpus_lines = "\n".join(f"{key} = {value(item)}" for key, item in corpus.items())
-    text = f"""# written by benchmarks/retrieval.py
-[experiment]
-name = "retrieval-benchmark"
-seed = {SEED}
-
-[store]
-path = "store"
-
-[corpus]
-{corpus_lines}
-
-[tokenizer]
-name = "{tokenizer}"
-
-[retrieval]
-chunk_size = 64
-
-[embedder]
-name = "{embedder}"
-
-[retriever]
-name = "faiss-flat"
-"""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "experiment.toml"
-    path.write_text(text)
-    return path
-
-
-def run_cli(
-    stage: str,
-    experiment: Path,
-    timeout_s: float,
-    stop_when: Callable[[], bool] | None = None,
-) -> dict[str, Any]:
-    """``python -m retro_platform.cli STAGE EXPERIMENT`` in the experiment's folder, watched."""
-    log_path = experiment.parent / f"{stage}.log"
-    command = [sys.executable, "-m", "retro_platform.cli", stage, experiment.name]
-    with open(log_path, "w") as log_file:
-        watched = run_watched(
-            command,
-            cwd=experiment.parent,
-            env=child_env(),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            timeout_s=timeout_s,
-            stop_when=stop_when,
-        )
-    status = "ok"
-    detail = ""
-    if watched.timed_out:
-        status, detail = "timeout", f"timeout (> {timeout_s:g} s)"
-    elif watched.returncode != 0 and not watched.stopped:
-        tail = (log_path.read_text().strip().splitlines() or ["no output"])[-1]
-        status, detail = "error", f"exit {watched.returncode}: {tail}"
-    return {
-        "stage": stage,
-        "status": status,
-        "detail": detail,
-        "wall_s": watched.wall_s,
-        "peak_rss": watched.peak_rss,
-        "ru_maxrss": watched.ru_maxrss,
-        "stopped": watched.stopped,
-        "stopped_at_s": watched.stopped_at_s,
-        "peak_rss_at_stop": watched.peak_rss_at_stop,
-        "tree_peak_rss": watched.tree_peak_rss,
-        "tree_peak_rss_at_stop": watched.tree_peak_rss_at_stop,
-        "tree_processes": watched.tree_processes,
-        "log": str(log_path),
-    }
-
-
-def query_store(database: Path, sql: str) -> list[tuple[Any, ...]]:
-    """Rows of a read-only query on a store's SQLite database ([] if it cannot be read)."""
-    if not database.exists():
-        return []
-    try:
-        connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)
-        try:
-            return connection.execute(sql).fetchall()
-        finally:
-            connection.close()
-    except sqlite3.Error:
-        return []
-
-
-def store_facts(database: Path) -> dict[str, Any]:
-    """What the store recorded: counts and the seconds of each sub-stage of ``index``."""
-
-    def one(sql: str) -> Any:
-        rows = query_store(database, sql)
-        return rows[0] if rows else None
-
-    documents = one("SELECT count(*) FROM documents")
-    chunks = one("SELECT count(*) FROM chunks")
-    ingest = one("SELECT last_ingest FROM corpora ORDER BY id DESC LIMIT 1")
-    embedding = one(
-        "SELECT count, seconds, dimension, file, status, done FROM embedding_sets "
-        "ORDER BY id DESC LIMIT 1"
-    )
-    index = one("SELECT count, seconds, retriever FROM vector_indexes ORDER BY id DESC LIMIT 1")
-    neighbours = one("SELECT count, seconds, k FROM neighbour_sets ORDER BY id DESC LIMIT 1")
-    facts: dict[str, Any] = {
-        "documents": documents[0] if documents else None,
-        "chunks": chunks[0] if chunks else None,
-        "last_ingest": json.loads(ingest[0]) if ingest and ingest[0] else None,
-    }
-    if embedding:
-        facts["embedding"] = dict(
-            zip(("count", "seconds", "dimension", "file", "status", "done"), embedding, strict=True)
-        )
-    if index:
-        facts["index"] = dict(zip(("count", "seconds", "retriever"), index, strict=True))
-    if neighbours:
-        facts["neighbours"] = dict(zip(("count", "seconds", "k"), neighbours, strict=True))
-    return facts
-
-
-# --- item 4: the whole python-stdlib corpus, end to end ----------------------------------------
-
-
-def run_stdlib_pipeline(folder: Path, sizes: Sizes, timeout_s: float) -> dict[str, Any]:
-    if folder.exists():
-        shutil.rmtree(folder)  # our own folder from an earlier --keep run: start from nothing
-    corpus: dict[str, Any] = {"name": "python-stdlib"}
-    if sizes.stdlib_max_files is not None:
-        corpus["max_files"] = sizes.stdlib_max_files
-    experiment = write_experiment(folder, corpus, "pretrained", "sentence-transformers")
-    log(f"item 4: ingest {experiment}")
-    ingest = run_cli("ingest", experiment, timeout_s)
-    log(f"item 4: ingest {ingest['status']} in {ingest['wall_s']:.0f} s; index (MiniLM, flat)")
-    index = run_cli("index", experiment, timeout_s) if ingest["status"] == "ok" else None
-    if index is not None:
-        log(f"item 4: index {index['status']} in {index['wall_s']:.0f} s")
-    return {
-        "experiment": str(experiment),
-        "ingest": ingest,
-        "index": index,
-        "store": store_facts(folder / "store" / "retro.db"),
-    }
-
-
-def finished_stdlib_store(folder: Path) -> Path | None:
-    """The embeddings file of a finished stdlib store in ``folder`` (from a kept run), or None."""
-    facts = store_facts(folder / "store" / "retro.db")
-    embedding = facts.get("embedding")
-    if not embedding or embedding["status"] != "ready":
-        return None
-    path = folder / "store" / embedding["file"]
-    return path if path.exists() else None
-
-
-# --- items 1 and 2 -----------------------------------------------------------------------------
-
-
-def prepare_stdlib_vectors(embeddings: Path, folder: Path, queries: int) -> dict[str, Any]:
-    """Hold out ``queries`` chunks (seeded) as queries; the rest is the database."""
-    import numpy as np
-
-    vectors = np.load(embeddings)
-    rows = np.random.default_rng(SEED).choice(len(vectors), size=queries, replace=False)
-    held_out = np.zeros(len(vectors), dtype=bool)
-    held_out[rows] = True
-    folder.mkdir(parents=True, exist_ok=True)
-    db, query_path = folder / "stdlib-db.npy", folder / "stdlib-queries.npy"
-    np.save(db, vectors[~held_out])
-    np.save(query_path, vectors[np.sort(rows)])
-    return {"db": str(db), "queries": str(query_path), "n": int((~held_out).sum())}
-
-
-def prepare_synthetic_vectors(folder: Path, sizes: Sizes, workers: Workers) -> dict[str, Any]:
-    folder.mkdir(parents=True, exist_ok=True)
-    n, q = sizes.synthetic_vectors, sizes.synthetic_queries
-    db, query_path = folder / f"synthetic-{n}-db.npy", folder / f"synthetic-{n}-queries.npy"
-    spec = {
-        "n": n,
-        "n_queries": q,
-        "seed": SEED,
-        "generator": [
-            SYNTHETIC_DIM,
-            SYNTHETIC_CLUSTERS,
-            SYNTHETIC_SUBCLUSTERS,
-            SYNTHETIC_SUB_NOISE,
-            SYNTHETIC_POINT_NOISE,
-        ],
-    }
-    meta = folder / f"synthetic-{n}.json"
-    if (
-        meta.exists()
-        and db.exists()
-        and query_path.exists()
-        and json.loads(meta.read_text()) == spec
-    ):
-        return {"db": str(db), "queries": str(query_path), "n": n, "seconds": None, "reused": True}
-    log(f"items 1-2: generating {n:,} synthetic vectors")
-    result = workers.run(
-        {"kind": "synthetic", "vectors": str(db), "queries": str(query_path), **spec}
-    )
-    if result.get("status") != "ok":
-        return {"status": result.get("status"), "detail": result.get("detail")}
-    meta.write_text(json.dumps(spec))
-    return {"db": str(db), "queries": str(query_path), "n": n, "seconds": result["seconds"]}
-
-
-def run_index_measurements(
-    datasets: dict[str, dict[str, Any]], folder: Path, workers: Workers, repeats: int
-) -> list[dict[str, Any]]:
-    folder.mkdir(parents=True, exist_ok=True)
-    results = []
-    for dataset, data in datasets.items():
-        if "db" not in data:
-            for retriever in RETRIEVERS:
-                results.append(
-                    {
-                        "dataset": dataset,
-                        "retriever": retriever,
-                        "status": data.get("status", "error"),
-                        "detail": data.get("detail", "no vectors"),
-                    }
-                )
-            continue
-        gt_path = folder / f"{dataset}-exact-top{max(KS)}.npy"
-        gt_path.unlink(missing_ok=True)
-        for retriever in RETRIEVERS:  # flat first: it writes the exact neighbours
-            log(f"items 1-2: {retriever} on {dataset} ({data['n']:,} vectors)")
-            result = workers.run(
-                {
-                    "kind": "index",
-                    "retriever": retriever,
-                    "db": data["db"],
-                    "queries": data["queries"],
-                    "ks": list(KS),
-                    "repeats": repeats,
-                    "gt_path": str(gt_path),
-                    "index_path": str(folder / f"{dataset}-{retriever}.index"),
-                }
-            )
-            result.update(dataset=dataset, retriever=retriever)
-            results.append(result)
-            if result.get("status") == "ok":
-                log(
-                    f"    built in {result['build_s']:.1f} s; recall {result['recall']}; "
-                    f"same results {result['same_results']}"
-                )
-            else:
-                log(f"    {result.get('status')}: {result.get('detail')}")
-            (folder / f"{dataset}-{retriever}.index").unlink(missing_ok=True)
-    return results
-
-
-# --- item 5: a million chunks ------------------------------------------------------------------
-
-
-def write_synthetic_jsonl(path: Path, chunks: int) -> dict[str, Any]:
-    """Documents of 64 chunks x 64 ASCII bytes (the last one shorter), deterministic text."""
-    import numpy as np
-
-    rng = np.random.default_rng(SEED)
-    letters = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
-    words = [
-        letters[rng.integers(0, 26, length)].tobytes().decode()
-        for length in rng.integers(2, 11, 4096)
-    ]
-    pool = " ".join(words[i] for i in rng.integers(0, len(words), 800_000))  # ~5 MB
-    doc_bytes = INGEST_CHUNKS_PER_DOC * INGEST_CHUNK_BYTES
-    documents = math.ceil(chunks / INGEST_CHUNKS_PER_DOC)
-    offsets = rng.integers(0, len(pool) - doc_bytes, documents)
-    with open(path, "w", encoding="ascii") as out:
-        for index, offset in enumerate(offsets):
-            size = min(doc_bytes, (chunks - index * INGEST_CHUNKS_PER_DOC) * INGEST_CHUNK_BYTES)
-            text = pool[offset : offset + size]
-            out.write(json.dumps({"id": f"doc-{index:07d}", "text": text}) + "\n")
-    return {"documents": documents, "bytes": path.stat().st_size}
-
-
-def run_ingest_scale(folder: Path, sizes: Sizes, timeout_s: float) -> list[dict[str, Any]]:
-    rows = []
-    for position, chunks in enumerate(sizes.ingest_chunks):
-        sub = folder / f"jsonl-{chunks}"
-        if sub.exists():
-            shutil.rmtree(sub)
-        sub.mkdir(parents=True)
-        started = time.perf_counter()
-        corpus = write_synthetic_jsonl(sub / "corpus.jsonl", chunks)
-        generate_s = time.perf_counter() - started
-        experiment = write_experiment(
-            sub, {"name": "jsonl", "path": "corpus.jsonl"}, "bytes", "hashing"
-        )
-        log(f"item 5: ingest {chunks:,} chunks ({format_bytes(corpus['bytes'])} of JSON Lines)")
-        ingest = run_cli("ingest", experiment, timeout_s)
-        facts = store_facts(sub / "store" / "retro.db")
-        peak = format_bytes(ingest["peak_rss"])
-        log(f"    {ingest['status']} in {ingest['wall_s']:.0f} s, peak RSS {peak}")
-        row = {
-            "target_chunks": chunks,
-            "corpus": corpus,
-            "generate_s": generate_s,
-            "ingest": ingest,
-            "store": facts,
-            "database_bytes": _folder_bytes(sub / "store"),
-        }
-        if position == len(sizes.ingest_chunks) - 1 and ingest["status"] == "ok":
-            database = sub / "store" / "retro.db"
-
-            def embeddings_ready(database: Path = database) -> bool:
-                found = query_store(database, "SELECT status FROM embedding_sets")
-                return bool(found) and found[0][0] == "ready"
-
-            log(f"item 5: index stage with hashing, stopped when the {chunks:,} embeddings are in")
-            index = run_cli("index", experiment, timeout_s, stop_when=embeddings_ready)
-            row["index"] = index
-            row["index_store"] = store_facts(database)
-            log(f"    {index['status']}, stopped {index['stopped']} at {index['stopped_at_s']}")
-        rows.append(row)
-    return rows
-
-
-def _folder_bytes(folder: Path) -> int:
-    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
-
-
-# =============================================================================================
-# tables
-# =============================================================================================
+# ---------------------------------------------------------------------------------------------
+# the tables
+# ---------------------------------------------------------------------------------------------
 
 
 def met(value: float | None, ok: bool) -> str:
@@ -1414,9 +1470,9 @@ def print_report(results: dict[str, Any]) -> None:
         print(f"- {note}")
 
 
-# =============================================================================================
-# main
-# =============================================================================================
+# ---------------------------------------------------------------------------------------------
+# the machine
+# ---------------------------------------------------------------------------------------------
 
 
 def machine_facts() -> dict[str, Any]:
@@ -1478,144 +1534,15 @@ def faiss_openblas() -> str:
         return f"unknown ({type(error).__name__})"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat: a smoke test")
-    parser.add_argument("--only", default="1,2,3,4,5", help="items to run, e.g. 1,2 (default all)")
-    parser.add_argument(
-        "--datasets",
-        default="stdlib,synthetic",
-        help="vector sets of items 1-2 (default stdlib,synthetic)",
-    )
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        default=None,
-        help="timed runs per measurement (5 for searches and 3 for embedding; 1 with --quick)",
-    )
-    parser.add_argument("--json", type=Path, default=None, help="also write everything as JSON")
-    parser.add_argument(
-        "--keep",
-        type=Path,
-        default=None,
-        help="work in this folder and keep it (default: a temporary folder, removed); "
-        "a kept stdlib store is reused by items 1-3 when item 4 is not run",
-    )
-    parser.add_argument(
-        "--vectors",
-        type=int,
-        default=None,
-        help="synthetic vectors of items 1-2 (1,000,000; 20,000 with --quick)",
-    )
-    parser.add_argument("--mem-limit-gb", type=float, default=16.0, help="per worker (16)")
-    parser.add_argument(
-        "--timeout-s", type=float, default=7200.0, help="per worker or CLI stage (7200)"
-    )
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-out", type=Path, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    try:
-        args.items = sorted({int(item) for item in args.only.split(",") if item.strip()})
-    except ValueError:
-        parser.error(f"--only takes item numbers 1-5 separated by commas, got {args.only!r}")
-    if not args.items or set(args.items) - set(ITEMS):
-        parser.error(f"--only takes item numbers 1-5 separated by commas, got {args.only!r}")
-    args.datasets = [name.strip() for name in args.datasets.split(",") if name.strip()]
-    if not args.datasets or set(args.datasets) - set(DATASETS):
-        parser.error(f"--datasets takes stdlib and/or synthetic, got {','.join(args.datasets)!r}")
-    if args.vectors is not None and args.vectors < 1000:
-        parser.error("--vectors must be at least 1000 (faiss-ivfpq trains on them)")
-    if args.repeats is not None and args.repeats < 1:
-        parser.error("--repeats must be at least 1")
-    args.search_repeats = args.repeats or (1 if args.quick else 5)
-    args.embed_repeats = args.repeats or (1 if args.quick else 3)
-    return args
-
-
-def run_benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    started = time.perf_counter()
-    sizes = QUICK if args.quick else FULL
-    if args.vectors is not None:
-        sizes = replace(sizes, synthetic_vectors=args.vectors)
-    items = set(args.items)
-    command = "python benchmarks/retrieval.py " + " ".join(
-        shlex.quote(arg) for arg in (args.argv or [])
-    )
-    results: dict[str, Any] = {
-        "command": command.strip(),
-        "quick": args.quick,
-        "items": sorted(items),
-        "repeats": {"search": args.search_repeats, "embedding": args.embed_repeats},
-        "sizes": asdict(sizes),
-        "machine": machine_facts(),
-        "load_average": [os.getloadavg()[0]],
-        "notes": [],
-    }
-    workers = Workers(work / "workers", args.timeout_s, args.mem_limit_gb)
-    workers.scratch.mkdir(parents=True, exist_ok=True)
-    stdlib_folder = work / "stdlib"
-
-    needs_store = bool(items & {1, 2}) and "stdlib" in args.datasets or 3 in items
-    embeddings: Path | None = None
-    if 4 in items:
-        results["pipeline"] = run_stdlib_pipeline(stdlib_folder, sizes, args.timeout_s)
-        embeddings = finished_stdlib_store(stdlib_folder)
-    elif needs_store:
-        embeddings = finished_stdlib_store(stdlib_folder)
-        if embeddings is None:
-            log("items 1-3 need item 4's store: running ingest + index first (not reported)")
-            run_stdlib_pipeline(stdlib_folder, sizes, args.timeout_s)
-            embeddings = finished_stdlib_store(stdlib_folder)
-            results["notes"].append("item 4's store was built first for items 1-3")
-        else:
-            results["notes"].append(f"items 1-3 reused the stdlib store in {stdlib_folder}")
-    database = stdlib_folder / "store" / "retro.db"
-
-    if 3 in items:
-        if embeddings is None:
-            results["embed"] = {"status": "error", "detail": "no finished stdlib store"}
-        else:
-            log(f"item 3: embedding {sizes.embed_texts:,} texts, {args.embed_repeats} runs each")
-            results["embed"] = workers.run(
-                {
-                    "kind": "embed",
-                    "database": str(database),
-                    "texts": sizes.embed_texts,
-                    "queries": sizes.embed_queries,
-                    "repeats": args.embed_repeats,
-                }
-            )
-            log(f"    {results['embed'].get('status')} {results['embed'].get('detail', '')}")
-
-    if items & {1, 2}:
-        datasets: dict[str, dict[str, Any]] = {}
-        vectors_folder = work / "vectors"
-        if "stdlib" in args.datasets:
-            if embeddings is None:
-                datasets["stdlib"] = {"status": "error", "detail": "no finished stdlib store"}
-            else:
-                datasets["stdlib"] = prepare_stdlib_vectors(
-                    embeddings, vectors_folder, sizes.stdlib_queries
-                )
-        if "synthetic" in args.datasets:
-            results["synthetic"] = prepare_synthetic_vectors(vectors_folder, sizes, workers)
-            datasets["synthetic"] = results["synthetic"]
-        results["index_results"] = run_index_measurements(
-            datasets, work / "indexes", workers, args.search_repeats
-        )
-
-    if 5 in items:
-        results["ingest_scale"] = run_ingest_scale(work / "ingest", sizes, args.timeout_s)
-
-    results["load_average"].append(os.getloadavg()[0])
-    results["wall_s"] = time.perf_counter() - started
-    return results
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker is not None:
-        return run_worker(json.loads(args.worker), args.worker_out)
+        return serve(args, WORKER_TASKS)
     args.argv = sys.argv[1:] if argv is None else argv
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)

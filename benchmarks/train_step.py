@@ -3,25 +3,26 @@
     python benchmarks/train_step.py [--quick] [--configs small,seed,scaling] [--repeats N]
                                     [--json out.json] [--mem-limit-gb 16] [--timeout-s 600]
 
-Every measurement (one implementation, one configuration, one pass) runs in a fresh Python
-process (this script re-invoked with the hidden ``--worker`` flag), so that its peak RSS is its
-own. A watchdog thread and an address-space limit in each worker turn "more memory than allowed"
-into a table entry instead of a machine brought to its knees; a timeout does the same for time.
-FLOPs are counted once per model and configuration with ``torch.utils.flop_counter``, in workers
-of their own (on the meta device where the model allows it). See ``benchmarks/README.md``.
+Every measurement (one implementation, one configuration, one pass) is a task that
+``_tasks.TaskRunner`` runs in a fresh process of this script, so that its peak RSS is its own;
+the worker's memory guard and an address-space limit turn "more memory than allowed" into a table
+entry instead of a machine brought to its knees, and a timeout does the same for time. FLOPs are
+counted once per model and configuration with ``torch.utils.flop_counter``, in tasks of their own
+(on the meta device where the model allows it). See ``benchmarks/README.md``.
+
+The script reads top-down: the configurations and options, what is run, the tasks (what one
+worker measures), the tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -32,9 +33,6 @@ import torch
 import torch.nn.functional as F
 from _common import (
     CPU_ATTENTION_FLOPS,
-    GIB,
-    PROGRESS,
-    MemoryGuard,
     cpu_model,
     current_rss_bytes,
     ensure_repo_on_path,
@@ -43,14 +41,18 @@ from _common import (
     fmt_ratio,
     fmt_seconds,
     format_bytes,
-    is_allocation_failure,
-    limit_address_space,
     load_reference_retro,
+    log,
     markdown_table,
-    peak_rss_bytes,
-    ru_maxrss_bytes,
     seed_everything,
-    write_json,
+)
+from _tasks import (
+    PROGRESS,
+    TaskRunner,
+    Worker,
+    add_worker_arguments,
+    limit_address_space,
+    serve,
 )
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -146,7 +148,54 @@ def scaling_lengths(quick: bool) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# tasks: what one worker process does
+# command line
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat: a smoke test")
+    parser.add_argument(
+        "--configs",
+        default="small,seed,scaling",
+        help="comma-separated subset of small,seed,scaling (default: all)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed steps after one warm-up (default 3, 1 with --quick)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write all rows to this file")
+    parser.add_argument(
+        "--mem-limit-gb",
+        type=float,
+        default=16.0,
+        help="stop a worker whose RSS passes this (default 16)",
+    )
+    parser.add_argument(
+        "--timeout-s",
+        type=float,
+        default=600.0,
+        help="stop a worker that runs longer than this (default 600)",
+    )
+    add_worker_arguments(parser)
+    args = parser.parse_args(argv)
+    args.configs = [name.strip() for name in args.configs.split(",") if name.strip()]
+    unknown = sorted(set(args.configs) - {"small", "seed", "scaling"})
+    if unknown:
+        parser.error(
+            f"unknown configuration(s) {', '.join(unknown)}: choose from small,seed,scaling"
+        )
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# what is run: the plan, the runs, the rows
 # ---------------------------------------------------------------------------------------------
 
 
@@ -169,53 +218,323 @@ class Task:
     system_malloc: bool = False  # True: leave glibc's malloc as it is (the allocator rows)
     repeats: int = 3
     seed: int = SEED
-    mem_limit_bytes: int = 16 * GIB
-    time_budget_s: float = 600.0
-
-    def key(self) -> str:
-        """Identical tasks (e.g. seed at 2048 and scaling at 2048) run once."""
-        return json.dumps(asdict(self), sort_keys=True, default=list)
 
 
-def run_worker(task: Task, out_path: Path) -> int:
-    """Entry point of ``--worker``: run one task under a memory guard, write its result."""
-    started = time.perf_counter()
-    torch.set_num_threads(os.cpu_count() or 1)
-    malloc_kept = False
-    # what retro-platform's training commands do, for both models: keep freed memory, unless
-    # the run checkpoints activations (it asked for memory over speed; see cpu_allocator.py)
-    if not task.system_malloc and not task.checkpoint:
-        ensure_repo_on_path()
-        from retro_platform.cpu_allocator import keep_freed_memory
+@dataclass
+class Job:
+    """A planned measurement: which table it belongs to and its two tasks."""
 
-        malloc_kept = keep_freed_memory()
-    guard = MemoryGuard(task.mem_limit_bytes, out_path)
-    guard.start()
-    handlers: dict[str, Callable[[Task, float], dict[str, Any]]] = {
-        "machine": machine_task,
-        "time": time_task,
-        "flops": flops_task,
-        "profile": profile_task,
+    section: str
+    label: str
+    timing: Task
+    flops: Task
+
+
+@dataclass
+class Row:
+    """One line of the results table (also what --json writes)."""
+
+    section: str
+    label: str
+    impl: str
+    checkpoint: bool
+    retrieval: bool
+    mode: str
+    batch: int
+    seq_len: int
+    status: str
+    detail: str = ""
+    median_s: float | None = None
+    times_s: list[float] = field(default_factory=list)
+    repeats_done: int = 0
+    tokens_per_s: float | None = None
+    flops: int | None = None
+    flops_device: str | None = None
+    flops_detail: str = ""
+    flops_per_s: float | None = None
+    mfu: float | None = None
+    baseline_rss: int | None = None
+    peak_rss: int | None = None
+    ru_maxrss: int | None = None
+    params: int | None = None
+    malloc_kept: bool | None = None
+
+
+def impl_label(impl: str, checkpoint: bool) -> str:
+    return "ours, checkpointed" if checkpoint else impl
+
+
+def plan_jobs(args: argparse.Namespace) -> list[Job]:
+    """The measurements of the chosen configurations, in table order."""
+    shapes = configurations(args.quick)
+    jobs = []
+    for name in ("small", "seed"):
+        if name not in args.configs:
+            continue
+        shape = shapes[name]
+        for impl in ("ours", "reference"):
+            for retrieval in (True, False):
+                for mode in ("train", "forward"):
+                    task = Task(
+                        "time", impl, shape.model, shape.batch, shape.seq_len, repeats=args.repeats
+                    )
+                    task = replace(task, retrieval=retrieval, mode=mode)
+                    jobs.append(Job(name, impl, task, replace(task, kind="flops")))
+    for name in ("small", "seed"):  # the same training steps with glibc's malloc left alone
+        if name not in args.configs:
+            continue
+        shape = shapes[name]
+        for impl in ("ours", "reference"):
+            task = Task("time", impl, shape.model, shape.batch, shape.seq_len, repeats=args.repeats)
+            task = replace(task, system_malloc=True)
+            jobs.append(
+                Job(
+                    f"allocator {name}",
+                    f"{impl}, system malloc",
+                    task,
+                    replace(task, kind="flops", system_malloc=False),
+                )
+            )
+    if "scaling" in args.configs:
+        lengths = scaling_lengths(args.quick)
+        base = shapes["seed"].model
+        for seq_len in lengths:
+            model = {**base, "max_seq_len": seq_len}
+            variants = [("ours", True), ("ours", False), ("reference", False)]
+            for impl, checkpoint in variants:
+                if impl == "ours" and not checkpoint and seq_len == lengths[-1]:
+                    continue  # ours without checkpointing only at the two shorter lengths
+                task = Task(
+                    "time", impl, model, 1, seq_len, checkpoint=checkpoint, repeats=args.repeats
+                )
+                flops = replace(task, kind="flops", checkpoint=False)
+                jobs.append(Job("scaling", impl_label(impl, checkpoint), task, flops))
+    return jobs
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Plan, run every task, print the tables; return everything for --json."""
+    wall_start = time.perf_counter()
+    jobs = plan_jobs(args)
+    with TaskRunner(__file__, timeout_s=args.timeout_s, mem_limit_gb=args.mem_limit_gb) as runner:
+        machine = [measure_machine(runner, args, SEED)]
+        flops, timings = run_jobs(runner, jobs, matmul_peak(machine), wall_start)
+        profiles = run_profiles(runner, args)
+        machine.append(measure_machine(runner, args, SEED + 1))  # a second, independent sample
+
+    peak = matmul_peak(machine)
+    rows = [make_row(*measured, peak) for measured in zip(jobs, timings, flops, strict=True)]
+    wall_s = time.perf_counter() - wall_start
+    print_report(machine, args, rows, profiles, wall_s)
+    return {
+        "machine": machine,
+        "matmul_peak_flops_per_s": peak,
+        "wall_s": wall_s,
+        "args": {
+            key: (str(value) if isinstance(value, Path) else value)
+            for key, value in vars(args).items()
+            if not key.startswith("worker")
+        },
+        "rows": [asdict(row) for row in rows],
+        "profiles": profiles,
     }
+
+
+def measure_machine(runner: TaskRunner, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """Run the machine task (at least 2 GiB allowed: the 4096² matmul needs it) or exit."""
+    result = runner.run(Task("machine", seed=seed), mem_limit_gb=max(args.mem_limit_gb, 2.0))
+    if result.get("status") != "ok":
+        raise SystemExit(f"the matmul benchmark failed: {result.get('detail')}")
+    return result
+
+
+def run_jobs(
+    runner: TaskRunner, jobs: list[Job], matmul_rate: float, wall_start: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Count every job's FLOPs (identical counts run once), then time every job; log progress."""
+    flops = [runner.run(job.flops) for job in jobs]
+    counted = {json.dumps(asdict(job.flops), sort_keys=True, default=list) for job in jobs}
+    log(f"counted FLOPs of {len(counted)} model/configurations")
+    timings = []
+    for index, (job, flop_count) in enumerate(zip(jobs, flops, strict=True), 1):
+        timing = runner.run(job.timing)
+        timings.append(timing)
+        row = make_row(job, timing, flop_count, matmul_rate)
+        log(
+            f"[{index}/{len(jobs)}] {row.section} {row.label} retrieval "
+            f"{'on' if row.retrieval else 'off'} {row.mode} {row.seq_len}: "
+            f"{fmt_seconds(row.median_s)} s/step, peak {format_bytes(row.peak_rss)} "
+            f"{row.status} [{time.perf_counter() - wall_start:.0f} s]"
+        )
+    return flops, timings
+
+
+def run_profiles(runner: TaskRunner, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The encoder / CCA time split of ours, retrieval on, at the small and seed configurations."""
+    profiles = {}
+    shapes = configurations(args.quick)
+    for name in ("small", "seed"):
+        if name not in args.configs:
+            continue
+        shape = shapes[name]
+        task = Task(
+            "profile", "ours", shape.model, shape.batch, shape.seq_len, repeats=args.repeats
+        )
+        profiles[name] = runner.run(task)
+        log(f"profiled {name}")
+    return profiles
+
+
+def make_row(job: Job, timing: dict[str, Any], flops: dict[str, Any], matmul_peak: float) -> Row:
+    """Combine a timing result and a FLOP count into a table row."""
+    task = job.timing
+    row = Row(
+        job.section,
+        job.label,
+        task.impl,
+        task.checkpoint,
+        task.retrieval,
+        task.mode,
+        task.batch,
+        task.seq_len,
+        timing["status"],
+        timing.get("detail", ""),
+    )
+    row.flops = flops.get("flops")
+    row.flops_device = flops.get("flops_device")
+    row.flops_detail = flops.get("detail", "")
+    row.baseline_rss = timing.get("baseline_rss")
+    row.peak_rss = timing.get("peak_rss")
+    row.ru_maxrss = timing.get("ru_maxrss")
+    row.params = timing.get("params")
+    row.malloc_kept = timing.get("malloc_kept")
+    if timing["status"] != "ok":
+        return row
+    row.times_s = timing["times_s"]
+    row.repeats_done = timing["repeats_done"]
+    row.median_s = statistics.median(row.times_s)
+    row.tokens_per_s = task.batch * task.seq_len / row.median_s
+    if row.flops:
+        row.flops_per_s = row.flops / row.median_s
+        row.mfu = row.flops_per_s / matmul_peak
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# the tasks: what one worker measures
+# ---------------------------------------------------------------------------------------------
+
+
+def worker_task(
+    measure: Callable[[Task, Worker], dict[str, Any]],
+) -> Callable[[dict[str, Any], Worker], dict[str, Any]]:
+    """A task of this benchmark, in its worker: every core, and freed memory kept, as
+    retro-platform's training commands do for both models, unless the task asks for glibc's
+    malloc or checkpoints activations (memory over speed; see cpu_allocator.py)."""
+
+    @functools.wraps(measure)
+    def run(payload: dict[str, Any], worker: Worker) -> dict[str, Any]:
+        task = Task(**payload)
+        torch.set_num_threads(os.cpu_count() or 1)
+        PROGRESS["malloc_kept"] = False
+        if not task.system_malloc and not task.checkpoint:
+            ensure_repo_on_path()
+            from retro_platform.cpu_allocator import keep_freed_memory
+
+            PROGRESS["malloc_kept"] = keep_freed_memory()
+        return measure(task, worker)
+
+    return run
+
+
+@worker_task
+def machine_task(task: Task, _worker: Worker) -> dict[str, Any]:
+    """Versions, threads, CPU, and this machine's fp32 matmul rate (median per size)."""
+    rates = {}
+    for size, repeats in ((2048, 10), (4096, 3)):
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        torch.mm(a, b)  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - start)
+        rates[str(size)] = 2 * size**3 / statistics.median(times)
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cpu": cpu_model(),
+        "load_average_1min": os.getloadavg()[0],
+        "matmul_flops_per_s": rates,
+    }
+
+
+@worker_task
+def time_task(task: Task, worker: Worker) -> dict[str, Any]:
+    """Median seconds per step after one warm-up, the baseline and peak RSS.
+
+    The repeats shrink to what fits in the time budget after the warm-up; with no time left
+    the warm-up alone is reported (``repeats_done`` 0).
+    """
+    model = build_model(task)
+    seq, retrieved = make_inputs(task)
+    step = make_step(task, model, seq, retrieved)
+    torch.mm(torch.ones(64, 64), torch.ones(64, 64))  # start the thread pool before the cap
+    gc.collect()
+    PROGRESS.update(baseline_rss=current_rss_bytes(), params=parameter_count(model))
+    limit_address_space(worker.mem_limit_bytes)
+
+    warm_up = timed(step)
+    remaining = worker.seconds_left(TIME_BUDGET_FRACTION)
+    repeats = max(0, min(task.repeats, int(remaining // warm_up)))
+    times = [timed(step) for _ in range(repeats)] if repeats > 0 else [warm_up]
+    return {"times_s": times, "warm_up_s": warm_up, "repeats_done": repeats}
+
+
+def timed(step: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+@worker_task
+def flops_task(task: Task, _worker: Worker) -> dict[str, Any]:
+    """Model FLOPs of one step, by one convention for both implementations.
+
+    Forward (+ backward for training) as a plain implementation computes it: every matmul,
+    attention over the full score matrix, nothing recomputed. So checkpointing is off and so is
+    dropout, which changes no matmul but decides which attention kernel runs (a fused or
+    blockwise kernel may skip or recompute blocks). The optimizer's elementwise work is not
+    counted. On the meta device where the model allows it (no memory, no time); a model that
+    reads a tensor's value (``bool(mask.all())``) is run on the CPU instead.
+    """
+    no_dropout = {
+        key: (0.0 if key.endswith("dropout") else value) for key, value in task.model.items()
+    }
+    task = replace(task, checkpoint=False, model=no_dropout)
     try:
-        result = handlers[task.kind](task, started)
-    except Exception as error:  # reported in the table, never raised past the worker
-        if is_allocation_failure(error):
-            result = {
-                **PROGRESS,
-                "status": "oom",
-                "detail": "an allocation would pass the address-space cap",
-            }
+        return {"flops": count_flops(task, "meta"), "flops_device": "meta"}
+    except Exception as meta_error:
+        flops = count_flops(task, "cpu")
+        reason = str(meta_error).splitlines()[0]
+        return {"flops": flops, "flops_device": "cpu", "detail": f"not on meta: {reason}"}
+
+
+def count_flops(task: Task, device: str) -> int:
+    with torch.device(device):
+        model = build_model(task)
+    seq, retrieved = make_inputs(task, device)
+    neighbours = retrieved if task.retrieval else None
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+        if task.mode == "forward":
+            model.eval()
+            with torch.no_grad():
+                model(seq[:, :-1], neighbours)
         else:
-            message = f"{type(error).__name__}: {error}".splitlines()[0]
-            result = {**PROGRESS, "status": "error", "detail": message}
-    result.setdefault("status", "ok")
-    result["malloc_kept"] = malloc_kept
-    result["peak_rss"] = max(peak_rss_bytes(), guard.max_seen)
-    result["ru_maxrss"] = ru_maxrss_bytes()
-    guard.stop()
-    write_json(out_path, result)
-    return 0
+            model.train()
+            training_loss(model, seq, neighbours).backward()
+    return counter.get_total_flops()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,98 +601,6 @@ def make_step(task: Task, model: nn.Module, seq: Tensor, retrieved: Tensor) -> C
 
 def parameter_count(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
-
-
-# ---------------------------------------------------------------------------------------------
-# worker tasks
-# ---------------------------------------------------------------------------------------------
-
-
-def machine_task(task: Task, started: float) -> dict[str, Any]:
-    """Versions, threads, CPU, and this machine's fp32 matmul rate (median per size)."""
-    rates = {}
-    for size, repeats in ((2048, 10), (4096, 3)):
-        a, b = torch.randn(size, size), torch.randn(size, size)
-        torch.mm(a, b)  # warm-up
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            torch.mm(a, b)
-            times.append(time.perf_counter() - start)
-        rates[str(size)] = 2 * size**3 / statistics.median(times)
-    return {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "cpu": cpu_model(),
-        "load_average_1min": os.getloadavg()[0],
-        "matmul_flops_per_s": rates,
-    }
-
-
-def time_task(task: Task, started: float) -> dict[str, Any]:
-    """Median seconds per step after one warm-up, the baseline and peak RSS.
-
-    The repeats shrink to what fits in the time budget after the warm-up; with no time left
-    the warm-up alone is reported (``repeats_done`` 0).
-    """
-    model = build_model(task)
-    seq, retrieved = make_inputs(task)
-    step = make_step(task, model, seq, retrieved)
-    torch.mm(torch.ones(64, 64), torch.ones(64, 64))  # start the thread pool before the cap
-    gc.collect()
-    PROGRESS.update(baseline_rss=current_rss_bytes(), params=parameter_count(model))
-    limit_address_space(task.mem_limit_bytes)
-
-    warm_up = timed(step)
-    remaining = task.time_budget_s * TIME_BUDGET_FRACTION - (time.perf_counter() - started)
-    repeats = max(0, min(task.repeats, int(remaining // warm_up)))
-    times = [timed(step) for _ in range(repeats)] if repeats > 0 else [warm_up]
-    return {**PROGRESS, "times_s": times, "warm_up_s": warm_up, "repeats_done": repeats}
-
-
-def timed(step: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    step()
-    return time.perf_counter() - start
-
-
-def flops_task(task: Task, started: float) -> dict[str, Any]:
-    """Model FLOPs of one step, by one convention for both implementations.
-
-    Forward (+ backward for training) as a plain implementation computes it: every matmul,
-    attention over the full score matrix, nothing recomputed. So checkpointing is off and so is
-    dropout, which changes no matmul but decides which attention kernel runs (a fused or
-    blockwise kernel may skip or recompute blocks). The optimizer's elementwise work is not
-    counted. On the meta device where the model allows it (no memory, no time); a model that
-    reads a tensor's value (``bool(mask.all())``) is run on the CPU instead.
-    """
-    no_dropout = {
-        key: (0.0 if key.endswith("dropout") else value) for key, value in task.model.items()
-    }
-    task = replace(task, checkpoint=False, model=no_dropout)
-    try:
-        return {"flops": count_flops(task, "meta"), "flops_device": "meta"}
-    except Exception as meta_error:
-        flops = count_flops(task, "cpu")
-        reason = str(meta_error).splitlines()[0]
-        return {"flops": flops, "flops_device": "cpu", "detail": f"not on meta: {reason}"}
-
-
-def count_flops(task: Task, device: str) -> int:
-    with torch.device(device):
-        model = build_model(task)
-    seq, retrieved = make_inputs(task, device)
-    neighbours = retrieved if task.retrieval else None
-    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
-        if task.mode == "forward":
-            model.eval()
-            with torch.no_grad():
-                model(seq[:, :-1], neighbours)
-        else:
-            model.train()
-            training_loss(model, seq, neighbours).backward()
-    return counter.get_total_flops()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,7 +694,8 @@ class ModuleClock:
             handle.remove()
 
 
-def profile_task(task: Task, started: float) -> dict[str, Any]:
+@worker_task
+def profile_task(task: Task, worker: Worker) -> dict[str, Any]:
     """Per-step encoder and CCA time (forward and backward) for a training step and a forward."""
     model = build_model(task)
     seq, retrieved = make_inputs(task)
@@ -489,7 +717,7 @@ def profile_task(task: Task, started: float) -> dict[str, Any]:
     steps["forward"]()  # warm-up of the eval path
     clock.take()
     per_repeat = time.perf_counter() - warm_up_start
-    remaining = task.time_budget_s * TIME_BUDGET_FRACTION - (time.perf_counter() - started)
+    remaining = worker.seconds_left(TIME_BUDGET_FRACTION)
     repeats = max(1, min(task.repeats, int(remaining // per_repeat)))
     result: dict[str, Any] = {"modules": names, "notes": notes}
     for mode, step in steps.items():
@@ -502,187 +730,17 @@ def timed_with_split(step: Callable[[], None], clock: ModuleClock) -> dict[str, 
     return {"step": seconds, **clock.take()}
 
 
-# ---------------------------------------------------------------------------------------------
-# driver: plan, run workers, collect rows
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Job:
-    """A planned measurement: which table it belongs to and its two tasks."""
-
-    section: str
-    label: str
-    timing: Task
-    flops: Task
-
-
-@dataclass
-class Row:
-    """One line of the results table (also what --json writes)."""
-
-    section: str
-    label: str
-    impl: str
-    checkpoint: bool
-    retrieval: bool
-    mode: str
-    batch: int
-    seq_len: int
-    status: str
-    detail: str = ""
-    median_s: float | None = None
-    times_s: list[float] = field(default_factory=list)
-    repeats_done: int = 0
-    tokens_per_s: float | None = None
-    flops: int | None = None
-    flops_device: str | None = None
-    flops_detail: str = ""
-    flops_per_s: float | None = None
-    mfu: float | None = None
-    baseline_rss: int | None = None
-    peak_rss: int | None = None
-    ru_maxrss: int | None = None
-    params: int | None = None
-    malloc_kept: bool | None = None
-
-
-def impl_label(impl: str, checkpoint: bool) -> str:
-    return "ours, checkpointed" if checkpoint else impl
-
-
-def plan_jobs(args: argparse.Namespace) -> list[Job]:
-    """The measurements of the chosen configurations, in table order."""
-    common = {
-        "repeats": args.repeats,
-        "mem_limit_bytes": int(args.mem_limit_gb * GIB),
-        "time_budget_s": args.timeout_s,
-    }
-    shapes = configurations(args.quick)
-    jobs = []
-    for name in ("small", "seed"):
-        if name not in args.configs:
-            continue
-        shape = shapes[name]
-        for impl in ("ours", "reference"):
-            for retrieval in (True, False):
-                for mode in ("train", "forward"):
-                    task = Task("time", impl, shape.model, shape.batch, shape.seq_len, **common)
-                    task = replace(task, retrieval=retrieval, mode=mode)
-                    jobs.append(Job(name, impl, task, replace(task, kind="flops")))
-    for name in ("small", "seed"):  # the same training steps with glibc's malloc left alone
-        if name not in args.configs:
-            continue
-        shape = shapes[name]
-        for impl in ("ours", "reference"):
-            task = Task("time", impl, shape.model, shape.batch, shape.seq_len, **common)
-            task = replace(task, system_malloc=True)
-            jobs.append(
-                Job(
-                    f"allocator {name}",
-                    f"{impl}, system malloc",
-                    task,
-                    replace(task, kind="flops", system_malloc=False),
-                )
-            )
-    if "scaling" in args.configs:
-        lengths = scaling_lengths(args.quick)
-        base = shapes["seed"].model
-        for seq_len in lengths:
-            model = {**base, "max_seq_len": seq_len}
-            variants = [("ours", True), ("ours", False), ("reference", False)]
-            for impl, checkpoint in variants:
-                if impl == "ours" and not checkpoint and seq_len == lengths[-1]:
-                    continue  # ours without checkpointing only at the two shorter lengths
-                task = Task("time", impl, model, 1, seq_len, checkpoint=checkpoint, **common)
-                flops = replace(task, kind="flops", checkpoint=False)
-                jobs.append(Job("scaling", impl_label(impl, checkpoint), task, flops))
-    return jobs
-
-
-class WorkerPool:
-    """Runs tasks in fresh processes, one at a time, and remembers results of identical tasks."""
-
-    def __init__(self, timeout_s: float, mem_limit_gb: float) -> None:
-        self.timeout_s = timeout_s
-        self.mem_limit_gb = mem_limit_gb
-        self._cache: dict[str, dict[str, Any]] = {}
-        self._scratch = tempfile.TemporaryDirectory(prefix="retro-bench-")
-
-    def run(self, task: Task) -> dict[str, Any]:
-        key = task.key()
-        if key not in self._cache:
-            self._cache[key] = self._spawn(task)
-        return self._cache[key]
-
-    def _spawn(self, task: Task) -> dict[str, Any]:
-        out_path = Path(self._scratch.name) / f"result-{len(self._cache)}.json"
-        command = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--worker",
-            json.dumps(asdict(task), default=list),
-            "--worker-out",
-            str(out_path),
-        ]
-        try:
-            completed = subprocess.run(
-                command, capture_output=True, text=True, timeout=self.timeout_s, check=False
-            )
-        except subprocess.TimeoutExpired:
-            return {"status": "timeout", "detail": f"timeout (> {self.timeout_s:g} s)"}
-        result = json.loads(out_path.read_text()) if out_path.exists() else None
-        if result is None and completed.returncode == -signal.SIGKILL:
-            return {"status": "oom", "detail": "killed by SIGKILL (the kernel's OOM killer?)"}
-        if result is None:
-            tail = (completed.stderr.strip().splitlines() or ["no output"])[-1]
-            return {"status": "error", "detail": f"worker exited {completed.returncode}: {tail}"}
-        if result["status"] == "oom":
-            reason = result.get("detail", "")
-            result["detail"] = f"out of memory (> {self.mem_limit_gb:g} GiB; {reason})"
-        return result
-
-    def close(self) -> None:
-        self._scratch.cleanup()
-
-
-def make_row(job: Job, timing: dict[str, Any], flops: dict[str, Any], matmul_peak: float) -> Row:
-    """Combine a timing result and a FLOP count into a table row."""
-    task = job.timing
-    row = Row(
-        job.section,
-        job.label,
-        task.impl,
-        task.checkpoint,
-        task.retrieval,
-        task.mode,
-        task.batch,
-        task.seq_len,
-        timing["status"],
-        timing.get("detail", ""),
-    )
-    row.flops = flops.get("flops")
-    row.flops_device = flops.get("flops_device")
-    row.flops_detail = flops.get("detail", "")
-    row.baseline_rss = timing.get("baseline_rss")
-    row.peak_rss = timing.get("peak_rss")
-    row.ru_maxrss = timing.get("ru_maxrss")
-    row.params = timing.get("params")
-    row.malloc_kept = timing.get("malloc_kept")
-    if timing["status"] != "ok":
-        return row
-    row.times_s = timing["times_s"]
-    row.repeats_done = timing["repeats_done"]
-    row.median_s = statistics.median(row.times_s)
-    row.tokens_per_s = task.batch * task.seq_len / row.median_s
-    if row.flops:
-        row.flops_per_s = row.flops / row.median_s
-        row.mfu = row.flops_per_s / matmul_peak
-    return row
+#: What ``--worker`` runs, by the task's kind.
+WORKER_TASKS = {
+    "machine": machine_task,
+    "time": time_task,
+    "flops": flops_task,
+    "profile": profile_task,
+}
 
 
 # ---------------------------------------------------------------------------------------------
-# reporting
+# the tables
 # ---------------------------------------------------------------------------------------------
 
 
@@ -939,111 +997,6 @@ def matmul_peak(machine: list[dict[str, Any]]) -> float:
     return max(rate for m in machine for rate in m["matmul_flops_per_s"].values())
 
 
-# ---------------------------------------------------------------------------------------------
-# command line
-# ---------------------------------------------------------------------------------------------
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat: a smoke test")
-    parser.add_argument(
-        "--configs",
-        default="small,seed,scaling",
-        help="comma-separated subset of small,seed,scaling (default: all)",
-    )
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        default=None,
-        help="timed steps after one warm-up (default 3, 1 with --quick)",
-    )
-    parser.add_argument("--json", type=Path, default=None, help="write all rows to this file")
-    parser.add_argument(
-        "--mem-limit-gb",
-        type=float,
-        default=16.0,
-        help="stop a worker whose RSS passes this (default 16)",
-    )
-    parser.add_argument(
-        "--timeout-s",
-        type=float,
-        default=600.0,
-        help="stop a worker that runs longer than this (default 600)",
-    )
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-out", type=Path, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    args.configs = [name.strip() for name in args.configs.split(",") if name.strip()]
-    unknown = sorted(set(args.configs) - {"small", "seed", "scaling"})
-    if unknown:
-        parser.error(
-            f"unknown configuration(s) {', '.join(unknown)}: choose from small,seed,scaling"
-        )
-    if args.repeats is None:
-        args.repeats = 1 if args.quick else 3
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
-    return args
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def measure_machine(pool: WorkerPool, limits: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Run the machine task (at least 2 GiB allowed: the 4096² matmul needs it) or exit."""
-    mem_limit = max(limits["mem_limit_bytes"], 2 * GIB)
-    result = pool.run(Task("machine", seed=seed, **{**limits, "mem_limit_bytes": mem_limit}))
-    if result.get("status") != "ok":
-        raise SystemExit(f"the matmul benchmark failed: {result.get('detail')}")
-    return result
-
-
-def run_jobs(
-    pool: WorkerPool, jobs: list[Job], matmul_rate: float, wall_start: float
-) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """Count every job's FLOPs, then time every job; log progress to stderr."""
-    flop_results = {job.flops.key(): pool.run(job.flops) for job in jobs}
-    log(f"counted FLOPs of {len(flop_results)} model/configurations")
-    timings = []
-    for index, job in enumerate(jobs, 1):
-        timing = pool.run(job.timing)
-        timings.append(timing)
-        row = make_row(job, timing, flop_results[job.flops.key()], matmul_rate)
-        log(
-            f"[{index}/{len(jobs)}] {row.section} {row.label} retrieval "
-            f"{'on' if row.retrieval else 'off'} {row.mode} {row.seq_len}: "
-            f"{fmt_seconds(row.median_s)} s/step, peak {format_bytes(row.peak_rss)} "
-            f"{row.status} [{time.perf_counter() - wall_start:.0f} s]"
-        )
-    return flop_results, timings
-
-
-def run_profiles(
-    pool: WorkerPool, args: argparse.Namespace, limits: dict[str, Any]
-) -> dict[str, dict[str, Any]]:
-    """The encoder / CCA time split of ours, retrieval on, at the small and seed configurations."""
-    profiles = {}
-    shapes = configurations(args.quick)
-    for name in ("small", "seed"):
-        if name not in args.configs:
-            continue
-        shape = shapes[name]
-        task = Task(
-            "profile",
-            "ours",
-            shape.model,
-            shape.batch,
-            shape.seq_len,
-            repeats=args.repeats,
-            **limits,
-        )
-        profiles[name] = pool.run(task)
-        log(f"profiled {name}")
-    return profiles
-
-
 def print_report(
     machine: list[dict[str, Any]],
     args: argparse.Namespace,
@@ -1074,45 +1027,15 @@ def print_report(
     print(f"\nwall time: {wall_s:.0f} s")
 
 
-def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    """Plan, run every worker, print the tables; return everything for --json."""
-    wall_start = time.perf_counter()
-    pool = WorkerPool(args.timeout_s, args.mem_limit_gb)
-    limits = {"mem_limit_bytes": int(args.mem_limit_gb * GIB), "time_budget_s": args.timeout_s}
-    jobs = plan_jobs(args)
-    try:
-        machine = [measure_machine(pool, limits, SEED)]
-        flop_results, timings = run_jobs(pool, jobs, matmul_peak(machine), wall_start)
-        profiles = run_profiles(pool, args, limits)
-        machine.append(measure_machine(pool, limits, SEED + 1))  # a second, independent sample
-    finally:
-        pool.close()
-
-    peak = matmul_peak(machine)
-    rows = [
-        make_row(job, timing, flop_results[job.flops.key()], peak)
-        for job, timing in zip(jobs, timings, strict=True)
-    ]
-    wall_s = time.perf_counter() - wall_start
-    print_report(machine, args, rows, profiles, wall_s)
-    return {
-        "machine": machine,
-        "matmul_peak_flops_per_s": peak,
-        "wall_s": wall_s,
-        "args": {
-            key: (str(value) if isinstance(value, Path) else value)
-            for key, value in vars(args).items()
-            if not key.startswith("worker")
-        },
-        "rows": [asdict(row) for row in rows],
-        "profiles": profiles,
-    }
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker is not None:
-        return run_worker(Task(**json.loads(args.worker)), args.worker_out)
+        return serve(args, WORKER_TASKS)
     results = run_benchmark(args)
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2, default=list))
