@@ -437,7 +437,7 @@ def same_validation_chunks(runs: list[dict[str, Any]]) -> bool | None:
     None when a run kept no per-chunk figures (it finished before runs kept them)."""
     import numpy as np
 
-    from retro_platform.evaluation.comparison import ChunkFigures
+    from retro_platform.evaluation.chunk_figures import ChunkFigures
     from retro_platform.runner.folder import CHUNK_FIGURES
 
     paths = [Path(run["run_dir"]) / CHUNK_FIGURES for run in runs]

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from retro_platform.errors import ConfigError
+from retro_platform.evaluation.chunk_figures import ChunkFigures
 from retro_platform.evaluation.overlap import overlap_ratios
 from retro_platform.training.batch import Batch
 
@@ -46,11 +47,9 @@ LN2 = math.log(2.0)
 
 
 @dataclass(frozen=True)
-class EvalResult:
-    """The validation numbers of one model, and the per-chunk sums the leakage table needs.
-
-    The per-chunk arrays hold one entry per real chunk (``chunk_rows >= 0``) in batch order;
-    padding chunks are left out (they have no bytes and, normally, no counted tokens).
+class EvalResult(ChunkFigures):
+    """The validation numbers of one model, and its per-chunk figures (the ``chunk_*`` arrays
+    of :class:`ChunkFigures`, which the leakage table and comparisons read).
 
     Attributes:
         loss: mean nats per predicted non-pad token, retrieval on.
@@ -59,14 +58,6 @@ class EvalResult:
         tokens: predicted non-pad tokens counted.
         bytes: UTF-8 bytes of all chunks.
         retrieval: False when the batches carried no neighbours (then on == off).
-        chunk_rows: ``(chunks,)`` int64 rows of the chunk table.
-        chunk_loss: ``(chunks,)`` float64 summed nats of each chunk's positions, retrieval on.
-        chunk_loss_off: the same with retrieval off, or None.
-        chunk_tokens: ``(chunks,)`` int64 counted positions of each chunk.
-        chunk_bytes: ``(chunks,)`` int64 UTF-8 bytes of each chunk.
-        chunk_overlap: ``(chunks,)`` float64 longest common token run between each chunk and
-            its neighbours over the chunk's length (:func:`~retro_platform.evaluation.overlap.
-            overlap_ratios`), or None when the batches carried no neighbours.
     """
 
     loss: float
@@ -76,12 +67,6 @@ class EvalResult:
     tokens: int
     bytes: int
     retrieval: bool
-    chunk_rows: np.ndarray
-    chunk_loss: np.ndarray
-    chunk_loss_off: np.ndarray | None
-    chunk_tokens: np.ndarray
-    chunk_bytes: np.ndarray
-    chunk_overlap: np.ndarray | None
 
 
 def bits_per_byte(nats: float, num_bytes: int) -> float:

@@ -23,64 +23,18 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from retro_platform.atomic import atomic_destination
+from retro_platform.evaluation.chunk_figures import ChunkFigures
 from retro_platform.evaluation.leakage import bucket_of
-
-if TYPE_CHECKING:
-    from retro_platform.evaluation.bpb import EvalResult
 
 ALL_CHUNKS = "all chunks"
 #: The label a run's retrieval-off column gets after the run's own label.
 OFF_SUFFIX = " [retrieval off]"
-
-
-# ---------------------------------------------------------------- per-chunk figures
-
-
-@dataclass(frozen=True)
-class ChunkFigures:
-    """One run's per-chunk validation figures: the ``chunk_*`` arrays of its
-    :class:`~retro_platform.evaluation.bpb.EvalResult`, one entry per chunk in evaluation
-    order (see there for what each holds)."""
-
-    chunk_rows: np.ndarray
-    chunk_loss: np.ndarray
-    chunk_loss_off: np.ndarray | None
-    chunk_tokens: np.ndarray
-    chunk_bytes: np.ndarray
-    chunk_overlap: np.ndarray | None
-
-    @classmethod
-    def of(cls, result: EvalResult) -> ChunkFigures:
-        return cls(
-            result.chunk_rows,
-            result.chunk_loss,
-            result.chunk_loss_off,
-            result.chunk_tokens,
-            result.chunk_bytes,
-            result.chunk_overlap,
-        )
-
-    def save(self, path: str | Path) -> Path:
-        """Write the arrays to an ``.npz`` file (those that are None left out), atomically."""
-        arrays = {name: value for name, value in vars(self).items() if value is not None}
-        with atomic_destination(path) as temporary:
-            np.savez_compressed(temporary, **arrays)
-        return Path(path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> ChunkFigures:
-        with np.load(path, allow_pickle=False) as stored:
-            return cls(**{name: stored.get(name) for name in _FIELDS})
-
-
-_FIELDS = tuple(field.name for field in fields(ChunkFigures))
 
 
 def reference_overlap(figures: ChunkFigures, reference: ChunkFigures) -> np.ndarray:

@@ -19,7 +19,7 @@ from retro_platform.corpus.ingest import load_tokenizer
 from retro_platform.errors import ConfigError
 from retro_platform.evaluation import evaluate
 from retro_platform.evaluation.autoretrieval import ShuffledRetriever, make_retriever
-from retro_platform.evaluation.comparison import ChunkFigures
+from retro_platform.evaluation.chunk_figures import ChunkFigures
 from retro_platform.evaluation.leakage import leakage_table, plot_leakage, write_leakage_csv
 from retro_platform.evaluation.samples import generate_samples, samples_markdown
 from retro_platform.runner.folder import CHUNK_FIGURES, LEAKAGE_CSV
