@@ -69,3 +69,21 @@ def test_plugin_options_are_checked_by_the_plugin(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["index", str(path)])
     assert result.exit_code == 2 and "did you mean 'efSearch'" in result.output
     assert not (tmp_path / "store").exists()
+
+
+def test_a_plugin_table_is_validated_once_and_follows_its_table(tmp_path: Path) -> None:
+    path = write(tmp_path, '[retriever]\nname = "faiss-hnsw"\nefSearch = 16\n')
+    experiment = load_experiment(path)
+    retriever = experiment.plugin_table("retriever")
+    assert retriever.name == "faiss-hnsw" and retriever.options["efSearch"] == 16
+    assert "efSearch" not in retriever.stored_options  # a search-time option
+    # every stage that asks again gets the same validated object
+    experiment.check_plugins()
+    assert experiment.plugin_table("retriever") is retriever
+    # a copy with another table is validated afresh, and the original is unchanged
+    other = experiment.model_copy(update={"retriever": {"name": "faiss-hnsw", "efSearch": 32}})
+    assert other.plugin_table("retriever").options["efSearch"] == 32
+    assert experiment.plugin_table("retriever") is retriever
+    # the cache is not part of the experiment: an equal file gives an equal experiment
+    assert load_experiment(path) == experiment
+    assert experiment.hint_file == str(path)
