@@ -428,7 +428,10 @@ def measure_data(
         "ceiling_share": ceiling_share(ceiling, figures),
     }
     if fractions:
-        measured["copyable"] = copyable_shares(retrieved, store, prepared.data, fractions)
+        # the whole database's share is the copy ceiling's, measured on the same sequences
+        database = next(row["share"] for row in ceiling if row["n"] == CEILING_N)
+        copyable = copyable_shares(retrieved, store, prepared.data, fractions)
+        measured["copyable"] = {**copyable, "database": database}
     return measured
 
 
@@ -537,9 +540,9 @@ def copy_ceilings(experiment: Any, prepared: Any, figures: dict[str, Any]) -> li
 def copyable_shares(
     experiment: Any, store: Any, data: Any, fractions: list[float]
 ) -> dict[str, float]:
-    """The share of validation targets that end a :data:`CEILING_N`-token run found in one
-    document of the database (key ``"database"``), and in one of the documents trained on at
-    each fraction (key ``f"{fraction:g}"``).
+    """For each fraction (key ``f"{fraction:g}"``), the share of validation targets that end
+    a :data:`CEILING_N`-token run found in one of the documents trained on at that fraction
+    (the copy ceiling gives the same share for the whole database).
 
     Measured on the text alone, before any training: what the database offers against what
     the weights could have memorised. The validation sequences are the runs' own, and a
@@ -567,12 +570,10 @@ def copyable_shares(
     corpus_id = find_corpus_id(experiment, store)
     held_out = experiment.retrieval.validation_fraction
     with store.session() as session:
-        shares = {
+        return {
             f"{fraction:g}": share(training_documents(session, corpus_id, held_out, fraction))
             for fraction in fractions
         }
-        shares["database"] = share(training_documents(session, corpus_id, held_out, 1.0))
-    return shares
 
 
 def ceiling_share(ceiling: list[dict[str, Any]], figures: dict[str, Any]) -> dict[str, Any]:

@@ -94,12 +94,6 @@ class RetrievalTable(_Table):
         "continuation on the chunk grid (retro_platform/neighbours/aligned.py)",
     )
 
-    @property
-    def neighbour_len(self) -> int:
-        """Tokens per neighbour the encoder reads (the paper's ``r = 2m``): a neighbour is its
-        chunk plus the continuation."""
-        return 2 * self.chunk_size
-
 
 class Experiment(_Table):
     """A validated experiment file."""
@@ -161,8 +155,8 @@ def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> Experime
     :mod:`retro_platform.config.overrides`) applied first; every problem is a one-line
     :class:`ConfigError`.
 
-    This checks the tables; :meth:`Experiment.check_plugins`, :func:`retro_platform.config.rules.check_runner`
-    and :func:`retro_platform.config.sweep.sweep_points` check the rest.
+    This checks the tables; :func:`retro_platform.config.sweep.check_experiment` checks the
+    rest (plugins, the rules between tables, every point of a sweep).
     """
     path = Path(path)
     try:

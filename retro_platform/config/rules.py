@@ -51,14 +51,14 @@ def check_runner(experiment: Experiment) -> None:
 def model_kwargs(experiment: Experiment, *, num_tokens: int, pad_id: int = 0) -> dict[str, Any]:
     """The ``RETRO(**kwargs)`` of an experiment, the one place an experiment becomes the
     model's arguments: ``[model]`` plus what other tables and the tokenizer decide
-    (vocabulary, padding id, sequence length, chunk size and neighbour length)."""
+    (vocabulary, padding id, sequence length, chunk size). The neighbour length is left to
+    the model, which derives it from the chunk size (a chunk plus its continuation)."""
     return {
         **experiment.model.model_dump(),
         "num_tokens": num_tokens,
         "pad_id": pad_id,
         "max_seq_len": experiment.train.seq_len,
         "chunk_size": experiment.retrieval.chunk_size,
-        "neighbour_len": experiment.retrieval.neighbour_len,
     }
 
 

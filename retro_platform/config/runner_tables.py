@@ -26,7 +26,7 @@ class ModelTable(_Table):
     """``[model]``: the RETRO keyword arguments that are the user's to choose.
 
     ``num_tokens`` and ``pad_id`` come from the tokenizer, ``chunk_size`` from ``[retrieval]``,
-    and ``neighbour_len`` is ``[retrieval]``'s (``RetrievalTable.neighbour_len``); ``max_seq_len``
+    and ``neighbour_len`` the model's default, twice the chunk size; ``max_seq_len``
     is ``[train] seq_len``. The defaults are the quickstart's small model.
     """
 

@@ -17,8 +17,8 @@ def test_validation_and_training_build_the_same_model(tmp_path: Path) -> None:
         base_dir=tmp_path,
     )
     kwargs = model_kwargs(experiment, num_tokens=50, pad_id=3)
-    assert kwargs["neighbour_len"] == experiment.retrieval.neighbour_len == 32
     built = build_model(experiment, 50, 3).config
+    assert built.neighbour_len == 32  # a chunk of 16 plus its continuation
     assert built == RetroConfig(**kwargs)
     validated = build_meta_model(experiment, num_tokens=50).config  # padding id 0
     assert dataclasses.replace(validated, pad_id=3) == built
