@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from retro_platform.errors import ConfigError
+from retro_platform.model.cache import DecodingCache, NeighbourKeys, SelfAttentionCache
 from retro_platform.model.config import RetroConfig
 from retro_platform.model.dropout_attention import causal_attention_with_dropout
 from retro_platform.model.feed_forward import FeedForward
@@ -121,11 +122,46 @@ class Attention(nn.Module):
         # a view of v would keep the whole fused projection alive until backward; a
         # token-major copy keeps only v (the layout rotary gives q and k)
         v = v.transpose(1, 2).contiguous().transpose(1, 2)
+        return self._attend(q, k, v, positions.bias, key_mask)
 
-        attn_mask = positions.bias
-        is_causal = self.causal and attn_mask is None and key_mask is None
-        if self.causal and not is_causal:
-            i, j = q.shape[-2], k.shape[-2]
+    # incremental decoding: the same computation for new queries against kept keys and values
+
+    def extend(self, x: Tensor, positions: Positions, cache: SelfAttentionCache) -> Tensor:
+        """Self-attention of new tokens ``x`` (batch, i, dim) at ``positions.q`` over every
+        earlier token in ``cache`` and themselves (``positions.k``: all of them); their keys
+        and values are added to ``cache``."""
+        q, k, v = map(self._split_heads, self.to_qkv(x).chunk(3, dim=-1))
+        q, k = positions.encoding.rotate(q, k, positions.q, positions.q)
+        keys, values = cache.append(k, v)
+        return self._attend(q, keys, values, positions.bias, None)
+
+    def context_keys(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values of ``context`` (batch, j, context_dim), before any
+        rotation, each (batch, heads, j, dim_head): computed once per context and kept."""
+        k, v = self.to_kv(context).chunk(2, dim=-1)
+        return self._split_heads(k), self._split_heads(v).contiguous()
+
+    def attend_to(
+        self,
+        x: Tensor,
+        positions: Positions,
+        keys: Tensor,
+        values: Tensor,
+        key_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Cross-attention of ``x`` to keys and values from :meth:`context_keys`."""
+        q = self._split_heads(self.to_q(x))
+        q, k = positions.encoding.rotate(q, keys, positions.q, positions.k)
+        return self._attend(q, k, values, positions.bias, key_mask)
+
+    def _attend(
+        self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, key_mask: Tensor | None
+    ) -> Tensor:
+        i, j = q.shape[-2], k.shape[-2]
+        attn_mask = bias
+        is_causal = self.causal and attn_mask is None and key_mask is None and i == j
+        if self.causal and not is_causal and i > 1:
+            # queries are the last i of the j keys: each sees the keys up to its own
             future = torch.ones(i, j, dtype=torch.bool, device=q.device).triu(j - i + 1)
             causal_bias = torch.zeros(i, j, dtype=q.dtype, device=q.device)
             causal_bias = causal_bias.masked_fill(future, mask_value(q.dtype))
@@ -530,6 +566,138 @@ class RETRO(nn.Module):
                 f"chunk_size={self.config.chunk_size} needs {expected}"
             )
         return retrieved[:, :u] if u > 0 else None
+
+    # -----------------------------------------------------------------------------------------
+    # incremental decoding: the forward pass a few tokens at a time, with a cache
+
+    def new_cache(self, batch: int, *, retrieval: bool = True) -> DecodingCache:
+        """An empty :class:`DecodingCache` for ``batch`` rows decoded in step (see
+        :meth:`decode`); ``retrieval=False`` decodes as a plain causal decoder."""
+        layers = [SelfAttentionCache(self.config.max_seq_len) for _ in self.decoder]
+        return DecodingCache(batch, self.config.max_seq_len, retrieval, layers)
+
+    @torch.no_grad()
+    def decode(
+        self, tokens: Tensor, cache: DecodingCache, retrieved: Tensor | None = None
+    ) -> Tensor:
+        """Feed the next tokens ``(b, s)`` of every row; return their logits ``(b, s, vocab)``.
+
+        Equal, up to float rounding, to the last ``s`` positions of :meth:`forward` over all the
+        tokens fed so far with the neighbours of every completed chunk. ``retrieved`` holds the
+        neighbours ``(b, c, k, r)`` of the ``c`` chunks that these tokens complete (a chunk
+        completes with its last token, whose own prediction already sees its neighbours), in
+        order; give it exactly when ``c > 0`` and the cache was made with retrieval. Each
+        completed chunk's neighbours are encoded once; later steps reuse their keys.
+        """
+        c = self.config
+        m = c.chunk_size
+        b, s = tokens.shape
+        t0, t1 = cache.length, cache.length + s
+        if b != cache.batch:
+            raise ValueError(f"the cache was made for {cache.batch} rows; {b} were given")
+        if t1 > c.max_seq_len:
+            raise ValueError(f"decoding to {t1} tokens exceeds max_seq_len={c.max_seq_len}")
+        first, completed = t0 // m, t1 // m - t0 // m  # chunks that these tokens complete
+        neighbours = self._check_step_neighbours(retrieved, cache, b, completed)
+
+        positions = torch.arange(t0, t1, device=tokens.device)
+        x = self.positions["decoder"].embed(self.token_emb(tokens), positions)
+        self_positions = Positions.build(
+            self.positions["decoder"], positions, torch.arange(t1, device=tokens.device)
+        )
+        encoded = None
+        for index, layer in enumerate(self.decoder):
+            x = x + layer.self_attn.extend(
+                layer.self_norm(x), self_positions, cache.self_attention[index]
+            )
+            if exists(layer.cross_attn) and cache.retrieval:
+                h = layer.cross_norm(x)
+                if encoded is None:  # the first CCA layer: encode what completed here
+                    cache.keep_states(h, t0)
+                    encoded = ()
+                    if completed:
+                        states = cache.states_of_chunks(first, completed, m)
+                        encoded = self.encode(neighbours, states)
+                x = x + self._cached_chunked_cross(
+                    layer.cross_attn, index, h, encoded, cache, first, t0
+                )
+            x = x + layer.ff(layer.ff_norm(x))
+        cache.length = t1
+        return self.to_logits(self.decoder_norm(x))
+
+    def _check_step_neighbours(
+        self, retrieved: Tensor | None, cache: DecodingCache, b: int, completed: int
+    ) -> Tensor | None:
+        if not cache.retrieval:
+            if retrieved is not None:
+                raise ValueError("this cache decodes with retrieval off; give no neighbours")
+            return None
+        if completed == 0:
+            if retrieved is not None and retrieved.shape[1] != 0:
+                raise ValueError("no chunk completes in this step; give no neighbours")
+            return None
+        if retrieved is None:
+            raise ValueError(f"{completed} chunk(s) complete in this step: give their neighbours")
+        if retrieved.ndim == 3:
+            retrieved = retrieved.unsqueeze(2)
+        expected = (b, completed, retrieved.shape[2], self.config.neighbour_len)
+        if retrieved.ndim != 4 or tuple(retrieved.shape) != expected:
+            raise ValueError(
+                f"retrieved has shape {tuple(retrieved.shape)}; this step needs "
+                f"({b}, {completed}, k, {self.config.neighbour_len})"
+            )
+        return retrieved
+
+    def _cached_chunked_cross(
+        self,
+        cca: ChunkedCrossAttention,
+        index: int,
+        h: Tensor,
+        encoded: tuple[Tensor, Tensor | None] | tuple[()],
+        cache: DecodingCache,
+        first: int,
+        t0: int,
+    ) -> Tensor:
+        """CCA of the new positions ``t0...`` (their states ``h``): a position ``p`` attends to
+        the neighbours of chunk ``(p - m + 1) // m`` (none before ``m - 1``), at the same
+        relative positions as in :class:`ChunkedCrossAttention`."""
+        m, b = self.config.chunk_size, cache.batch
+        t1 = t0 + h.shape[1]
+        available = {}
+        if index in cache.neighbours:  # the chunk completed before this step
+            available[cache.neighbours[index].chunk] = cache.neighbours[index]
+        if encoded:
+            states, mask = encoded
+            keys, values = cca.attention.context_keys(states)
+            count = keys.shape[0] // b
+            keys = keys.unflatten(0, (b, count))
+            values = values.unflatten(0, (b, count))
+            mask = None if mask is None else mask.unflatten(0, (b, count))
+            for u in range(count):
+                part = None if mask is None else mask[:, u]
+                available[first + u] = NeighbourKeys(first + u, keys[:, u], values[:, u], part)
+            cache.neighbours[index] = available[first + count - 1]
+
+        out = torch.zeros_like(h)
+        start = max(t0, m - 1)
+        while start < t1:
+            u = (start - m + 1) // m
+            end = min(t1, (u + 2) * m - 1)  # the end of window u
+            neighbour = available[u]
+            q = torch.arange(start, end, device=h.device) - u * m  # offset in window + m - 1
+            k = torch.arange(self.config.neighbour_len, device=h.device).repeat(
+                neighbour.keys.shape[-2] // self.config.neighbour_len
+            )
+            positions = Positions.build(self.positions["chunked_cross"], q, k)
+            out[:, start - t0 : end - t0] = cca.attention.attend_to(
+                h[:, start - t0 : end - t0],
+                positions,
+                neighbour.keys,
+                neighbour.values,
+                neighbour.mask,
+            )
+            start = end
+        return out
 
     # -----------------------------------------------------------------------------------------
     # RETRO-fitting
