@@ -81,3 +81,21 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store' / 'retro.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def indexed(tmp_path_factory: pytest.TempPathFactory):
+    """One real store (six stdlib modules, hashing embeddings, exact Faiss), shared by the
+    evaluation and generation tests."""
+    from tests.evaluation.helpers import build_store
+
+    return build_store(tmp_path_factory.mktemp("evaluation"))
+
+
+@pytest.fixture(scope="session")
+def trained(indexed):
+    """A tiny RETRO trained on the training documents only, long enough to beat chance."""
+    from tests.evaluation.helpers import document_batches, tiny_retro, train
+
+    batches = document_batches(indexed, indexed.training_documents(), batch_size=8)
+    return train(tiny_retro(indexed), batches, steps=60)

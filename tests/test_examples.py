@@ -10,7 +10,8 @@ import pytest
 from retro_platform.config import load_experiment
 from retro_platform.config.experiment import experiment_from_dict
 from retro_platform.corpus.chunk_table import is_validation
-from retro_platform.pipeline import ingest, run_index, search
+from retro_platform.generation import search
+from retro_platform.pipeline import ingest, run_index
 from retro_platform.store.database import open_store
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml"))

@@ -31,6 +31,16 @@ progress_option = click.option(
     help="Progress bars (default: when stderr is a terminal; plain log lines otherwise).",
 )
 
+#: ``--exclude-document ID`` (repeatable), passed as ``exclude_documents``.
+exclude_document_option = click.option(
+    "--exclude-document",
+    "exclude_documents",
+    multiple=True,
+    metavar="ID",
+    help="Never retrieve from this document (its id as `search` prints it; repeatable), "
+    "e.g. to see what the model does without the text it would copy.",
+)
+
 
 def open_experiment(path: str, overrides: Iterable[str] = ()) -> tuple[Experiment, Any]:
     """Load the experiment file with its ``--set`` overrides and validate it in full (plugins,

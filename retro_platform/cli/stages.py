@@ -7,6 +7,7 @@ import json
 import click
 
 from retro_platform.cli.common import (
+    exclude_document_option,
     experiment_argument,
     open_experiment,
     progress_option,
@@ -81,14 +82,20 @@ def index(
 @set_option
 @click.option("-k", "k", default=5, show_default=True, help="How many chunks to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
+@exclude_document_option
 def search(
-    experiment_file: str, query: str, overrides: tuple[str, ...], k: int, as_json: bool
+    experiment_file: str,
+    query: str,
+    overrides: tuple[str, ...],
+    k: int,
+    as_json: bool,
+    exclude_documents: tuple[str, ...],
 ) -> None:
     """Show the chunks nearest to QUERY: score, document, position and text."""
-    from retro_platform.pipeline import search as run_search
+    from retro_platform.generation import search as run_search
 
     experiment, store = open_experiment(experiment_file, overrides)
-    hits = run_search(experiment, store, query, k)
+    hits = run_search(experiment, store, query, k, exclude_documents=exclude_documents)
     if as_json:
         click.echo(json.dumps([hit.__dict__ for hit in hits], indent=2))
         return

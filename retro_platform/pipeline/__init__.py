@@ -1,6 +1,7 @@
 """The retrieval pipeline, stage by stage: corpus -> chunks (SQL) -> embeddings -> index ->
 neighbours. Each stage reuses what is stored and resumes what was interrupted; this module only
-puts them in order for the commands (``ingest``, ``index``, ``search``) and the runner.
+puts them in order for the commands (``ingest``, ``index``) and the runner, and finds the
+finished index that ``search`` and generation read (:func:`stored_index`).
 """
 
 from __future__ import annotations
@@ -9,20 +10,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from retro_platform.config import Experiment
 from retro_platform.corpus.ingest import find_corpus_id, ingest
 from retro_platform.embeddings.embed import EmbeddingFile, embed_corpus, embedding_fingerprint
-from retro_platform.errors import ConfigError, IndexFileError
+from retro_platform.errors import IndexFileError
 from retro_platform.index.build import IndexRecord, build_index, index_fingerprint, open_run_index
 from retro_platform.neighbours.compute import NeighbourFile, compute_neighbours
-from retro_platform.protocols import MISSING, Embedder
-from retro_platform.store.chunks import describe_chunks
 from retro_platform.store.models import READY, Corpus, EmbeddingSet, VectorIndex
 from retro_platform.store.stages import find_stage
 
-__all__ = ["IndexResult", "SearchHit", "ingest", "run_index", "search"]
+__all__ = ["IndexResult", "ingest", "run_index", "stored_index"]
 
 
 @dataclass(frozen=True)
@@ -64,44 +61,6 @@ def run_index(
         progress=progress,
     )
     return IndexResult(corpus_id, embeddings, index, neighbours)
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    score: float
-    chunk_id: int
-    document: str
-    position: int
-    text: str
-
-
-def search(
-    experiment: Experiment, store: Any, query: str, k: int, *, embedder: Embedder | None = None
-) -> list[SearchHit]:
-    """The ``k`` chunks nearest to ``query`` in the experiment's stored index, best first."""
-    if k < 1:
-        raise ConfigError("-k must be at least 1")
-    index = stored_index(experiment, store)
-    retriever = open_run_index(experiment, index)
-    embedder = embedder or experiment.plugin_table("embedder").build()
-    vector = np.asarray(embedder.embed([query]), dtype=np.float32)
-    if vector.shape != (1, index.dimension):
-        raise ConfigError(
-            f"the embedder gives {vector.shape[-1]}-d vectors but index {index.id} holds "
-            f"{index.dimension}-d ones (did the model change?); run: retro-platform index "
-            f"{experiment.hint_file} --reembed"
-        )
-    scores, ids = retriever.search(vector, k)
-    found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i != MISSING]
-    with store.session() as session:
-        rows = describe_chunks(session, [i for _, i in found])
-    missing = [i for _, i in found if i not in rows]
-    if missing:
-        raise IndexFileError(
-            f"index {index.id} returned chunk ids that are not in SQL (e.g. {missing[0]}); "
-            f"run: retro-platform store check {experiment.hint_file}"
-        )
-    return [SearchHit(score, i, *rows[i]) for score, i in found]
 
 
 def stored_index(experiment: Experiment, store: Any) -> IndexRecord:

@@ -18,10 +18,16 @@ from retro_platform.config import Experiment
 from retro_platform.corpus.ingest import load_tokenizer
 from retro_platform.errors import ConfigError
 from retro_platform.evaluation import evaluate
-from retro_platform.evaluation.autoretrieval import ShuffledRetriever, make_retriever
 from retro_platform.evaluation.chunk_figures import ChunkFigures
 from retro_platform.evaluation.leakage import leakage_table, plot_leakage, write_leakage_csv
-from retro_platform.evaluation.samples import generate_samples, samples_markdown
+from retro_platform.generation import (
+    RunRetrieval,
+    SamplingSettings,
+    ShuffledRetrieval,
+    generate_samples,
+    samples_markdown,
+)
+from retro_platform.generation.retrieval import ChunkData
 from retro_platform.runner.folder import CHUNK_FIGURES, LEAKAGE_CSV
 from retro_platform.store.models import Corpus
 from retro_platform.training.model_factory import build_model
@@ -171,31 +177,31 @@ def log_samples(
     prompts = [ids for ids in prompts[: settings.samples] if ids]
     retrieve = None
     if experiment.train.retrieval:
-        retrieve = make_retriever(
+        data = prepared.data
+        retrieve = RunRetrieval(
             experiment,
             store,
-            index.index,
-            prepared.tokenizer,
-            experiment.plugin_table("embedder").build(),
-            table=prepared.data.table,
-            chunk_tokens=prepared.data.chunk_tokens,
-            stream=prepared.data.stream,
+            index=index.index,
+            tokenizer=prepared.tokenizer,
+            chunk_data=ChunkData(data.table, data.chunk_tokens, data.stream),
         )
     if experiment.train.neighbours == "shuffled":  # as in its training: random database chunks
         rng = np.random.default_rng([experiment.experiment.seed, 1])
-        retrieve = ShuffledRetriever(retrieve, prepared.data.database_rows, rng)
+        retrieve = ShuffledRetrieval(retrieve, prepared.data.database_rows, rng)
+    sampling = SamplingSettings(
+        max_tokens=settings.max_tokens,
+        temperature=settings.temperature,
+        top_k=settings.top_k,
+        seed=experiment.experiment.seed,
+    )
     samples = generate_samples(
         prepared.model,
         prompts,
         retrieve,
-        max_tokens=settings.max_tokens,
-        temperature=settings.temperature,
-        top_k=settings.top_k,
-        chunk_size=experiment.retrieval.chunk_size,
+        sampling,
         pad_id=prepared.tokenizer.pad_id,
-        seed=experiment.experiment.seed,
         decode=prepared.tokenizer.decode,
-        describe=None if retrieve is None else retrieve.describe,
+        describe=None if retrieve is None else retrieve.described,
         device=prepared.device,
     )
     run.log_text(samples_markdown(samples), "samples.md")

@@ -9,7 +9,8 @@ from click.testing import CliRunner
 from retro_platform.cli import cli
 from retro_platform.cli.common import open_experiment
 from retro_platform.errors import ConfigError
-from retro_platform.pipeline import ingest, run_index, search
+from retro_platform.generation import search
+from retro_platform.pipeline import ingest, run_index
 
 # A third party's embedder whose width comes from its environment, as a local model folder's
 # would from its files: the options (and so the stored fingerprint) stay the same.

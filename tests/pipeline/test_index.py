@@ -16,8 +16,9 @@ from retro_platform.cli.common import open_experiment
 from retro_platform.corpus.chunk_table import load_chunk_table, validation_documents
 from retro_platform.corpus.ingest import ingest
 from retro_platform.errors import IndexFileError
+from retro_platform.generation import search
 from retro_platform.index.build import open_index
-from retro_platform.pipeline import run_index, search
+from retro_platform.pipeline import run_index
 from retro_platform.pipeline.check import check_store
 from retro_platform.plugins import get_registry
 from retro_platform.store.models import BUILDING, Document, EmbeddingSet, NeighbourSet, VectorIndex
