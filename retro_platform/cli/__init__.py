@@ -4,6 +4,7 @@
 # each import registers its commands
 from retro_platform.cli import (  # noqa: F401
     db,
+    generate,
     plugins,
     run,
     stages,

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from retro_platform.config import Experiment
-from retro_platform.corpus.ingest import load_tokenizer
+from retro_platform.corpus.ingest import corpus_fingerprint, load_tokenizer
+from retro_platform.corpus.signature import tokenizer_signature
 from retro_platform.errors import ConfigError
 from retro_platform.evaluation import evaluate
 from retro_platform.evaluation.chunk_figures import ChunkFigures
@@ -91,7 +92,16 @@ def train_model(
         on_log=run.log_metrics,
         on_eval=on_eval,
         progress=progress,
+        origin=checkpoint_origin(experiment, prepared.tokenizer),
     )
+
+
+def checkpoint_origin(experiment: Experiment, tokenizer: Any) -> dict[str, str]:
+    """What a checkpoint records about its data, for generation to check a store against."""
+    return {
+        "corpus": corpus_fingerprint(experiment),
+        "tokenizer": tokenizer_signature(tokenizer),
+    }
 
 
 def finite(metrics: dict[str, float]) -> dict[str, float]:

@@ -96,6 +96,7 @@ def train(
     on_eval: EvalCallback | None = None,
     progress: bool | None = None,
     stop_after: int | None = None,
+    origin: dict[str, str] | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``[train] steps`` optimizer steps, resuming from ``run_dir``.
 
@@ -116,6 +117,8 @@ def train(
             stderr is a terminal (None).
         stop_after: end once this many steps are done, without a final checkpoint, as a
             killed run would (for tests).
+        origin: what the checkpoint records about the data it was trained on (the corpus and
+            the tokenizer's signature), checked by generation, never by a resume.
     """
     train_cfg = experiment.train
     if train_cfg.threads:
@@ -171,7 +174,7 @@ def train(
                 on_eval(step)
                 restore_rng(generators)
             if step % train_cfg.checkpoint_every == 0 or step == steps:
-                save_checkpoint(path, state.checkpoint(settings))
+                save_checkpoint(path, {**state.checkpoint(settings), "origin": origin or {}})
                 saved = path
 
     return TrainResult(

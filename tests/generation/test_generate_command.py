@@ -1,0 +1,145 @@
+"""`retro-platform generate` on a real trained run: the three ways to name the model, the prompt
+from an argument, a file or stdin, streaming and JSON, sources, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from retro_platform.cli import cli
+from retro_platform.cli.common import open_experiment
+from retro_platform.generation import search
+from tests.runner.helpers import tiny_experiment
+
+PROMPT = "def insort_left(a, x, lo=0, hi=None):\n    if lo"  # 50 bytes: 3 chunks
+
+
+def invoke(*args: str, input: str | None = None):
+    return CliRunner().invoke(cli, list(args), input=input)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny experiment, run to the end (seconds): its file."""
+    path = tiny_experiment(tmp_path_factory.mktemp("generate"))
+    result = invoke("run", str(path), "--no-progress")
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def run_folder(path: Path) -> Path:
+    [folder] = [p.parent for p in (path.parent / "runs").glob("*/done.json")]
+    return folder
+
+
+def generated(path: Path, *args: str, input: str | None = None) -> dict:
+    result = invoke("generate", str(path), *args, "--json", input=input)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_generate_streams_text_then_lists_the_sources(trained: Path) -> None:
+    result = invoke("generate", str(trained), PROMPT, "--max-tokens", "40")
+    assert result.exit_code == 0, result.output
+    record = generated(trained, PROMPT, "--max-tokens", "40")
+    assert record["text"] in result.output  # greedy: the same text both times
+    assert "Sources (the neighbours of each completed chunk" in result.output
+    assert record["generated_tokens"] == 40 and record["finish"] == "length"
+    chunks = record["sources"]
+    assert [c["chunk"] for c in chunks] == list(range(len(chunks)))
+    assert {c["from"] for c in chunks} == {"prompt", "generated"}
+    experiment, store = open_experiment(str(trained))
+    for chunk in chunks:
+        # the neighbours used are what `search` finds for the chunk's text
+        hits = search(experiment, store, chunk["query"], 2)
+        assert [n["chunk_id"] for n in chunk["neighbours"]] == [h.chunk_id for h in hits]
+        for n, hit in zip(chunk["neighbours"], hits, strict=True):
+            assert (n["document"], n["position"], n["text"]) == (
+                hit.document,
+                hit.position,
+                hit.text,
+            )
+            assert n["score"] == pytest.approx(hit.score, abs=1e-5)
+            assert f"{n['document']}  chunk {n['position']}  (id {n['chunk_id']})" in result.output
+
+
+def test_the_three_ways_to_name_the_model_and_to_give_the_prompt_agree(trained: Path) -> None:
+    folder = run_folder(trained)
+    run_id = (folder / "mlflow_run_id").read_text().strip()
+    copy = trained.parent / "elsewhere.pt"
+    shutil.copy(folder / "checkpoint.pt", copy)
+    prompt_file = trained.parent / "prompt.txt"
+    prompt_file.write_text(PROMPT)
+    options = ("--max-tokens", "24", "--temperature", "0.9", "--top-p", "0.9", "--seed", "5")
+    first = generated(trained, PROMPT, *options)
+    again = generated(trained, PROMPT, *options)  # a seed reproduces
+    assert {**again, "seconds": 0} == {**first, "seconds": 0}
+    for variant in (
+        generated(trained, PROMPT, "--run-id", run_id, *options),
+        generated(trained, PROMPT, "--checkpoint", str(copy), *options),
+        generated(trained, "--prompt-file", str(prompt_file), *options),
+        generated(trained, *options, input=PROMPT),
+        generated(trained, "--prompt-file", "-", *options, input=PROMPT),
+    ):
+        assert variant["text"] == first["text"]
+        assert variant["sources"] == first["sources"]
+    other_seed = generated(trained, PROMPT, *options[:-1], "6")
+    assert other_seed["text"] != first["text"]
+
+
+def test_stop_strings_and_retrieval_off(trained: Path) -> None:
+    free = generated(trained, PROMPT, "--max-tokens", "40")
+    stop = free["text"][5:7]
+    stopped = generated(trained, PROMPT, "--max-tokens", "40", "--stop", stop)
+    assert (
+        stopped["finish"] == "stop" and stopped["text"] == free["text"][: free["text"].find(stop)]
+    )
+    off = generated(trained, PROMPT, "--max-tokens", "40", "--no-retrieval")
+    assert off["sources"] == [] and off["retrieval"] is False
+
+
+def test_excluded_documents_are_left_out_of_the_sources(trained: Path) -> None:
+    record = generated(trained, PROMPT, "--max-tokens", "40")
+    named = record["sources"][0]["neighbours"][0]["document"]
+    without = generated(trained, PROMPT, "--max-tokens", "40", "--exclude-document", named)
+    documents = {n["document"] for c in without["sources"] for n in c["neighbours"]}
+    assert named not in documents and documents
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["   "], "the prompt is empty"),
+        (["x" * 65], "prompt 1 is 65 tokens; the model reads at most 64 (max_seq_len)"),
+        (["x", "--run-id", "0123456789abcdef0123456789abcdef"], "no run folder under"),
+        (["x", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (["x", "--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["x", "--max-tokens", "0"], "--max-tokens must be at least 1"),
+        (["x", "--checkpoint", "missing.pt"], "--checkpoint missing.pt is not a file"),
+        (["x", "--exclude-document", "nope.py"], "--exclude-document 'nope.py' is not a document"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(trained: Path, args, message) -> None:
+    result = invoke("generate", str(trained), *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert result.output.strip().count("\n") == 0 or result.output.startswith("model:")
+
+
+def test_a_checkpoint_from_another_store_is_refused(trained: Path, tmp_path: Path) -> None:
+    """The same corpus cut by another tokenizer: the checkpoint cannot read that store."""
+    other = tiny_experiment(tmp_path, tokenizer={"name": "bpe", "vocab_size": 300})
+    assert invoke("ingest", str(other), "--no-progress").exit_code == 0
+    assert invoke("index", str(other), "--no-progress").exit_code == 0
+    checkpoint = run_folder(trained) / "checkpoint.pt"
+    result = invoke("generate", str(other), "x", "--checkpoint", str(checkpoint))
+    assert result.exit_code == 2, result.output
+    assert "does not match the store of" in result.output
+    assert "trained on another corpus" in result.output
+    # and the experiment file alone has no trained run there
+    result = invoke("generate", str(other), "x")
+    assert result.exit_code == 2 and "has no trained run" in result.output
