@@ -251,3 +251,17 @@ def test_a_new_fact_is_found_by_search_and_gone_after_removal(tmp_path: Path) ->
     assert "added 0 vectors, removed 2 (no rebuild" in third
     assert "zorblaxia.txt" not in run("search", str(path), "capital of Zorblaxia", "-k", "5")
     assert "store is consistent" in run("store", "check", str(path))
+
+
+def test_a_store_indexed_before_the_chunk_id_files_is_updated_too(experiment_file, corpus_dir):
+    experiment, store = open_experiment(experiment_file())
+    ingest(experiment, store, progress=False)
+    first, _ = index_logged(experiment, store)
+    first.embeddings.ids_path.unlink()  # as an embedding set made by an earlier release
+    again, log = index_logged(experiment, store)
+    assert again == first and log == ""
+    assert np.array_equal(first.embeddings.chunk_ids(), np.sort(first.embeddings.chunk_ids()))
+    add_module(corpus_dir)
+    ingest(experiment, store, progress=False)
+    _, log = index_logged(experiment, store)
+    assert f"{first.embeddings.count} chunks copied" in log and "(no rebuild" in log
