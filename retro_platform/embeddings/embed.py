@@ -183,7 +183,9 @@ def embed_corpus(
     return result
 
 
-def _base(experiment: Experiment, store: Any, corpus_id: int, dimension: int) -> Any:
+def _base(
+    experiment: Experiment, store: Any, corpus_id: int, dimension: int
+) -> EmbeddingFile | None:
     """The newest finished set of an earlier corpus version to copy vectors from, or None."""
     for candidate in embedding_lineage(experiment, store, corpus_id):
         if candidate.dimension == dimension:
