@@ -20,17 +20,48 @@ from retro_platform.cli.group import cli
 @experiment_argument
 @set_option
 @progress_option
-def ingest(experiment_file: str, overrides: tuple[str, ...], progress: bool | None) -> None:
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Also remove stored documents that the corpus no longer yields (deleted files).",
+)
+@click.option(
+    "--remove",
+    "remove_ids",
+    multiple=True,
+    metavar="DOC_ID",
+    help="Remove this document (its id as `search` shows it) instead of reading the corpus "
+    "(repeatable).",
+)
+def ingest(
+    experiment_file: str,
+    overrides: tuple[str, ...],
+    progress: bool | None,
+    prune: bool,
+    remove_ids: tuple[str, ...],
+) -> None:
     """Read the corpus, tokenize it and store its chunks in SQL.
 
     Idempotent and resumable: documents already stored with the same content are skipped, so
-    running it again after an interruption (or after adding files) does only what is left.
-    Files that are not UTF-8 or are empty are skipped and counted.
+    running it again after an interruption (or after adding files) does only what is left;
+    changed documents are replaced. Files that are not UTF-8 or are empty are skipped and
+    counted. After adding, changing or removing documents, `index` updates the index without
+    rebuilding it.
+
+    --remove deletes documents without reading the corpus (a later ingest adds them back if the
+    corpus still yields them); --prune removes the ones the corpus no longer yields.
     """
+    if remove_ids and prune:
+        raise click.UsageError("--remove and --prune do not go together; run them one at a time")
+    experiment, store = open_experiment(experiment_file, overrides)
+    if remove_ids:
+        from retro_platform.corpus.remove import remove_documents
+
+        click.echo(remove_documents(experiment, store, remove_ids).summary())
+        return
     from retro_platform.pipeline import ingest as run_ingest
 
-    experiment, store = open_experiment(experiment_file, overrides)
-    report = run_ingest(experiment, store, progress=progress)
+    report = run_ingest(experiment, store, prune=prune, progress=progress)
     click.echo(report.summary())
 
 
@@ -46,24 +77,39 @@ def ingest(experiment_file: str, overrides: tuple[str, ...], progress: bool | No
     is_flag=True,
     help="Also embed every chunk again (after the embedding model's files changed).",
 )
+@click.option(
+    "--recompute-neighbours",
+    is_flag=True,
+    help="Search every chunk's neighbours again (after documents were added, existing chunks "
+    "otherwise keep theirs).",
+)
 def index(
     experiment_file: str,
     overrides: tuple[str, ...],
     progress: bool | None,
     rebuild: bool,
     reembed: bool,
+    recompute_neighbours: bool,
 ) -> None:
     """Embed every chunk, build the vector index and every chunk's neighbours.
 
     Reuses what is stored: a second run with the same options does no work, and a different
     [embedder] or [retriever] builds a new index beside the old one. Interrupted embedding and
-    neighbour searches resume where they stopped.
+    neighbour searches resume where they stopped. After `ingest` added, changed or removed
+    documents, only new chunks are embedded and the index is updated in place of a rebuild
+    (vectors added and removed; an index type that cannot remove is rebuilt, and says so).
     """
     from retro_platform.pipeline import run_index
 
     experiment, store = open_experiment(experiment_file, overrides)
     result = run_index(
-        experiment, store, rebuild=rebuild, reembed=reembed, progress=progress, log=click.echo
+        experiment,
+        store,
+        rebuild=rebuild,
+        reembed=reembed,
+        recompute_neighbours=recompute_neighbours,
+        progress=progress,
+        log=click.echo,
     )
     neighbours = result.neighbours
     click.echo(

@@ -5,6 +5,11 @@ committed in one transaction, so memory stays bounded whatever the corpus size a
 ingest resumes where it stopped: a document whose ``external_id`` is stored with the same
 checksum is skipped (its reader's metadata, such as a package version, is refreshed if that
 alone changed). A document whose content changed is replaced (its old chunks go with it).
+With ``prune``, stored documents the reader no longer yields (as usable documents) are removed
+with their chunks. Every ingest that adds, replaces or removes bumps the corpus's version, and
+the next ``retro-platform index`` updates the embeddings, index and neighbours from the last
+version's (:mod:`retro_platform.pipeline`); documents named by id are removed by
+:mod:`retro_platform.corpus.remove`.
 Files that are not UTF-8 or are empty are skipped, counted and reported; they never stop the
 run. A corpus that yields no usable document at all is an error.
 """
@@ -19,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 from tqdm import tqdm
 
 from retro_platform.atomic import atomic_destination
@@ -28,6 +33,7 @@ from retro_platform.corpus.chunking import chunk_document
 from retro_platform.errors import CorpusError, StoreError
 from retro_platform.protocols import CorpusReader, SourceDocument, Tokenizer
 from retro_platform.store.chunks import count_chunks
+from retro_platform.store.documents import delete_documents
 from retro_platform.store.fingerprints import fingerprint, short
 from retro_platform.store.models import Chunk, Corpus, Document
 
@@ -51,7 +57,9 @@ class IngestReport:
     added: int = 0
     replaced: int = 0
     unchanged: int = 0
+    removed: int = 0  # with prune: stored documents the reader no longer yields
     chunks_added: int = 0
+    chunks_removed: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     skipped_examples: list[str] = field(default_factory=list)
     documents: int = 0  # in the corpus after this ingest
@@ -64,7 +72,9 @@ class IngestReport:
             "added": self.added,
             "replaced": self.replaced,
             "unchanged": self.unchanged,
+            "removed": self.removed,
             "chunks_added": self.chunks_added,
+            "chunks_removed": self.chunks_removed,
             "skipped": dict(self.skipped),
             "skipped_examples": self.skipped_examples,
             "seconds": round(self.seconds, 3),
@@ -79,16 +89,23 @@ class IngestReport:
         )
         if skipped:
             line += f" ({reasons}; e.g. {'; '.join(self.skipped_examples)})"
+        if self.removed:
+            line += f"; {self.removed} removed (no longer in the corpus)"
+        removed = f", -{self.chunks_removed}" if self.chunks_removed else ""
         return (
             f"{line}\ncorpus {self.corpus_id}: {self.documents} documents, {self.chunks} chunks "
-            f"(+{self.chunks_added}) in {self.seconds:.1f} s"
+            f"(+{self.chunks_added}{removed}) in {self.seconds:.1f} s"
         )
 
 
-def ingest(experiment: Experiment, store: Any, *, progress: bool | None = None) -> IngestReport:
+def ingest(
+    experiment: Experiment, store: Any, *, prune: bool = False, progress: bool | None = None
+) -> IngestReport:
     """Ingest the experiment's corpus into ``store``; return what was done.
 
     Args:
+        prune: also remove the stored documents that the reader no longer yields as usable
+            documents (never when it yields none: that is an error).
         progress: show a progress bar (None: only on a terminal).
     """
     started = time.perf_counter()
@@ -101,12 +118,17 @@ def ingest(experiment: Experiment, store: Any, *, progress: bool | None = None) 
 
     bar = tqdm(total=reader.count_hint(), unit="doc", desc="ingest", disable=_no_bar(progress))
     bumped = False
+    seen: set[str] = set()
     with bar:
         for batch in _batches(reader.documents()):
-            changed = _ingest_batch(store, corpus_id, batch, tokenizer, chunk_size, report, bumped)
+            changed = _ingest_batch(
+                store, corpus_id, batch, tokenizer, chunk_size, report, bumped, seen
+            )
             bumped = bumped or changed
             bar.update(len(batch))
             bar.set_postfix(added=report.added, chunks=report.chunks_added, refresh=False)
+    if prune and seen:
+        _prune(store, corpus_id, seen, report, bumped)
 
     with store.session() as session:
         corpus = session.get(Corpus, corpus_id)
@@ -123,6 +145,20 @@ def ingest(experiment: Experiment, store: Any, *, progress: bool | None = None) 
             + "; check the [corpus] table"
         )
     return report
+
+
+def _prune(store: Any, corpus_id: int, seen: set[str], report: IngestReport, bumped: bool) -> None:
+    """Remove the corpus's stored documents whose external ids are not in ``seen``."""
+    with store.session() as session:
+        stored = session.scalars(
+            select(Document.external_id).where(Document.corpus_id == corpus_id)
+        ).all()
+        gone = [external_id for external_id in stored if external_id not in seen]
+        if not gone:
+            return
+        report.removed, report.chunks_removed = delete_documents(session, corpus_id, gone)
+        if not bumped:
+            session.get(Corpus, corpus_id).version += 1
 
 
 def prepare_corpus(
@@ -221,8 +257,10 @@ def _ingest_batch(
     chunk_size: int,
     report: IngestReport,
     bumped: bool,
+    seen: set[str],
 ) -> bool:
-    """Store a batch's new and changed documents in one transaction; True if any."""
+    """Store a batch's new and changed documents in one transaction; True if any. The
+    external ids of its usable documents are added to ``seen``."""
     report.read += len(batch)
     candidates: dict[str, _Candidate] = {}
     for document in batch:
@@ -239,6 +277,7 @@ def _ingest_batch(
                 len(document.data),
                 document.metadata,
             )
+    seen.update(candidates)
     if not candidates:
         return False
 
@@ -271,15 +310,7 @@ def _ingest_batch(
 
         replaced = [external_id for external_id in fresh if external_id in stored]
         if replaced:
-            old = select(Document.id).where(
-                Document.corpus_id == corpus_id, Document.external_id.in_(replaced)
-            )
-            session.execute(delete(Chunk).where(Chunk.document_id.in_(old)))
-            session.execute(
-                delete(Document).where(
-                    Document.corpus_id == corpus_id, Document.external_id.in_(replaced)
-                )
-            )
+            delete_documents(session, corpus_id, replaced)
             report.replaced += len(replaced)
 
         texts = [text for text, _, _, _ in fresh.values()]

@@ -5,24 +5,33 @@ The file is ``(chunks, dimension)`` in chunk-id order (row ``i`` is row ``i`` of
 count of finished rows is committed to SQL every few seconds, after the file is flushed
 (:class:`~retro_platform.store.stages.Progress`), so a killed run resumes at the last committed
 row and never trusts a row that was not flushed.
+
+Beside it, ``<file>.ids.npy`` holds the chunk id of every row, written before the set turns
+ready. When the corpus changed since a finished set (documents added, replaced or removed: a new
+corpus version), the new set is derived from the newest finished one by the same embedder
+(:func:`embedding_lineage`): a chunk it already holds is copied, only the others are embedded.
+Chunk ids are never reused, so an id names the same text in every version.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import select
 from tqdm import tqdm
 
+from retro_platform.atomic import atomic_destination
 from retro_platform.config import Experiment
 from retro_platform.errors import ConfigError, StoreError
 from retro_platform.protocols import Embedder
 from retro_platform.store.arrays import open_array, resume_array
 from retro_platform.store.chunks import count_chunks, read_chunks
 from retro_platform.store.fingerprints import fingerprint
-from retro_platform.store.models import Corpus, EmbeddingSet
+from retro_platform.store.models import READY, Corpus, EmbeddingSet
 from retro_platform.store.stages import (
     Progress,
     get_or_create_stage,
@@ -56,17 +65,56 @@ class EmbeddingFile:
         """The vectors, memory-mapped read-only: ``(count, dimension)`` float32."""
         return open_vectors(self.path, self.count, self.dimension, mode="r")
 
+    @property
+    def ids_path(self) -> Path:
+        """The file of the chunk id of each row (:func:`chunk_ids_path`)."""
+        return chunk_ids_path(self.path)
 
-def embedding_fingerprint(experiment: Experiment, corpus: Corpus) -> str:
-    """What identifies the embeddings of ``corpus`` (at its version) by the experiment's
-    embedder: its name and every option but the runtime ones."""
+    def chunk_ids(self) -> np.ndarray:
+        """``(count,)`` int64: the chunk id of each row, ascending."""
+        return open_array(self.ids_path, (self.count,), np.int64, "chunk-id", _FIX)
+
+
+def chunk_ids_path(path: Path) -> Path:
+    """``embeddings/<key>.ids.npy`` beside ``embeddings/<key>.npy``: the rows' chunk ids."""
+    return path.with_name(path.name.removesuffix(".npy") + ".ids.npy")
+
+
+def embedding_fingerprint(
+    experiment: Experiment, corpus: Corpus, version: int | None = None
+) -> str:
+    """What identifies the embeddings of ``corpus`` at ``version`` (default: its current one)
+    by the experiment's embedder: its name and every option but the runtime ones."""
     embedder = experiment.plugin_table("embedder")
     return fingerprint(
         corpus=corpus.fingerprint,
-        version=corpus.version,
+        version=corpus.version if version is None else version,
         embedder=embedder.name,
         options=embedder.stored_options,
     )
+
+
+def embedding_lineage(experiment: Experiment, store: Any, corpus_id: int) -> list[EmbeddingFile]:
+    """The finished embedding sets of earlier versions of the corpus by the experiment's
+    embedder (same name and stored options), newest first: those whose vector and chunk-id
+    files are both there. What a changed corpus's stages are derived from."""
+    with store.session() as session:
+        corpus = session.get(Corpus, corpus_id)
+        rows = session.scalars(
+            select(EmbeddingSet)
+            .where(
+                EmbeddingSet.corpus_id == corpus_id,
+                EmbeddingSet.status == READY,
+                EmbeddingSet.corpus_version < corpus.version,
+            )
+            .order_by(EmbeddingSet.corpus_version.desc())
+        ).all()
+        found = [
+            EmbeddingFile.from_row(row, store)
+            for row in rows
+            if row.fingerprint == embedding_fingerprint(experiment, corpus, row.corpus_version)
+        ]
+    return [item for item in found if item.path.exists() and item.ids_path.exists()]
 
 
 def embed_corpus(
@@ -77,11 +125,14 @@ def embed_corpus(
     embedder: Embedder | None = None,
     reembed: bool = False,
     progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> EmbeddingFile:
     """Embed the corpus's chunks with the experiment's embedder, or reuse a finished set.
 
-    ``reembed`` embeds again from the first chunk even when a finished set is stored (for a
-    model whose files changed under the same options).
+    After the corpus changed, the chunks a finished set of an earlier version holds are copied
+    from it and only the others are embedded (``log`` says how many of each). ``reembed``
+    embeds every chunk again from the first, even when a finished set is stored (for a model
+    whose files changed under the same options).
     """
     table = experiment.plugin_table("embedder")
     embedder = embedder or table.build()
@@ -117,9 +168,29 @@ def embed_corpus(
             f"embeddings of this corpus are {row.dimension}-d (did the model change?); "
             f"run: retro-platform index {experiment.hint_file} --reembed"
         )
-    if not is_ready(store, row):
-        _fill(store, row, embedder, progress)
-    return EmbeddingFile.from_row(row, store)
+    result = EmbeddingFile.from_row(row, store)
+    if is_ready(store, row):
+        if not result.ids_path.exists() and row.corpus_version == corpus.version:
+            _save_chunk_ids(store, row.corpus_id, result.ids_path)  # a set from before the file
+        return result
+    base = None if reembed else _base(experiment, store, corpus_id, row.dimension)
+    copied, embedded = _fill(store, row, embedder, base, progress)
+    if log is not None and base is not None:
+        log(
+            f"embeddings {row.id}: {copied} chunks copied from embeddings {base.id}, "
+            f"{embedded} embedded (corpus version {row.corpus_version})"
+        )
+    return result
+
+
+def _base(
+    experiment: Experiment, store: Any, corpus_id: int, dimension: int
+) -> EmbeddingFile | None:
+    """The newest finished set of an earlier corpus version to copy vectors from, or None."""
+    for candidate in embedding_lineage(experiment, store, corpus_id):
+        if candidate.dimension == dimension:
+            return candidate
+    return None
 
 
 def open_vectors(path: Path, count: int, dimension: int, mode: str = "r") -> np.ndarray:
@@ -127,13 +198,25 @@ def open_vectors(path: Path, count: int, dimension: int, mode: str = "r") -> np.
     return open_array(path, (count, dimension), np.float32, "embedding", _FIX, mode)
 
 
-def _fill(store: Any, row: EmbeddingSet, embedder: Embedder, progress: bool | None) -> None:
-    """Write rows ``done .. count`` of the file, committing progress as it goes."""
+def _fill(
+    store: Any,
+    row: EmbeddingSet,
+    embedder: Embedder,
+    base: EmbeddingFile | None,
+    progress: bool | None,
+) -> tuple[int, int]:
+    """Write rows ``done .. count`` of the file, committing progress as it goes: copied from
+    ``base`` where it holds the chunk, else embedded. Returns (copied, embedded) of this call.
+
+    The chunk-id file is written before the row turns ready."""
     count, dimension = row.count, row.dimension
     path = store.path(row.file)
     shape = (count, dimension)
     vectors, done = resume_array(path, shape, np.float32, row.done, "embedding", _FIX)
     saved = Progress(store, EmbeddingSet, row.id, vectors)
+    if base is not None:
+        base_ids, base_vectors = base.chunk_ids(), base.open()
+    copied = embedded_count = 0
     bar = tqdm(
         total=count,
         initial=done,
@@ -142,22 +225,54 @@ def _fill(store: Any, row: EmbeddingSet, embedder: Embedder, progress: bool | No
         disable=None if progress is None else not progress,
     )
     with bar, store.session() as reading:
-        blocks = read_chunks(reading, row.corpus_id, "text", block=embedder.batch_size, offset=done)
+        columns = ("id", "text") if base is not None else ("text",)
+        blocks = read_chunks(
+            reading, row.corpus_id, *columns, block=embedder.batch_size, offset=done
+        )
         for rows in blocks:
-            batch = [text for (text,) in rows]
-            embedded = np.asarray(embedder.embed(batch), dtype=np.float32)
-            if embedded.shape != (len(batch), dimension):
-                raise ConfigError(
-                    f"embedder {row.embedder!r} returned {embedded.shape} for "
-                    f"{len(batch)} texts, expected ({len(batch)}, {dimension})"
-                )
-            vectors[done : done + len(batch)] = embedded
-            done += len(batch)
-            bar.update(len(batch))
+            target = vectors[done : done + len(rows)]
+            if base is None:
+                batch = [text for (text,) in rows]
+            else:
+                ids = np.fromiter((chunk_id for chunk_id, _ in rows), np.int64, len(rows))
+                known = np.searchsorted(base_ids, ids).clip(max=max(len(base_ids) - 1, 0))
+                have = base_ids[known] == ids if len(base_ids) else np.zeros(len(ids), bool)
+                target[have] = base_vectors[known[have]]
+                copied += int(have.sum())
+                batch = [text for (_, text), old in zip(rows, have, strict=True) if not old]
+            if batch:
+                embedded = np.asarray(embedder.embed(batch), dtype=np.float32)
+                if embedded.shape != (len(batch), dimension):
+                    raise ConfigError(
+                        f"embedder {row.embedder!r} returned {embedded.shape} for "
+                        f"{len(batch)} texts, expected ({len(batch)}, {dimension})"
+                    )
+                if base is None:
+                    target[:] = embedded
+                else:
+                    target[~have] = embedded
+                embedded_count += len(batch)
+            done += len(rows)
+            bar.update(len(rows))
             saved.update(done)
     if done != count:
         raise StoreError(
             f"embedding set {row.id}: {done} of {count} chunks found; "
             f"the store changed while embedding, run the command again"
         )
+    _save_chunk_ids(store, row.corpus_id, chunk_ids_path(path), count)
     saved.finish(done)
+    return copied, embedded_count
+
+
+def _save_chunk_ids(store: Any, corpus_id: int, path: Path, count: int | None = None) -> None:
+    """Write the corpus's chunk ids in id order (the rows of its embedding files) to ``path``."""
+    with store.session() as session:
+        ids = [chunk_id for rows in read_chunks(session, corpus_id, "id") for (chunk_id,) in rows]
+    if count is not None and len(ids) != count:
+        raise StoreError(
+            f"{len(ids)} chunks found where {count} were embedded; "
+            f"the store changed while embedding, run the command again"
+        )
+    with atomic_destination(path) as partial, open(partial, "wb") as handle:
+        np.save(handle, np.asarray(ids, dtype=np.int64))

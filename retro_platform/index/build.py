@@ -4,6 +4,13 @@ The retrieval database is every chunk of the documents not held out for validati
 (``[retrieval] validation_fraction``), so a validation chunk can never retrieve itself or its
 own document. The index file is written under a temporary name and renamed into place, and its
 row turns ``ready`` only after that: a killed build leaves nothing that looks finished.
+
+After the corpus changed (a new corpus version, so new embeddings and a new index record), the
+index is derived from the newest finished index of an earlier version with the same retriever
+and options (:func:`index_lineage`): it is loaded, the vectors of chunks that are gone are
+removed, the new chunks' vectors added, and the result written as the new version's file. The
+earlier file is never changed. A retriever that cannot add or remove
+(``NotImplementedError``, e.g. ``faiss-hnsw`` removing) is rebuilt instead, and the log says so.
 """
 
 from __future__ import annotations
@@ -18,13 +25,19 @@ import numpy as np
 from retro_platform.atomic import atomic_destination
 from retro_platform.config import Experiment
 from retro_platform.corpus.chunk_table import ChunkTable, load_chunk_table, validation_documents
-from retro_platform.embeddings.embed import EmbeddingFile
+from retro_platform.embeddings.embed import EmbeddingFile, embedding_lineage
 from retro_platform.errors import IndexFileError
 from retro_platform.plugins import build_plugin
 from retro_platform.protocols import Retriever
 from retro_platform.store.fingerprints import fingerprint
 from retro_platform.store.models import VectorIndex
-from retro_platform.store.stages import finish, get_or_create_stage, is_ready, stage_file
+from retro_platform.store.stages import (
+    find_stage,
+    finish,
+    get_or_create_stage,
+    is_ready,
+    stage_file,
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,21 @@ def index_fingerprint(experiment: Experiment, embeddings: EmbeddingFile) -> str:
         options=retriever.stored_options,
         validation_fraction=experiment.retrieval.validation_fraction,
     )
+
+
+def index_lineage(
+    experiment: Experiment, store: Any, corpus_id: int
+) -> list[tuple[EmbeddingFile, IndexRecord]]:
+    """The finished indexes of earlier versions of the corpus by the experiment's embedder and
+    retriever (same stored options and validation split), newest first, with the embedding
+    set each was built over: what a changed corpus's index is derived from."""
+    found = []
+    with store.session() as session:
+        for embeddings in embedding_lineage(experiment, store, corpus_id):
+            row = find_stage(session, VectorIndex, index_fingerprint(experiment, embeddings))
+            if row is not None and is_ready(store, row):
+                found.append((embeddings, IndexRecord.from_row(row, store)))
+    return found
 
 
 def database_rows(table: ChunkTable, held_out: np.ndarray) -> np.ndarray:
@@ -108,11 +136,20 @@ def build_index(
             "lower [retrieval] validation_fraction"
         )
     started = time.perf_counter()
-    log(f"building {plugin.name} index over {len(rows)} chunks ({len(table) - len(rows)} held out)")
-    vectors = np.ascontiguousarray(embeddings.open()[rows])
-    retriever.build(vectors, table.chunk_ids[rows])
+    bases = [] if rebuild else index_lineage(experiment, store, corpus_id)
+    updated = None
+    if bases:
+        updated = _update(experiment, row.id, bases[0][1], embeddings, table, rows, log)
+    if updated is None:
+        log(
+            f"building {plugin.name} index over {len(rows)} chunks "
+            f"({len(table) - len(rows)} held out)"
+        )
+        vectors = np.ascontiguousarray(embeddings.open()[rows])
+        retriever.build(vectors, table.chunk_ids[rows])
+        updated = retriever
     with atomic_destination(store.path(row.file)) as partial:
-        retriever.save(partial)
+        updated.save(partial)
     row = finish(
         store,
         VectorIndex,
@@ -122,6 +159,48 @@ def build_index(
         dimension=embeddings.dimension,  # changes only when the embeddings were redone
     )
     return IndexRecord.from_row(row, store)
+
+
+def _update(
+    experiment: Experiment,
+    index_id: int,
+    base: IndexRecord,
+    embeddings: EmbeddingFile,
+    table: ChunkTable,
+    rows: np.ndarray,
+    log: Any,
+) -> Retriever | None:
+    """The finished index ``base``, loaded and brought up to the database ``rows``: the
+    vectors of chunks that are gone removed, those of new chunks added (its file unchanged).
+    None (with the reason logged) where the retriever cannot; then the caller rebuilds."""
+    loaded = open_index(base, experiment.hint_file, experiment.plugin_table("retriever").options)
+    stored = np.asarray(loaded.stored_ids(), dtype=np.int64)
+    wanted = table.chunk_ids[rows]
+    gone = np.setdiff1d(stored, wanted)
+    new_rows = rows[~np.isin(wanted, stored)]
+    name = base.retriever
+    try:
+        removed = loaded.remove(gone) if len(gone) else 0
+    except NotImplementedError:
+        log(f"{name} cannot remove vectors; rebuilding the index ({len(rows)} vectors)")
+        return None
+    try:
+        if len(new_rows):
+            vectors = np.ascontiguousarray(embeddings.open()[new_rows])
+            loaded.add(vectors, table.chunk_ids[new_rows])
+    except NotImplementedError:
+        log(f"{name} cannot add vectors; rebuilding the index ({len(rows)} vectors)")
+        return None
+    if loaded.size != len(rows):
+        raise IndexFileError(
+            f"updating index {base.id} left {loaded.size} vectors where {len(rows)} were "
+            f"expected; run: retro-platform index {experiment.hint_file} --rebuild"
+        )
+    log(
+        f"index {index_id}: added {len(new_rows)} vectors, removed {removed} "
+        f"(no rebuild; from index {base.id})"
+    )
+    return loaded
 
 
 def open_index(

@@ -10,6 +10,7 @@ stand-in chunk.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,19 @@ from tqdm import tqdm
 from retro_platform.config import Experiment
 from retro_platform.corpus.chunk_table import ChunkTable, load_chunk_table
 from retro_platform.embeddings.embed import EmbeddingFile
-from retro_platform.index.build import IndexRecord
+from retro_platform.index.build import IndexRecord, index_lineage
 from retro_platform.protocols import MISSING, Retriever
 from retro_platform.store.arrays import open_array, resume_array
 from retro_platform.store.fingerprints import fingerprint
 from retro_platform.store.models import NeighbourSet
-from retro_platform.store.stages import Progress, get_or_create_stage, is_ready, restart, stage_file
+from retro_platform.store.stages import (
+    Progress,
+    find_stage,
+    get_or_create_stage,
+    is_ready,
+    restart,
+    stage_file,
+)
 
 #: Queries per search call, and the first candidate count per wanted neighbour.
 QUERY_BATCH = 2048
@@ -99,13 +107,17 @@ def compute_neighbours(
     *,
     rebuild: bool = False,
     progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> NeighbourFile:
-    """Compute (or reuse) the neighbour set of every chunk of the corpus."""
+    """Compute (or reuse) the neighbour set of every chunk of the corpus.
+
+    A new set after a corpus change is derived from the set of an earlier version (see the
+    module docstring; ``log`` says how many rows were kept and searched); ``rebuild``
+    searches every chunk again.
+    """
     k = experiment.retrieval.neighbours
     exclusion = "same-document" if experiment.retrieval.exclude_same_document else "none"
-    # the index's fingerprint leaves search-time options out; the neighbours depend on them
-    search_options = experiment.plugin_table("retriever").options
-    key = fingerprint(index=index.fingerprint, search=search_options, k=k, exclusion=exclusion)
+    key = neighbours_fingerprint(experiment, index)
     with store.session() as session:
         row = get_or_create_stage(
             session,
@@ -131,6 +143,11 @@ def compute_neighbours(
 
     vectors = embeddings.open()
     exclude = table.document_ids if exclusion == "same-document" else None
+    base = None if rebuild else _base(experiment, store, corpus_id, k, exclusion)
+    if base is not None:
+        base_ids, base_neighbours = base
+        kept_rows = _kept(base_ids, base_neighbours, table)
+    searched = 0
     bar = tqdm(
         total=embeddings.count,
         initial=done,
@@ -141,12 +158,65 @@ def compute_neighbours(
     with bar:
         for start in range(done, embeddings.count, QUERY_BATCH):
             stop = min(start + QUERY_BATCH, embeddings.count)
-            documents = None if exclude is None else exclude[start:stop]
-            out[start:stop] = find_neighbours(retriever, vectors[start:stop], documents, table, k)
+            search = np.arange(start, stop)
+            if base is not None:
+                old = kept_rows[start:stop]
+                have = old >= 0
+                out[start:stop][have] = base_neighbours[old[have]]
+                search = search[~have]
+            if len(search):
+                documents = None if exclude is None else exclude[search]
+                out[search] = find_neighbours(retriever, vectors[search], documents, table, k)
+                searched += len(search)
             bar.update(stop - start)
             saved.update(stop)
     saved.finish(embeddings.count)
+    if log is not None and base is not None:
+        log(
+            f"neighbours {row.id}: {embeddings.count - searched - done} chunks kept their "
+            f"neighbours, {searched} searched (new chunks, or a neighbour was removed); "
+            "--recompute-neighbours searches every chunk again"
+        )
     return record
+
+
+def neighbours_fingerprint(experiment: Experiment, index: IndexRecord) -> str:
+    """What identifies the experiment's neighbour set over ``index``: ``k``, the exclusion and
+    the retriever's options (the index's fingerprint leaves the search-time ones out; the
+    neighbours depend on them)."""
+    return fingerprint(
+        index=index.fingerprint,
+        search=experiment.plugin_table("retriever").options,
+        k=experiment.retrieval.neighbours,
+        exclusion="same-document" if experiment.retrieval.exclude_same_document else "none",
+    )
+
+
+def _base(
+    experiment: Experiment, store: Any, corpus_id: int, k: int, exclusion: str
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The chunk ids and neighbours of the newest finished set of an earlier corpus version
+    to keep rows from, or None."""
+    for embeddings, index in index_lineage(experiment, store, corpus_id):
+        with store.session() as session:
+            row = find_stage(session, NeighbourSet, neighbours_fingerprint(experiment, index))
+            if row is None or not is_ready(store, row):
+                continue
+            path, count = store.path(row.file), row.count
+        if count == embeddings.count:
+            return embeddings.chunk_ids(), open_neighbours(path, count, k)
+    return None
+
+
+def _kept(base_ids: np.ndarray, base_neighbours: np.ndarray, table: ChunkTable) -> np.ndarray:
+    """``(chunks,)`` the base row whose neighbours each chunk keeps, ``-1`` where it must be
+    searched: a chunk the base does not cover, one with a neighbour no longer stored, or one
+    that found fewer than ``k`` (the database has grown since)."""
+    rows = np.searchsorted(base_ids, table.chunk_ids).clip(max=max(len(base_ids) - 1, 0))
+    covered = base_ids[rows] == table.chunk_ids if len(base_ids) else np.zeros(len(table), bool)
+    neighbours = np.asarray(base_neighbours)
+    alive = np.isin(neighbours, table.chunk_ids).all(axis=1)
+    return np.where(covered & alive[rows], rows, -1)
 
 
 def open_neighbours(path: Path, count: int, k: int, mode: str = "r") -> np.ndarray:

@@ -36,18 +36,27 @@ def run_index(
     *,
     rebuild: bool = False,
     reembed: bool = False,
+    recompute_neighbours: bool = False,
     progress: bool | None = None,
     log: Callable[[str], None] = print,
 ) -> IndexResult:
     """Embed the ingested corpus, build the vector index, compute every chunk's neighbours.
 
-    ``rebuild`` rebuilds the index and the neighbours even when they are stored; ``reembed``
-    also embeds every chunk again (embeddings are otherwise rebuilt only when their file is
-    missing: an index problem never needs them redone).
+    After documents were added, replaced or removed (a new corpus version), each stage is
+    derived from the previous version's: only new chunks are embedded, the index gets their
+    vectors and loses those of removed chunks (no rebuild, no training), and only new chunks
+    (and those whose neighbours are gone) are searched for neighbours; ``log`` reports the
+    counts. ``recompute_neighbours`` searches every chunk's neighbours again (existing chunks
+    may find new documents). ``rebuild`` rebuilds the index and the neighbours from scratch
+    even when they are stored; ``reembed`` also embeds every chunk again (embeddings are
+    otherwise rebuilt only when their file is missing: an index problem never needs them
+    redone).
     """
     rebuild = rebuild or reembed
     corpus_id = find_corpus_id(experiment, store)
-    embeddings = embed_corpus(experiment, store, corpus_id, reembed=reembed, progress=progress)
+    embeddings = embed_corpus(
+        experiment, store, corpus_id, reembed=reembed, progress=progress, log=log
+    )
     index = build_index(experiment, store, corpus_id, embeddings, rebuild=rebuild, log=log)
     retriever = open_run_index(experiment, index)
     neighbours = compute_neighbours(
@@ -57,8 +66,9 @@ def run_index(
         embeddings,
         index,
         retriever,
-        rebuild=rebuild,
+        rebuild=rebuild or recompute_neighbours,
         progress=progress,
+        log=log,
     )
     return IndexResult(corpus_id, embeddings, index, neighbours)
 

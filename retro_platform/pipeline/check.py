@@ -4,6 +4,10 @@ For every finished vector index: every id in the index is a chunk in SQL, every 
 retrieval database is in the index, no id twice. For every finished embedding and neighbour
 set: the file exists with the recorded shape, and every neighbour is a chunk of the corpus (or
 ``-1``) and, under the same-document rule, never from the query's own document.
+
+Records of an earlier corpus version (superseded by an ingest that added, replaced or removed
+documents; kept so that nothing stored is lost) are compared with their files only: the SQL
+rows they were computed from may be gone.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from retro_platform.errors import RetroPlatformError
 from retro_platform.index.build import IndexRecord, database_rows, open_index
 from retro_platform.neighbours.compute import open_neighbours
 from retro_platform.protocols import MISSING
-from retro_platform.store.models import READY, EmbeddingSet, NeighbourSet, VectorIndex
+from retro_platform.store.models import READY, Corpus, EmbeddingSet, NeighbourSet, VectorIndex
 
 
 @dataclass
@@ -43,6 +47,10 @@ def check_store(store: Any) -> CheckReport:
         neighbour_sets = list(session.scalars(select(NeighbourSet).order_by(NeighbourSet.id)))
         for corpus_id in {row.corpus_id for row in sets.values()}:
             tables[corpus_id] = load_chunk_table(session, corpus_id)
+        versions = {corpus.id: corpus.version for corpus in session.scalars(select(Corpus))}
+        superseded = {
+            key: row.corpus_version < versions[row.corpus_id] for key, row in sets.items()
+        }
         held_out = {
             row.id: validation_documents(
                 session, sets[row.embedding_set_id].corpus_id, row.validation_fraction
@@ -91,6 +99,9 @@ def check_store(store: Any) -> CheckReport:
         retriever = _try(report, f"index {row.id}", open_index, record)
         if retriever is None:
             continue
+        if superseded[row.embedding_set_id]:
+            report.checked.append(f"index {row.id}: of an earlier corpus version, file only")
+            continue
         table = tables[corpus_id]
         expected = table.chunk_ids[database_rows(table, held_out[row.id])]
         stored = np.asarray(retriever.stored_ids(), dtype=np.int64)
@@ -109,12 +120,18 @@ def check_store(store: Any) -> CheckReport:
                 report.problems.append(f"{name}: {count} {what}")
         report.checked.append(name)
 
+    index_sets = {row.id: row.embedding_set_id for row, _ in index_records}
     for set_id, index_id, k, exclusion, count, status, path in neighbour_rows:
         if status != READY:
             report.checked.append(f"neighbour set {set_id}: unfinished, skipped")
             continue
         neighbours = _try(report, f"neighbour set {set_id}", open_neighbours, path, count, k)
         if neighbours is None:
+            continue
+        if superseded[index_sets[index_id]]:
+            report.checked.append(
+                f"neighbour set {set_id}: of an earlier corpus version, file only"
+            )
             continue
         table = tables[index_corpus[index_id]]
         ids = np.asarray(neighbours)

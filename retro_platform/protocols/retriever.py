@@ -2,6 +2,11 @@
 
 The ids a retriever stores are the chunks' primary keys in SQL, so a search result is a chunk
 id with no mapping table in between, and ``store check`` can compare the two sides.
+
+Two methods are optional: :meth:`Retriever.add` and :meth:`Retriever.remove` let ``retro-platform
+index`` bring a finished index up to date after documents were added or removed, without
+training it again. A retriever that cannot do one of them keeps the default, which raises
+``NotImplementedError``; the core then rebuilds the index from the stored embeddings and says so.
 """
 
 from __future__ import annotations
@@ -65,3 +70,24 @@ class Retriever(ABC):
     @abstractmethod
     def stored_ids(self) -> np.ndarray:
         """Every stored id, ``(size,)`` int64 in any order (for ``store check``)."""
+
+    # --- optional: updating a finished index in place -----------------------------------------
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Add ``vectors`` ``(n, dimension)`` float32 under new ``ids`` ``(n,)`` int64 to a built
+        or loaded index, with no training: an index that was trained (IVF lists, PQ codebooks)
+        keeps what it learned and files the new vectors under it.
+
+        The ids are never already stored. Raises ``NotImplementedError`` (before changing
+        anything) where the index cannot grow; the core then rebuilds it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot add vectors to a built index")
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove the vectors stored under ``ids`` ``(n,)`` int64 (ids not stored are ignored);
+        return how many were removed. Afterwards no search returns a removed id.
+
+        Raises ``NotImplementedError`` (before changing anything) where the index cannot
+        remove vectors, e.g. a graph index; the core then rebuilds it without them.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot remove vectors from an index")

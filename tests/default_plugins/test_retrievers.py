@@ -290,3 +290,83 @@ def test_every_option_is_documented(name: str) -> None:
     section = docs.split(f"#### `{name}`", 1)[1].split("\n#", 1)[0]
     for option in get_registration("retrievers", name).factory.Options.model_fields:
         assert f"| `{option}` |" in section, f"docs/plugins.md: {name} option {option}"
+
+
+# --- updating a built index: add and remove ---------------------------------------------------
+
+UPDATE_OPTIONS = {"faiss-ivfpq": {"nlist": 8, "nbits": 6}}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_added_vectors_are_found_and_the_ids_stay_unique(name: str, clustered, tmp_path) -> None:
+    ids = far_ids(len(clustered))
+    built = retriever(name, 32, **UPDATE_OPTIONS.get(name, {}))
+    built.build(clustered[:1500], ids[:1500])
+    built.add(clustered[1500:], ids[1500:])
+    assert built.size == 2000
+    assert set(built.stored_ids().tolist()) == set(ids.tolist())
+    _, found = built.search(clustered[1500:1600], 1)
+    if name == "faiss-ivfpq":  # added under the trained lists: as if given all at once
+        whole = retriever(name, 32, **UPDATE_OPTIONS[name])
+        whole.build(clustered[:1500], ids[:1500])
+        whole.index.reset()
+        whole.index.add_with_ids(clustered, ids)
+        assert np.array_equal(found, whole.search(clustered[1500:1600], 1)[1])
+    else:
+        assert (found[:, 0] == ids[1500:1600]).mean() >= 0.95
+    with pytest.raises(ValueError, match="not new"):
+        built.add(clustered[:1], ids[:1])
+    built.save(tmp_path / "grown.index")  # the grown index survives a save and a load
+    loaded = retriever(name, 32, **UPDATE_OPTIONS.get(name, {}))
+    loaded.load(tmp_path / "grown.index")
+    queries = clustered[1500:1600]
+    assert np.array_equal(loaded.search(queries, 3)[1], built.search(queries, 3)[1])
+
+
+@pytest.mark.parametrize("name", ["faiss-flat", "faiss-ivfpq"])
+@pytest.mark.parametrize("refine", [True, False])
+def test_removed_vectors_are_never_returned_and_the_rest_keep_their_ids(
+    name: str, refine: bool, clustered, tmp_path
+) -> None:
+    if name == "faiss-flat" and not refine:
+        pytest.skip("refine is an IVF-PQ option")
+    options = dict(UPDATE_OPTIONS.get(name, {}))
+    if name == "faiss-ivfpq":
+        options["refine"] = refine
+    ids = far_ids(len(clustered))
+    updated = retriever(name, 32, **options)
+    updated.build(clustered, ids)
+    gone = np.random.default_rng(1).choice(len(ids), 300, replace=False)
+    assert updated.remove(np.concatenate([ids[gone], [7]])) == 300  # an unknown id is ignored
+    keep = np.setdiff1d(np.arange(len(ids)), gone)
+    assert updated.size == len(keep)
+    assert set(updated.stored_ids().tolist()) == set(ids[keep].tolist())
+
+    # the same trained index given only the kept vectors answers the same
+    fresh = retriever(name, 32, **options)
+    fresh.build(clustered, ids)
+    fresh.index.reset()
+    fresh.index.add_with_ids(clustered[keep], ids[keep])
+    scores, found = updated.search(clustered, 10)
+    expected_scores, expected = fresh.search(clustered, 10)
+    assert not np.isin(found, ids[gone]).any()
+    assert np.allclose(scores, expected_scores, atol=1e-5)
+    # the same ids, up to the order of equal scores (PQ codes tie; a removal reorders a list)
+    for row in range(len(found)):
+        sure = scores[row] > scores[row, -1] + 1e-5
+        assert set(found[row, sure]) == set(expected[row, sure])
+    updated.save(tmp_path / "shrunk.index")
+    loaded = retriever(name, 32, **options)
+    loaded.load(tmp_path / "shrunk.index")
+    assert np.array_equal(loaded.search(clustered, 10)[1], found)
+
+
+def test_hnsw_cannot_remove_and_stays_as_it_was(clustered) -> None:
+    ids = far_ids(len(clustered))
+    hnsw = retriever("faiss-hnsw", 32)
+    hnsw.build(clustered, ids)
+    before = hnsw.search(clustered[:50], 5)
+    with pytest.raises(NotImplementedError, match="faiss-hnsw cannot remove"):
+        hnsw.remove(ids[:10])
+    assert hnsw.size == len(ids)
+    assert np.array_equal(hnsw.search(clustered[:50], 5)[1], before[1])

@@ -9,6 +9,13 @@ A subclass says which factory string to build (:meth:`FaissRetriever.factory`), 
 class must sit inside the id map (:attr:`FaissRetriever.inner_types`), and sets its search-time
 parameters in :meth:`FaissRetriever.configure`, which also runs after :meth:`load` so that
 ``nprobe`` / ``efSearch`` / ``k_factor`` take effect on an index built earlier.
+
+A built index grows with :meth:`FaissRetriever.add` (``add_with_ids``: no training, an IVF index
+files the vectors under its trained lists) and shrinks with :meth:`FaissRetriever.remove`. Faiss's
+own ``IndexIDMap2.remove_ids`` is right only for an inner index that closes the gap the way
+``IndexFlat`` does; removal here drops the inner index's positions with
+:meth:`FaissRetriever.remove_positions`, which a subclass adapts to its index (an IVF index
+renumbers its lists; HNSW cannot remove at all), and then compacts the id map.
 """
 
 from __future__ import annotations
@@ -118,6 +125,15 @@ class FaissRetriever(Retriever):
     def configure(self, inner: Any) -> None:
         """Set search-time parameters on the inner index (after build and after load)."""
 
+    def remove_positions(self, inner: Any, positions: np.ndarray) -> None:
+        """Remove the vectors at ``positions`` (sorted int64 offsets into the inner index, the
+        order they were added in) so that the later ones move down to close the gaps, as
+        ``IndexFlat.remove_ids`` does; raise ``NotImplementedError`` before changing anything
+        where the inner index cannot remove."""
+        removed = inner.remove_ids(faiss.IDSelectorArray(positions))
+        if removed != len(positions):
+            raise RuntimeError(f"removed {removed} of {len(positions)} vectors")
+
     # --- the protocol ------------------------------------------------------------------------
 
     @property
@@ -193,6 +209,34 @@ class FaissRetriever(Retriever):
             )
         self.configure(inner)
         self._index = index
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        index = self._require_index()
+        vectors = self._as_matrix(vectors, "vectors")
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if ids.shape != (len(vectors),):
+            raise ValueError(f"expected {len(vectors)} ids, got an array of shape {ids.shape}")
+        if len(np.unique(ids)) != len(ids) or np.isin(ids, self.stored_ids()).any():
+            raise ValueError("the ids given to add() are not new and unique")
+        if len(vectors):
+            index.add_with_ids(vectors, ids)
+
+    def remove(self, ids: np.ndarray) -> int:
+        index = self._require_index()
+        id_map = self.stored_ids()
+        drop = np.isin(id_map, np.asarray(ids, dtype=np.int64))
+        positions = np.flatnonzero(drop).astype(np.int64)
+        if not len(positions):
+            return 0
+        inner = faiss.downcast_index(index.index)
+        self.remove_positions(inner, positions)
+        kept = np.ascontiguousarray(id_map[~drop])
+        if inner.ntotal != len(kept):
+            raise RuntimeError(f"the inner index holds {inner.ntotal} vectors, not {len(kept)}")
+        faiss.copy_array_to_vector(kept, index.id_map)
+        index.ntotal = len(kept)
+        index.construct_rev_map()
+        return len(positions)
 
     @property
     def size(self) -> int:

@@ -1,8 +1,9 @@
 """``faiss-hnsw``: a hierarchical navigable small-world graph (Malkov & Yashunin 2016).
 
 Approximate search that needs no training and stays fast at a million vectors, at the price of
-memory (the full vectors plus ``2 * M`` neighbour links each) and build time. Faiss's HNSW
-cannot remove vectors; the store rebuilds the index instead. ``efSearch`` is a search-time
+memory (the full vectors plus ``2 * M`` neighbour links each) and build time. New vectors are
+added to the graph; Faiss's HNSW cannot remove vectors, so ``retro-platform index`` rebuilds the
+index (from the stored embeddings, and says so) when documents were removed. ``efSearch`` is a search-time
 setting: changing it takes effect on an index built earlier.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import faiss
+import numpy as np
 from pydantic import Field
 
 from retro_platform.default_plugins.retrievers._faiss import FaissOptions, FaissRetriever
@@ -51,6 +53,9 @@ class FaissHNSWRetriever(FaissRetriever):
 
     def configure(self, inner: Any) -> None:
         inner.hnsw.efSearch = self.options.efSearch
+
+    def remove_positions(self, inner: Any, positions: np.ndarray) -> None:
+        raise NotImplementedError("faiss-hnsw cannot remove vectors")
 
 
 @hookimpl

@@ -9,6 +9,9 @@ saturates near 0.6 however many lists are probed. So by default (``refine = true
 
 ``nprobe`` and ``k_factor`` are search-time settings: changing them takes effect on an index
 built earlier.
+
+Vectors added to a built index are filed under its trained lists and codebooks (no training);
+removed ones leave their lists (and the refine stage's exact vectors) with no rebuild.
 """
 
 from __future__ import annotations
@@ -136,6 +139,25 @@ class FaissIVFPQRetriever(FaissRetriever):
         self._ivf(inner).nprobe = self.options.nprobe
         if isinstance(inner, faiss.IndexRefine):
             inner.k_factor = float(self.options.k_factor)
+
+    def remove_positions(self, inner: Any, positions: np.ndarray) -> None:
+        # The lists store each vector's position in the order of adding; a removal leaves the
+        # later positions as they were, so they are moved down here to match the id map (and
+        # the refine stage's flat index, which closes its gaps itself).
+        ivf = self._ivf(inner)
+        selector = faiss.IDSelectorArray(positions)
+        removed = ivf.remove_ids(selector)
+        if isinstance(inner, faiss.IndexRefine):
+            faiss.downcast_index(inner.refine_index).remove_ids(selector)
+            inner.ntotal = ivf.ntotal
+        if removed != len(positions):
+            raise RuntimeError(f"removed {removed} of {len(positions)} vectors")
+        lists = ivf.invlists
+        for list_no in range(ivf.nlist):
+            size = lists.list_size(list_no)
+            if size:
+                stored = faiss.rev_swig_ptr(lists.get_ids(list_no), size)
+                stored -= np.searchsorted(positions, stored)  # in place: the list's own ids
 
     @staticmethod
     def _ivf(inner: Any) -> Any:
