@@ -143,3 +143,36 @@ def test_a_checkpoint_from_another_store_is_refused(trained: Path, tmp_path: Pat
     # and the experiment file alone has no trained run there
     result = invoke("generate", str(other), "x")
     assert result.exit_code == 2 and "has no trained run" in result.output
+
+
+def test_knowledge_added_and_removed_without_retraining(tmp_path: Path) -> None:
+    """A made-up fact ingested into a trained run's store is retrieved at once, named in the
+    sources, and gone once removed; the model's checkpoint never changes."""
+    path = tiny_experiment(tmp_path)
+    assert invoke("run", str(path), "--no-progress").exit_code == 0
+    checkpoint = run_folder(path) / "checkpoint.pt"
+    weights = checkpoint.read_bytes()
+    prompt = "The capital of Zorblaxia is"
+
+    def documents_in_sources() -> set[str]:
+        record = generated(path, prompt, "--max-tokens", "16")
+        return {n["document"] for c in record["sources"] for n in c["neighbours"]}
+
+    assert "zorblaxia.txt" not in documents_in_sources()
+    (tmp_path / "corpus" / "zorblaxia.txt").write_text(
+        "The capital of Zorblaxia is Quennith, a city of glass bridges.\n"
+    )
+    added = invoke("ingest", str(path), "--no-progress")
+    assert added.exit_code == 0 and "1 added" in added.output, added.output
+    indexed = invoke("index", str(path), "--no-progress")
+    assert indexed.exit_code == 0 and "(no rebuild" in indexed.output, indexed.output
+    assert "zorblaxia.txt" in documents_in_sources()
+    shown = invoke("generate", str(path), prompt, "--max-tokens", "16")
+    assert "zorblaxia.txt  chunk 0" in shown.output
+
+    removed = invoke("ingest", str(path), "--remove", "zorblaxia.txt")
+    assert removed.exit_code == 0, removed.output
+    (tmp_path / "corpus" / "zorblaxia.txt").unlink()  # else the next ingest brings it back
+    assert invoke("index", str(path), "--no-progress").exit_code == 0
+    assert "zorblaxia.txt" not in documents_in_sources()
+    assert checkpoint.read_bytes() == weights  # nothing was retrained
