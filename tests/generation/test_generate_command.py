@@ -176,3 +176,17 @@ def test_knowledge_added_and_removed_without_retraining(tmp_path: Path) -> None:
     assert invoke("index", str(path), "--no-progress").exit_code == 0
     assert "zorblaxia.txt" not in documents_in_sources()
     assert checkpoint.read_bytes() == weights  # nothing was retrained
+
+
+def test_docs_name_every_option_and_json_field(trained: Path) -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "generate.md").read_text()
+    command = cli.commands["generate"]
+    for parameter in command.params:
+        for flag in parameter.opts + parameter.secondary_opts:
+            if flag.startswith("--") and flag != "--help":
+                assert f"`{flag}" in doc, f"docs/generate.md does not describe {flag}"
+    record = generated(trained, PROMPT, "--max-tokens", "20")
+    for field in record:
+        assert f"`{field}`" in doc, f"docs/generate.md does not describe the JSON field {field}"
+    for field in record["sources"][0]["neighbours"][0]:
+        assert field in doc
