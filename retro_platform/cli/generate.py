@@ -83,6 +83,7 @@ def generate(
     scores.
     """
     from retro_platform.generation import RunRetrieval, SamplingSettings, generate_samples
+    from retro_platform.runner.steps import choose_device
     from retro_platform.runner.trained import describe, open_trained_run
 
     text = _read_prompt(prompt, prompt_file)
@@ -97,6 +98,8 @@ def generate(
     experiment, store = open_experiment(experiment_file, overrides)
     status = _status(as_json)
     run = open_trained_run(experiment, store, run_id=run_id, checkpoint=checkpoint, log=status)
+    device = choose_device(experiment)  # [train] device
+    run.model.to(device)
     status(describe(run))
     retrieve = None
     if run.retrieval and retrieval:
@@ -118,6 +121,7 @@ def generate(
         decode=run.tokenizer.decode,
         describe=None if retrieve is None else retrieve.described,
         on_token=None if stream is None else stream.add,
+        device=device,
     )
     seconds = time.perf_counter() - started
     if as_json:
