@@ -190,3 +190,22 @@ def test_docs_name_every_option_and_json_field(trained: Path) -> None:
         assert f"`{field}`" in doc, f"docs/generate.md does not describe the JSON field {field}"
     for field in record["sources"][0]["neighbours"][0]:
         assert field in doc
+
+
+def test_the_checkpoint_s_record_of_its_tokenizer_is_checked(trained: Path, tmp_path: Path) -> None:
+    """A checkpoint that says it learned another tokenizer is refused; one from before
+    checkpoints recorded it is checked on vocabulary, padding and chunk size alone."""
+    from retro_platform.training.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(run_folder(trained) / "checkpoint.pt")
+    assert set(state["origin"]) == {"corpus", "tokenizer"}
+    other = tmp_path / "other-tokenizer.pt"
+    save_checkpoint(other, {**state, "origin": {**state["origin"], "tokenizer": "0" * 16}})
+    result = invoke("generate", str(trained), "x", "--checkpoint", str(other))
+    assert result.exit_code == 2 and "cuts text differently" in result.output, result.output
+    older = tmp_path / "older.pt"
+    save_checkpoint(older, {key: value for key, value in state.items() if key != "origin"})
+    assert (
+        generated(trained, PROMPT, "--checkpoint", str(older))["text"]
+        == generated(trained, PROMPT)["text"]
+    )
