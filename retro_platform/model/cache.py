@@ -44,14 +44,15 @@ class SelfAttentionCache:
 
 @dataclass
 class NeighbourKeys:
-    """One chunked cross-attention layer's view of a chunk's encoded neighbours: keys (not yet
-    rotated) and values ``(batch, heads, k * r, dim_head)``, and which keys are real tokens
-    ``(batch, k * r)`` (None: all of them)."""
+    """One chunked cross-attention layer's view of a chunk's encoded neighbours: keys (rotated
+    to their ``positions``) and values ``(batch, heads, k * r, dim_head)``, and which keys are
+    real tokens ``(batch, k * r)`` (None: all of them)."""
 
     chunk: int
     keys: Tensor
     values: Tensor
     mask: Tensor | None
+    positions: Tensor
 
 
 @dataclass

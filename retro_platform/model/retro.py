@@ -135,11 +135,17 @@ class Attention(nn.Module):
         keys, values = cache.append(k, v)
         return self._attend(q, keys, values, positions.bias, None)
 
-    def context_keys(self, context: Tensor) -> tuple[Tensor, Tensor]:
-        """Cross-attention keys and values of ``context`` (batch, j, context_dim), before any
-        rotation, each (batch, heads, j, dim_head): computed once per context and kept."""
-        k, v = self.to_kv(context).chunk(2, dim=-1)
-        return self._split_heads(k), self._split_heads(v).contiguous()
+    def context_keys(
+        self, context: Tensor, encoding: PositionalEncoding, positions: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys (rotated to their ``positions``) and values of ``context``
+        (batch, j, context_dim), each (batch, heads, j, dim_head): computed once per context
+        and kept. The encoding turns queries and keys each by their own positions, so the keys
+        can be turned once and the queries at every step."""
+        k, v = map(self._split_heads, self.to_kv(context).chunk(2, dim=-1))
+        no_queries = k[..., :0, :]
+        _, k = encoding.rotate(no_queries, k, positions[:0], positions)
+        return k, v.contiguous()
 
     def attend_to(
         self,
@@ -151,8 +157,8 @@ class Attention(nn.Module):
     ) -> Tensor:
         """Cross-attention of ``x`` to keys and values from :meth:`context_keys`."""
         q = self._split_heads(self.to_q(x))
-        q, k = positions.encoding.rotate(q, keys, positions.q, positions.k)
-        return self._attend(q, k, values, positions.bias, key_mask)
+        q, _ = positions.encoding.rotate(q, keys[..., :0, :], positions.q, positions.k[:0])
+        return self._attend(q, keys, values, positions.bias, key_mask)
 
     def _attend(
         self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, key_mask: Tensor | None
@@ -663,41 +669,47 @@ class RETRO(nn.Module):
         relative positions as in :class:`ChunkedCrossAttention`."""
         m, b = self.config.chunk_size, cache.batch
         t1 = t0 + h.shape[1]
+        encoding = self.positions["chunked_cross"]
         available = {}
         if index in cache.neighbours:  # the chunk completed before this step
             available[cache.neighbours[index].chunk] = cache.neighbours[index]
         if encoded:
             states, mask = encoded
-            keys, values = cca.attention.context_keys(states)
+            k_positions = torch.arange(self.config.neighbour_len, device=h.device).repeat(
+                states.shape[1] // self.config.neighbour_len
+            )  # every neighbour from position 0, as in the full pass
+            keys, values = cca.attention.context_keys(states, encoding, k_positions)
             count = keys.shape[0] // b
             keys = keys.unflatten(0, (b, count))
             values = values.unflatten(0, (b, count))
             mask = None if mask is None else mask.unflatten(0, (b, count))
             for u in range(count):
                 part = None if mask is None else mask[:, u]
-                available[first + u] = NeighbourKeys(first + u, keys[:, u], values[:, u], part)
+                available[first + u] = NeighbourKeys(
+                    first + u, keys[:, u], values[:, u], part, k_positions
+                )
             cache.neighbours[index] = available[first + count - 1]
 
-        out = torch.zeros_like(h)
-        start = max(t0, m - 1)
+        parts, start = [], max(t0, m - 1)
+        if start > t0:  # positions before m - 1 attend to nothing
+            parts.append(h.new_zeros(b, min(start, t1) - t0, h.shape[-1]))
         while start < t1:
             u = (start - m + 1) // m
             end = min(t1, (u + 2) * m - 1)  # the end of window u
             neighbour = available[u]
-            q = torch.arange(start, end, device=h.device) - u * m  # offset in window + m - 1
-            k = torch.arange(self.config.neighbour_len, device=h.device).repeat(
-                neighbour.keys.shape[-2] // self.config.neighbour_len
-            )
-            positions = Positions.build(self.positions["chunked_cross"], q, k)
-            out[:, start - t0 : end - t0] = cca.attention.attend_to(
-                h[:, start - t0 : end - t0],
-                positions,
-                neighbour.keys,
-                neighbour.values,
-                neighbour.mask,
+            q = torch.arange(start - u * m, end - u * m, device=h.device)  # offset + m - 1
+            positions = Positions.build(encoding, q, neighbour.positions)
+            parts.append(
+                cca.attention.attend_to(
+                    h[:, start - t0 : end - t0],
+                    positions,
+                    neighbour.keys,
+                    neighbour.values,
+                    neighbour.mask,
+                )
             )
             start = end
-        return out
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     # -----------------------------------------------------------------------------------------
     # RETRO-fitting

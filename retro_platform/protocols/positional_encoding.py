@@ -69,7 +69,12 @@ class PositionalEncoding(nn.Module):
     def rotate(
         self, q: Tensor, k: Tensor, q_positions: Tensor, k_positions: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Queries ``(..., heads, i, dim_head)`` and keys ``(..., heads, j, dim_head)``."""
+        """Queries ``(..., heads, i, dim_head)`` and keys ``(..., heads, j, dim_head)``.
+
+        Each is turned by its own positions alone (a query's result must not depend on the
+        keys, nor a key's on the queries): incremental decoding turns cached keys once and
+        new queries at every step, passing an empty tensor for the other side.
+        """
         return q, k
 
     def bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor | None:

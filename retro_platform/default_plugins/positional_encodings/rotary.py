@@ -35,9 +35,28 @@ class RotaryEncoding(PositionalEncoding):
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
 
     def _phases(self, positions: Tensor) -> Tensor:
-        # unit complex numbers (n, rotary_dim / 2), in fp32 so long sequences keep precision
+        # unit complex numbers (n, rotary_dim / 2), in fp32 so long sequences keep precision;
+        # looked up in a table of every position up to max_positions (one op instead of five:
+        # it matters when decoding a token at a time), computed the same way, so bit-identical
+        table = self._table()
+        if table is not None and positions.numel() and int(positions.max()) < len(table):
+            return table[positions]
+        return self._compute_phases(positions)
+
+    def _compute_phases(self, positions: Tensor) -> Tensor:
         angles = positions.to(self.inv_freq.dtype)[:, None] * self.inv_freq[None, :]
         return torch.polar(torch.ones_like(angles), angles)
+
+    def _table(self) -> Tensor | None:
+        # kept out of the state dict and of .to(): built per device and dtype on first use
+        if self.inv_freq.is_meta:
+            return None
+        key = (self.inv_freq.device, self.inv_freq.dtype)
+        tables = self.__dict__.setdefault("_tables", {})
+        if key not in tables:
+            everywhere = torch.arange(self.max_positions, device=self.inv_freq.device)
+            tables[key] = self._compute_phases(everywhere)
+        return tables[key]
 
     def _rotate(self, x: Tensor, phases: Tensor) -> Tensor:
         # x is (..., heads, n, dim_head). Consecutive feature pairs are complex numbers, turned by
@@ -55,6 +74,11 @@ class RotaryEncoding(PositionalEncoding):
     def rotate(
         self, q: Tensor, k: Tensor, q_positions: Tensor, k_positions: Tensor
     ) -> tuple[Tensor, Tensor]:
+        # an empty side (incremental decoding turns cached keys once) costs nothing
+        if q.shape[-2] == 0:
+            return q, self._rotate(k, self._phases(k_positions))
+        if k.shape[-2] == 0:
+            return self._rotate(q, self._phases(q_positions)), k
         q_phases = self._phases(q_positions)
         k_phases = q_phases if k_positions is q_positions else self._phases(k_positions)
         return self._rotate(q, q_phases), self._rotate(k, k_phases)
