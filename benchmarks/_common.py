@@ -313,3 +313,16 @@ def process_tree_cpu_seconds(pid: int | None = None) -> float:
     embedder keeps (``time.process_time`` counts only the calling process's threads).
     Resolution: one clock tick (10 ms); a descendant that exited is no longer counted."""
     return sum(process_cpu_seconds(member) for member in process_tree(pid))
+
+
+def package_versions() -> dict[str, str]:
+    """The versions of Python and of the packages the benchmarks' figures depend on."""
+    from importlib import metadata
+
+    versions = {"python": sys.version.split()[0]}
+    for package in ("numpy", "torch", "transformers", "faiss-cpu", "sentence-transformers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions

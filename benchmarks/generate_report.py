@@ -4,10 +4,9 @@ cached path's time goes and what retrieval costs per completed chunk."""
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
-from _common import cpu_model, fmt_ratio, fmt_seconds, markdown_table
+from _common import cpu_model, fmt_ratio, fmt_seconds, markdown_table, package_versions
 
 #: Issue 13's bars.
 CACHED_OVER_RECOMPUTE = 10.0
@@ -18,14 +17,7 @@ BAR_CHUNK = 64
 
 
 def machine_facts() -> dict[str, Any]:
-    from importlib import metadata
-
-    versions = {"python": sys.version.split()[0]}
-    for package in ("numpy", "torch", "transformers", "faiss-cpu", "sentence-transformers"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
+    versions = package_versions()
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "versions": versions}
 
 

@@ -4,7 +4,6 @@ machine facts of its header."""
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 from _common import (
@@ -15,6 +14,7 @@ from _common import (
     format_bytes,
     markdown_table,
     median,
+    package_versions,
 )
 from retrieval_tasks import (
     INGEST_CHUNK_BYTES,
@@ -599,14 +599,7 @@ def print_report(results: dict[str, Any]) -> None:
 
 
 def machine_facts() -> dict[str, Any]:
-    from importlib import metadata
-
-    versions = {"python": sys.version.split()[0]}
-    for package in ("numpy", "torch", "faiss-cpu", "sentence-transformers", "transformers"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
+    versions = package_versions()
     memory = None
     try:
         with open("/proc/meminfo", encoding="ascii") as meminfo:
