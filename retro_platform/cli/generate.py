@@ -108,7 +108,15 @@ def generate(
         )
     elif exclude_documents:
         raise ConfigError("--exclude-document needs retrieval on")
+    if experiment.train.threads:  # after the index: opening one sets OpenMP to every core
+        import torch
+
+        torch.set_num_threads(experiment.train.threads)
     prompt_ids = run.tokenizer.encode(text).ids.tolist()
+    if retrieve is not None:  # load the embedder and the chunk tokens before the clock starts
+        started = time.perf_counter()
+        retrieve.warm_up()
+        status(f"retrieval ready in {time.perf_counter() - started:.1f} s")
 
     stream = None if as_json else _TextStream(run.tokenizer.decode, stop)
     started = time.perf_counter()

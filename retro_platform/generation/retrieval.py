@@ -165,6 +165,13 @@ class RunRetrieval:
             )
         return [Neighbour(i, score, *rows[i]) for i, score in found]
 
+    def warm_up(self) -> None:
+        """Load what the first retrieval would (the embedder's model, the chunk tokens), so
+        that a generation's timing is the generation's."""
+        self.embedder.embed(["warm-up"])
+        if self.tokenizer is not None:
+            _ = self.chunk_data
+
     # -- neighbours for the model ----------------------------------------------------------------
 
     def __call__(self, chunks: np.ndarray) -> Retrieved:
