@@ -145,10 +145,10 @@ def test_a_checkpoint_from_another_store_is_refused(trained: Path, tmp_path: Pat
     assert result.exit_code == 2 and "has no trained run" in result.output
 
 
-def test_knowledge_added_and_removed_without_retraining(tmp_path: Path) -> None:
-    """A made-up fact ingested into a trained run's store is retrieved at once, named in the
-    sources, and gone once removed; the model's checkpoint never changes."""
-    path = tiny_experiment(tmp_path)
+def test_knowledge_added_and_removed_without_retraining(tmp_path: Path, database_url: str) -> None:
+    """A made-up fact ingested into a trained run's store (SQLite, then PostgreSQL) is retrieved
+    at once, named in the sources, and gone once removed; the model's checkpoint never changes."""
+    path = tiny_experiment(tmp_path, store={"url": database_url})
     assert invoke("run", str(path), "--no-progress").exit_code == 0
     checkpoint = run_folder(path) / "checkpoint.pt"
     weights = checkpoint.read_bytes()
