@@ -82,14 +82,19 @@ def ui(
     # UI of training runs never uses
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     server = subprocess.Popen(command, env=env, start_new_session=True)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Ctrl-C and TERM both stop it, even where SIGINT was ignored when this process started
+    # (a background job of a script inherits that, and Python then never raises for it)
+    previous = {
+        sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         code = server.wait()
     except KeyboardInterrupt:
         code = 0
     finally:
         _stop(server)
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if code != 0:
         raise TrackingError(f"the MLflow UI stopped with exit code {code} (its messages are above)")
 

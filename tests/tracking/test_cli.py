@@ -190,6 +190,9 @@ def test_ui_serves_the_tracking_store_and_stops_with_its_workers(
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # started as a script's background job is: with SIGINT ignored, which Python
+            # inherits; Ctrl-C must stop it all the same
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
     base = f"http://127.0.0.1:{port}"
     try:
