@@ -112,7 +112,7 @@ class RunRetrieval:
         self.tokenizer = tokenizer
         self.k = experiment.retrieval.neighbours
         self.excluded = self._excluded_chunks(tuple(exclude_documents))
-        if chunk_data is not None:
+        if chunk_data is not None:  # fills the cached property below: never read again
             self.__dict__["chunk_data"] = chunk_data
 
     # -- search -------------------------------------------------------------------------------
