@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from retro_platform.errors import ConfigError
-from retro_platform.generation.retrieval import Neighbour, Retrieved
+from retro_platform.generation.retrieval import Retrieved
 from retro_platform.generation.sampling import SamplingSettings, pick_tokens
 
 
@@ -239,14 +239,3 @@ def generated_text(
     text = decode(generation.generated_ids)
     cuts = [text.find(s) for s in stop if s in text]
     return text[: min(cuts)] if cuts else text
-
-
-def sources(
-    generation: Generation, described: Callable[[np.ndarray, np.ndarray], list[Neighbour]]
-) -> list[tuple[ChunkRetrieval, list[Neighbour]]]:
-    """Each retrieval of ``generation`` with its neighbours described (document, position,
-    text)."""
-    return [
-        (r, described(np.asarray(r.ids, np.int64), np.asarray(r.scores, np.float32)))
-        for r in generation.retrievals
-    ]

@@ -205,16 +205,18 @@ class RunRetrieval:
     def chunk_data(self) -> ChunkData:
         """The corpus's chunk table and tokens, read once."""
         pad = self._tokenizer.pad_id
-        corpus_id = find_corpus_id(self.experiment, self.store)
+        corpus_id, m = self.corpus_id, self.experiment.retrieval.chunk_size
         with self.store.session() as session:
             table = load_chunk_table(session, corpus_id)
-            tokens = load_chunk_tokens(
-                session, corpus_id, self.experiment.retrieval.chunk_size, pad
-            )
+            tokens = load_chunk_tokens(session, corpus_id, m, pad)
         stream = None
         if self.experiment.retrieval.align_neighbours:
             stream = TokenStream.build(table, tokens, pad)
         return ChunkData(table, tokens, stream)
+
+    @cached_property
+    def corpus_id(self) -> int:
+        return find_corpus_id(self.experiment, self.store)
 
     @property
     def _tokenizer(self) -> Tokenizer:
@@ -225,12 +227,13 @@ class RunRetrieval:
     def _excluded_chunks(self, documents: tuple[str, ...]) -> np.ndarray:
         if not documents:
             return np.empty(0, np.int64)
-        corpus_id = find_corpus_id(self.experiment, self.store)
+        corpus_id = self.corpus_id
         with self.store.session() as session:
             found = dict(
                 session.execute(
                     select(Document.external_id, Document.id).where(
-                        Document.corpus_id == corpus_id, Document.external_id.in_(documents)
+                        Document.corpus_id == corpus_id,
+                        Document.external_id.in_(documents),
                     )
                 ).all()
             )

@@ -65,11 +65,15 @@ class DecodingCache:
     capacity: int
     retrieval: bool
     self_attention: list[SelfAttentionCache]
-    length: int = 0
     #: (batch, capacity, dec_dim) normalised states at the first CCA layer, allocated on use
     chunk_states: Tensor | None = None
     #: by decoder layer index: the neighbours of the latest completed chunk
     neighbours: dict[int, NeighbourKeys] = field(default_factory=dict)
+
+    @property
+    def length(self) -> int:
+        """Tokens per row so far: what every layer's keys hold."""
+        return self.self_attention[0].length
 
     def keep_states(self, h: Tensor, start: int) -> None:
         if self.chunk_states is None:

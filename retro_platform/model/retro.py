@@ -627,8 +627,7 @@ class RETRO(nn.Module):
                 x = x + self._cached_chunked_cross(
                     layer.cross_attn, index, h, encoded, cache, first, t0
                 )
-            x = x + layer.ff(layer.ff_norm(x))
-        cache.length = t1
+            x = layer.feed_forward_block(x)
         return self.to_logits(self.decoder_norm(x))
 
     def _check_step_neighbours(
