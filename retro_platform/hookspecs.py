@@ -10,8 +10,10 @@ called once, when the plugin manager first loads, with a ``register`` callback::
     def register_positional_encodings(register):
         register("sinusoidal", SinusoidalEncoding)
 
-``register(name, factory)`` records which plugin registered ``name``; a name registered twice is
-refused with a message naming both plugins.
+``register(name, factory)`` records which plugin registered ``name``. When two plugins register
+the same name, the first loaded keeps it (built-ins load first, then third-party plugins sorted
+by distribution name) and the second's registration is ignored, with a one-line warning naming
+both plugins and how to disable the second.
 """
 
 from __future__ import annotations

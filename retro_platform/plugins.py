@@ -15,6 +15,12 @@ crash their whole CLI on a broken plugin; a researcher should not lose the tool 
 entry-point or distribution names. When it is set, even to an empty string, only those load;
 built-ins always load. The project's own tests set it to ``""`` (see ``tests/conftest.py``) so
 that whatever happens to be installed cannot change their outcome.
+``RETRO_PLATFORM_DISABLE_PLUGINS`` does the opposite for a few: the third-party plugins it names
+are not imported at all (the way out while a plugin is broken and cannot be uninstalled yet).
+
+A plugin that did not load (broken, or disabled by either variable) is still listed by
+:func:`plugin_info` with the reason, and an experiment that names one of its plugins is told
+why it is missing instead of merely that the name is unknown.
 """
 
 from __future__ import annotations
@@ -45,6 +51,13 @@ from retro_platform.protocols.options import BASE_DIR
 
 #: The allow-list environment variable (see the module docstring).
 LOAD_PLUGINS_ENV = "RETRO_PLATFORM_LOAD_PLUGINS"
+
+#: The deny-list environment variable: third-party plugins (entry-point or distribution names,
+#: comma-separated) that must not load.
+DISABLE_PLUGINS_ENV = "RETRO_PLATFORM_DISABLE_PLUGINS"
+
+#: What :func:`plugin_info` says about each plugin.
+LOADED, BROKEN, DISABLED = "loaded", "broken", "disabled"
 
 #: The entry-point group third-party distributions declare their plugin module under.
 ENTRY_POINT_GROUP = "retro_platform"
@@ -129,6 +142,20 @@ class _Plugin:
     version: str
     obj: object = None
     registered: dict[str, list[str]] = field(default_factory=dict)
+    #: Why the plugin is not (wholly) usable: a hook that raised. None when all went well.
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class _Skipped:
+    """A plugin that did not load: broken (it raised), or disabled by an environment variable."""
+
+    name: str
+    module: str
+    distribution: str | None
+    version: str | None
+    status: str  # BROKEN or DISABLED
+    reason: str
 
 
 @dataclass
@@ -136,6 +163,7 @@ class _State:
     """Everything one load produces; swapped in whole so readers never see half a load."""
 
     plugins: list[_Plugin] = field(default_factory=list)
+    skipped: list[_Skipped] = field(default_factory=list)
     registries: dict[str, dict[str, Registration]] = field(default_factory=dict)
     errors: list[RetroPlatformError] = field(default_factory=list)
 
@@ -175,6 +203,7 @@ def load_plugins() -> None:
                 )
             for ep, dist, version in _selected_entry_points(state):
                 _load_plugin(state, ep.value, name=ep.name, distribution=dist, version=version)
+            _check_deny_list(state)
             for family in FAMILIES:
                 state.registries[family] = _build_registry(state, family)
             _state = state
@@ -205,10 +234,14 @@ def _load_plugin(state: _State, path: str, *, name: str, distribution: str, vers
 
     The one code path for built-in and third-party plugins alike.
     """
+
+    def skip(reason: str) -> None:
+        state.errors.append(PluginLoadError(name, distribution, reason))
+        state.skipped.append(_Skipped(name, path, distribution, version, BROKEN, reason))
+
     taken = next((p for p in state.plugins if p.name == name), None)
     if taken is not None:
-        reason = f"is skipped: the plugin name is already used by {taken.distribution}"
-        state.errors.append(PluginLoadError(name, distribution, reason))
+        skip(f"is skipped: the plugin name is already used by {taken.distribution}")
         return
     try:
         module_name, _, attribute = path.partition(":")
@@ -217,9 +250,7 @@ def _load_plugin(state: _State, path: str, *, name: str, distribution: str, vers
             obj = getattr(obj, part)
         pm.register(obj, name=name)
     except (Exception, SystemExit) as exc:  # an import may raise anything; the rest must load
-        state.errors.append(
-            PluginLoadError(name, distribution, f"failed to load: {_one_line(exc)}")
-        )
+        skip(f"failed to load: {_one_line(exc)}")
         return
     plugin = _Plugin(name, path, distribution, version, obj)
     state.plugins.append(plugin)
@@ -238,7 +269,8 @@ def _selected_entry_points(
     Names in the allow-list that match no installed plugin are reported: a typo there would
     otherwise silently disable a plugin.
     """
-    allowed = _allow_list()
+    allowed = _name_list(LOAD_PLUGINS_ENV)
+    denied = _name_list(DISABLE_PLUGINS_ENV) or set()
     found: list[tuple[importlib.metadata.EntryPoint, str, str]] = []
     try:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -254,8 +286,14 @@ def _selected_entry_points(
     for ep, dist, version in found:
         names = {_normalize(ep.name), _normalize(dist)}
         known |= names
-        if allowed is None or names & allowed:
+        if names & denied:
+            reason = f"is disabled by {DISABLE_PLUGINS_ENV}"
+        elif allowed is not None and not names & allowed:
+            reason = f"is disabled: {LOAD_PLUGINS_ENV} does not name it"
+        else:
             yield ep, dist, version
+            continue
+        state.skipped.append(_Skipped(ep.name, ep.value, dist, version, DISABLED, reason))
     for missing in sorted((allowed or set()) - known):
         hint = "check the spelling, or pip install it"
         suggestion = did_you_mean(missing, known - {_normalize(DISTRIBUTION)})
@@ -263,9 +301,29 @@ def _selected_entry_points(
         state.errors.append(PluginLoadError(missing, None, reason, hint=hint))
 
 
-def _allow_list() -> set[str] | None:
-    """The normalized names in ``RETRO_PLATFORM_LOAD_PLUGINS``, or None when it is unset."""
-    value = os.environ.get(LOAD_PLUGINS_ENV)
+def _check_deny_list(state: _State) -> None:
+    """Report names in ``RETRO_PLATFORM_DISABLE_PLUGINS`` that disabled nothing: a typo there
+    would leave the plugin it meant running."""
+    denied = os.environ.get(DISABLE_PLUGINS_ENV, "").split(",")
+    matched = {_normalize(s.name) for s in state.skipped} | {
+        _normalize(s.distribution) for s in state.skipped if s.distribution
+    }
+    builtins = {_normalize(module) for module in DEFAULT_PLUGINS}
+    for name in sorted({item.strip() for item in denied if item.strip()}):
+        if _normalize(name) in matched:
+            continue
+        if _normalize(name) in builtins:
+            reason = f"is named in {DISABLE_PLUGINS_ENV}, but built-in plugins always load"
+            hint = "pick another plugin in the experiment file instead"
+        else:
+            reason = f"is named in {DISABLE_PLUGINS_ENV} but is not installed"
+            hint = "check the spelling against: retro-platform plugins"
+        state.errors.append(PluginLoadError(name, None, reason, hint=hint))
+
+
+def _name_list(variable: str) -> set[str] | None:
+    """The normalized names in a comma-separated environment variable, or None when unset."""
+    value = os.environ.get(variable)
     if value is None:
         return None
     return {_normalize(item) for item in value.split(",") if item.strip()}
@@ -294,6 +352,7 @@ def _build_registry(state: _State, family: str) -> dict[str, Registration]:
         except (Exception, SystemExit) as exc:
             reason = f"failed in {hook_name}: {_one_line(exc)}"
             state.errors.append(PluginLoadError(plugin.name, plugin.distribution, reason))
+            plugin.problem = plugin.problem or reason
             continue
         names = plugin.registered.setdefault(family, [])
         for registration in pending:
@@ -362,11 +421,47 @@ def get_registration(family: str, name: str) -> Registration:
     registry = get_registry(family)
     if name in registry:
         return registry[name]
+    noun = FAMILIES[family]
+    assert _state is not None
+    missing = _unavailable(_state, family, str(name))
+    if missing is not None:
+        raise UnknownPluginError(f"{noun} {name!r} is not available: {missing}")
     installed = ", ".join(registry) or "none"
-    raise UnknownPluginError(
-        f"unknown {FAMILIES[family]} {name!r}{did_you_mean(str(name), registry)}; "
-        f"installed: {installed}"
-    )
+    message = f"unknown {noun} {name!r}{did_you_mean(str(name), registry)}; installed: {installed}"
+    # disabled plugins were disabled on purpose: only broken ones are worth the reminder
+    broken = [s.name for s in _state.skipped if s.status == BROKEN]
+    broken += [p.name for p in _state.plugins if p.problem]
+    if broken:
+        message += f"; broken plugins: {', '.join(broken)} (see: retro-platform plugins)"
+    raise UnknownPluginError(message)
+
+
+def _unavailable(state: _State, family: str, name: str) -> str | None:
+    """Why a plugin that would provide ``name`` did not load, or None when none fits.
+
+    A plugin that never loaded registered nothing, so which names it provides is unknown: a
+    plugin fits when its entry-point name or its distribution name (``retro-platform-``
+    prefix removed) is ``name``, as with ``scann`` from ``retro-platform-scann``.
+    """
+    wanted = _normalize(name)
+    for plugin in state.skipped:
+        names = {_normalize(plugin.name), _normalize(plugin.distribution or "")}
+        if wanted in names | {n.removeprefix("retro-platform-") for n in names}:
+            source = (
+                f" (from {plugin.distribution} {plugin.version})" if plugin.distribution else ""
+            )
+            if plugin.status == DISABLED:
+                return f"plugin {plugin.name!r}{source} {plugin.reason}"
+            return (
+                f"plugin {plugin.name!r}{source} {plugin.reason}; fix it or remove it with: "
+                f"retro-platform uninstall {plugin.distribution}"
+            )
+    for plugin in state.plugins:
+        hook_failed = plugin.problem is not None and f"register_{family}" in plugin.problem
+        names = {_normalize(plugin.name), _normalize(plugin.distribution)}
+        if hook_failed and wanted in names | {n.removeprefix("retro-platform-") for n in names}:
+            return f"plugin {plugin.name!r} (from {plugin.distribution}) {plugin.problem}"
+    return None
 
 
 def get_positional_encoding(name: str) -> Registration:
@@ -441,14 +536,17 @@ def load_errors() -> list[RetroPlatformError]:
 
 
 def plugin_info() -> list[dict[str, Any]]:
-    """One JSON-ready dict per loaded plugin, in load order (what ``retro-platform plugins`` shows).
+    """One JSON-ready dict per plugin (what ``retro-platform plugins`` shows): the loaded ones in
+    load order, then those that did not load.
 
     Keys: ``name``, ``module``, ``distribution``, ``version``, ``builtin``, ``hooks`` (the
-    hooks it implements) and ``registers`` (family -> the names that are now its).
+    hooks it implements), ``registers`` (family -> the names that are now its), ``status``
+    (``"loaded"``, ``"broken"`` or ``"disabled"``) and ``reason`` (why it is not loaded, or
+    which hook failed; None when loaded).
     """
     load_plugins()
     assert _state is not None
-    return [
+    loaded = [
         {
             "name": plugin.name,
             "module": plugin.module,
@@ -457,9 +555,26 @@ def plugin_info() -> list[dict[str, Any]]:
             "builtin": plugin.module in DEFAULT_PLUGINS,
             "hooks": sorted(caller.name for caller in pm.get_hookcallers(plugin.obj) or []),
             "registers": {family: list(names) for family, names in plugin.registered.items()},
+            "status": BROKEN if plugin.problem else LOADED,
+            "reason": plugin.problem,
         }
         for plugin in _state.plugins
     ]
+    skipped = [
+        {
+            "name": plugin.name,
+            "module": plugin.module,
+            "distribution": plugin.distribution,
+            "version": plugin.version,
+            "builtin": False,
+            "hooks": [],
+            "registers": {},
+            "status": plugin.status,
+            "reason": plugin.reason,
+        }
+        for plugin in _state.skipped
+    ]
+    return loaded + skipped
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -472,8 +587,8 @@ def _disable_hint(distribution: str | None, what: str = "it") -> str:
     if _normalize(distribution) == _normalize(DISTRIBUTION):
         return "this is a bug in retro-platform, please report it"
     return (
-        f"to disable {what}, set {LOAD_PLUGINS_ENV} to the plugins you want "
-        f"or run: pip uninstall {distribution}"
+        f"to disable {what}, set {DISABLE_PLUGINS_ENV}={distribution} "
+        f"or run: retro-platform uninstall {distribution}"
     )
 
 
@@ -497,6 +612,7 @@ def _own_version() -> str:
 
 __all__ = [
     "DEFAULT_PLUGINS",
+    "DISABLE_PLUGINS_ENV",
     "ENTRY_POINT_GROUP",
     "FAMILIES",
     "LOAD_PLUGINS_ENV",

@@ -38,7 +38,13 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_plugins_table_lists_builtins_with_their_names() -> None:
     result = CliRunner().invoke(cli, ["plugins"])
     assert result.exit_code == 0, result.output
-    header, *rows = result.stdout.splitlines()
+    table, not_loaded = result.stdout.split("\n\nNot loaded:\n")
+    header, *rows = table.splitlines()
+    # the tests' empty allow-list keeps the installed example plugin out, and says so
+    assert (
+        "  sinusoidal (retro-platform-sinusoidal 0.1.0) is disabled: "
+        "RETRO_PLATFORM_LOAD_PLUGINS does not name it"
+    ) in not_loaded.splitlines()
     assert header.split() == ["PLUGIN", "DISTRIBUTION", "VERSION", "HOOKS", "REGISTERS"]
     assert len(rows) == len(plugins.DEFAULT_PLUGINS)
     rotary = next(row for row in rows if row.startswith(plugins.DEFAULT_PLUGINS[0]))
@@ -60,6 +66,8 @@ def test_plugins_json_includes_the_installed_third_party_plugin(third_party_plug
         "builtin": False,
         "hooks": ["register_positional_encodings"],
         "registers": {"positional_encodings": ["sinusoidal"]},
+        "status": "loaded",
+        "reason": None,
     }
 
 
@@ -101,11 +109,17 @@ def test_subprocess_broken_plugin_warns_in_one_line_and_exits_0(
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [
         "Warning: plugin 'broken_plugin' (from broken-plugin) failed to load: ImportError: "
-        "No module named torch_nightly_only; to disable it, set RETRO_PLATFORM_LOAD_PLUGINS "
-        "to the plugins you want or run: pip uninstall broken-plugin"
+        "No module named torch_nightly_only; to disable it, set "
+        "RETRO_PLATFORM_DISABLE_PLUGINS=broken-plugin or run: retro-platform uninstall "
+        "broken-plugin"
     ]
-    names = {plugin["name"] for plugin in json.loads(result.stdout)}
-    assert names == {*plugins.DEFAULT_PLUGINS, "sinusoidal"}
+    info = {plugin["name"]: plugin for plugin in json.loads(result.stdout)}
+    assert set(info) == {*plugins.DEFAULT_PLUGINS, "sinusoidal", "broken_plugin"}
+    assert info["broken_plugin"]["status"] == "broken"
+    assert info["broken_plugin"]["distribution"] == "broken-plugin"
+    assert info["broken_plugin"]["reason"] == (
+        "failed to load: ImportError: No module named torch_nightly_only"
+    )
 
 
 def test_subprocess_version_and_usage_error() -> None:

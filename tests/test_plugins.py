@@ -52,9 +52,9 @@ def test_builtins_register_all_five_names_through_the_shared_path() -> None:
         assert registration.plugin in plugins.DEFAULT_PLUGINS
         assert registration.distribution == "retro-platform"
         assert issubclass(registration.factory, PositionalEncoding)
-    info = {plugin["name"]: plugin for plugin in plugins.plugin_info()}
+    info = {p["name"]: p for p in plugins.plugin_info() if p["status"] == plugins.LOADED}
     assert list(info) == list(plugins.DEFAULT_PLUGINS)
-    assert all(plugin["builtin"] for plugin in info.values())
+    assert all(plugin["builtin"] and plugin["reason"] is None for plugin in info.values())
     assert plugins.load_errors() == []
 
 
@@ -68,7 +68,11 @@ def test_registration_is_frozen_and_registry_is_a_copy() -> None:
 
 def test_third_party_entry_points_are_skipped_in_tests_by_default() -> None:
     assert "sinusoidal" not in plugins.get_registry("positional_encodings")
-    assert all(plugin["builtin"] for plugin in plugins.plugin_info())
+    info = plugins.plugin_info()
+    assert all(plugin["builtin"] for plugin in info if plugin["status"] == plugins.LOADED)
+    [skipped] = [plugin for plugin in info if plugin["name"] == "sinusoidal"]
+    assert skipped["status"] == plugins.DISABLED
+    assert skipped["reason"] == "is disabled: RETRO_PLATFORM_LOAD_PLUGINS does not name it"
 
 
 def test_installed_sinusoidal_plugin_is_discovered(third_party_plugins: None) -> None:
@@ -145,8 +149,8 @@ def test_broken_plugin_is_named_once_with_a_disable_hint_and_the_rest_load(
     [line] = _stderr_lines(capsys)
     assert line.startswith("Warning: plugin 'broken_plugin' (from broken-plugin) failed to load")
     assert "ImportError: No module named torch_nightly_only" in line
-    assert "RETRO_PLATFORM_LOAD_PLUGINS" in line
-    assert "pip uninstall broken-plugin" in line
+    assert "set RETRO_PLATFORM_DISABLE_PLUGINS=broken-plugin" in line
+    assert "retro-platform uninstall broken-plugin" in line
     [error] = plugins.load_errors()
     assert isinstance(error, plugins.PluginLoadError)
     assert (error.plugin, error.distribution) == ("broken_plugin", "broken-plugin")
@@ -206,7 +210,7 @@ def test_duplicate_name_keeps_the_first_and_names_both_plugins(
     assert "'rotary'" in message
     assert "'retro_platform.default_plugins.positional_encodings.rotary'" in message
     assert "'rival_plugin'" in message
-    assert "pip uninstall rival-plugin" in message
+    assert "retro-platform uninstall rival-plugin" in message
     assert _stderr_lines(capsys) == [f"Warning: {message}"]
 
 
@@ -311,3 +315,74 @@ def test_plugin_that_exits_at_import_does_not_stop_the_others(
     [error] = plugins.load_errors()
     assert "'exiting_plugin'" in str(error)
     assert "SystemExit: no GPU found" in str(error)
+
+
+# --- disabling one plugin, and experiments that name a plugin that did not load -------------
+
+BROKEN_RETRIEVER = "raise ImportError('libscann.so: cannot open shared object file')\n"
+
+
+@pytest.mark.parametrize("deny", ["shifted", "shifted-plugin", "sinusoidal, Shifted.Plugin"])
+def test_a_plugin_is_disabled_by_entry_point_or_distribution_name(
+    third_party_plugins: None,
+    plugin_dist: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    deny: str,
+) -> None:
+    plugin_dist("shifted-plugin", GOOD_PLUGIN, entry_point="shifted")
+    monkeypatch.setenv(plugins.DISABLE_PLUGINS_ENV, deny)
+    names = set(plugins.get_registry("positional_encodings"))
+    assert names == BUILTIN_NAMES | ({"sinusoidal"} - set(deny.split(", ")))
+    [info] = [p for p in plugins.plugin_info() if p["name"] == "shifted"]
+    assert (info["status"], info["distribution"]) == (plugins.DISABLED, "shifted-plugin")
+    assert info["reason"] == "is disabled by RETRO_PLATFORM_DISABLE_PLUGINS"
+    with pytest.raises(UnknownPluginError) as caught:
+        plugins.get_positional_encoding("shifted")
+    assert str(caught.value) == (
+        "positional encoding 'shifted' is not available: plugin 'shifted' "
+        "(from shifted-plugin 1.0) is disabled by RETRO_PLATFORM_DISABLE_PLUGINS"
+    )
+
+
+def test_disabling_a_broken_plugin_silences_it(
+    third_party_plugins: None,
+    plugin_dist: Callable[[str, str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    plugin_dist("broken-plugin", BROKEN_IMPORT)
+    monkeypatch.setenv(plugins.DISABLE_PLUGINS_ENV, "broken-plugin")
+    assert "sinusoidal" in plugins.get_registry("positional_encodings")
+    assert plugins.load_errors() == []
+    assert _stderr_lines(capsys) == []
+
+
+def test_disabling_a_name_that_matches_nothing_warns(
+    third_party_plugins: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    builtin = plugins.DEFAULT_PLUGINS[0]
+    monkeypatch.setenv(plugins.DISABLE_PLUGINS_ENV, f"sinusiodal,{builtin}")
+    assert "sinusoidal" in plugins.get_registry("positional_encodings")
+    messages = sorted(str(error) for error in plugins.load_errors())
+    assert messages[0].startswith(f"plugin '{builtin}' is named in ")
+    assert "built-in plugins always load" in messages[0]
+    assert (
+        "'sinusiodal' is named in RETRO_PLATFORM_DISABLE_PLUGINS but is not installed"
+        in (messages[1])
+    )
+
+
+def test_naming_a_broken_plugins_retriever_says_it_failed_to_load(
+    third_party_plugins: None, plugin_dist: Callable[[str, str], Path]
+) -> None:
+    plugin_dist("retro-platform-annoy", BROKEN_RETRIEVER, entry_point="annoy")
+    with pytest.raises(UnknownPluginError) as caught:
+        plugins.get_registration("retrievers", "annoy")
+    assert str(caught.value) == (
+        "retriever 'annoy' is not available: plugin 'annoy' (from retro-platform-annoy 1.0) "
+        "failed to load: ImportError: libscann.so: cannot open shared object file; fix it or "
+        "remove it with: retro-platform uninstall retro-platform-annoy"
+    )
+    # a name no plugin fits is unknown, with a reminder that a plugin is broken
+    with pytest.raises(UnknownPluginError, match=r"broken plugins: annoy \(see: retro-platform"):
+        plugins.get_registration("retrievers", "faiss-lsh")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from retro_platform.errors import UnknownPluginError
-from retro_platform.protocols.options import options_dict, stored_options
+from retro_platform.protocols.options import options_dict, result_options, stored_options
 
 if TYPE_CHECKING:
     from retro_platform.plugins import Registration
@@ -48,10 +48,27 @@ class PluginTable:
         return options_dict(self.validated)
 
     @cached_property
+    def result_options(self) -> dict[str, Any]:
+        """The options without the plugin's runtime ones (batch size, device, threads): what
+        decides a result, e.g. the neighbours a retriever's search returns."""
+        return result_options(self.validated)
+
+    @cached_property
     def stored_options(self) -> dict[str, Any]:
-        """The options without the plugin's runtime ones (batch size, device, search breadth,
-        ...): what fingerprints a stored result."""
+        """The options without the runtime and search-time ones: what fingerprints a stored
+        corpus, embedding set or index."""
         return stored_options(self.validated)
+
+    @property
+    def source(self) -> dict[str, str]:
+        """Which plugin this is and where it came from: ``name``, ``distribution`` and
+        ``version``, what a stored result and an MLflow run record."""
+        registration = self.registration
+        return {
+            "name": registration.name,
+            "distribution": registration.distribution,
+            "version": registration.version,
+        }
 
     def build(self, *args: Any) -> Any:
         """The plugin itself: ``factory(options, *args)``."""

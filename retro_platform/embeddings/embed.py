@@ -147,6 +147,7 @@ def embed_corpus(
             corpus_id=corpus_id,
             embedder=table.name,
             embedder_options=table.options,
+            plugin=table.source,
             corpus_version=corpus.version,
             dimension=embedder.dimension,
             normalized=embedder.normalized,
@@ -160,6 +161,7 @@ def embed_corpus(
             )
         if reembed:
             restart(row)
+            row.plugin = table.source  # what writes the file from now on
             row.dimension, row.normalized = embedder.dimension, embedder.normalized
 
     if embedder.dimension != row.dimension:

@@ -119,6 +119,7 @@ def build_index(
             embedding_set_id=embeddings.id,
             retriever=plugin.name,
             retriever_options=plugin.options,
+            plugin=plugin.source,
             validation_fraction=fraction,
             dimension=embeddings.dimension,
             file=stage_file("indexes", key, retriever.file_suffix),
@@ -157,6 +158,7 @@ def build_index(
         count=int(len(rows)),
         seconds=time.perf_counter() - started,  # this build's: a rebuild starts again
         dimension=embeddings.dimension,  # changes only when the embeddings were redone
+        plugin=plugin.source,  # what wrote the file, which a rebuild may have changed
     )
     return IndexRecord.from_row(row, store)
 

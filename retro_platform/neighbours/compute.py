@@ -118,6 +118,7 @@ def compute_neighbours(
     k = experiment.retrieval.neighbours
     exclusion = "same-document" if experiment.retrieval.exclude_same_document else "none"
     key = neighbours_fingerprint(experiment, index)
+    source = experiment.plugin_table("retriever").source
     with store.session() as session:
         row = get_or_create_stage(
             session,
@@ -128,9 +129,11 @@ def compute_neighbours(
             exclusion=exclusion,
             count=embeddings.count,
             file=stage_file("neighbours", key, ".npy"),
+            plugin=source,
         )
         if rebuild:
             restart(row)
+            row.plugin = source  # what writes the file from now on
         table = load_chunk_table(session, corpus_id)
 
     path = store.path(row.file)
@@ -182,11 +185,11 @@ def compute_neighbours(
 
 def neighbours_fingerprint(experiment: Experiment, index: IndexRecord) -> str:
     """What identifies the experiment's neighbour set over ``index``: ``k``, the exclusion and
-    the retriever's options (the index's fingerprint leaves the search-time ones out; the
-    neighbours depend on them)."""
+    the retriever's options but its runtime ones (the index's fingerprint leaves the
+    search-time ones out too; the neighbours depend on them)."""
     return fingerprint(
         index=index.fingerprint,
-        search=experiment.plugin_table("retriever").options,
+        search=experiment.plugin_table("retriever").result_options,
         k=experiment.retrieval.neighbours,
         exclusion="same-document" if experiment.retrieval.exclude_same_document else "none",
     )

@@ -9,6 +9,7 @@ from retro_platform.protocols.options import (
     PluginOptions,
     RelativePath,
     options_dict,
+    result_options,
     stored_options,
 )
 from retro_platform.protocols.retriever import MISSING, Retriever
@@ -42,5 +43,6 @@ __all__ = [
     "SourceDocument",
     "Tokenizer",
     "options_dict",
+    "result_options",
     "stored_options",
 ]

@@ -28,10 +28,16 @@ class PluginOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    #: Options that change how a stored result is made or read, never what is stored: a batch
-    #: size, a device, a worker count, a search-time breadth. Fingerprints leave them out, so
-    #: changing one reuses the stored embeddings or index instead of building them again.
+    #: Options that change no result at all, only how fast or where it is made: a batch size,
+    #: a device, a worker or thread count. Every fingerprint leaves them out, so changing one
+    #: reuses the stored embeddings, index and neighbours.
     runtime_options: ClassVar[frozenset[str]] = frozenset()
+
+    #: A retriever's search-time options (a search breadth such as ``nprobe`` or ``efSearch``):
+    #: they change what a search returns but not the index it searches. The index's fingerprint
+    #: leaves them out (changing one reuses the stored index); the neighbours' keeps them (the
+    #: neighbour sets are searched again).
+    search_options: ClassVar[frozenset[str]] = frozenset()
 
 
 def _resolve(path: Path, info: ValidationInfo) -> Path:
@@ -50,7 +56,15 @@ def options_dict(options: BaseModel) -> dict[str, Any]:
     return options.model_dump(mode="json")
 
 
-def stored_options(options: BaseModel) -> dict[str, Any]:
-    """:func:`options_dict` without the runtime options: what decides a stored result."""
+def result_options(options: BaseModel) -> dict[str, Any]:
+    """:func:`options_dict` without the runtime options: what decides a result (the
+    neighbours a search returns, the vectors an embedder makes)."""
     runtime = getattr(options, "runtime_options", frozenset())  # a plain BaseModel has none
     return {key: value for key, value in options_dict(options).items() if key not in runtime}
+
+
+def stored_options(options: BaseModel) -> dict[str, Any]:
+    """:func:`result_options` without the search-time ones: what decides a stored index (or
+    corpus, or embedding set)."""
+    search = getattr(options, "search_options", frozenset())
+    return {key: value for key, value in result_options(options).items() if key not in search}

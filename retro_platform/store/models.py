@@ -154,6 +154,12 @@ class StageRecord:
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=_now, sort_order=3
     )
+    #: The plugin that made the result, ``{"name", "distribution", "version"}`` (the embedder
+    #: of an embedding set, the retriever of an index or neighbour set); NULL when unknown
+    #: (made before the column existed).
+    plugin: Mapped[dict[str, str] | None] = mapped_column(
+        JSON(none_as_null=True), nullable=True, sort_order=_LATER
+    )
 
 
 class ResumableStageRecord(StageRecord):

@@ -88,12 +88,30 @@ def tags_for(experiment: Experiment, store_id: str | int | None = None) -> dict[
         "retro.corpus": str(experiment.corpus["name"]),
         "retro.version": package_version(),
     }
+    tags.update(plugin_tags(experiment))
     commit = git_commit(Path(experiment.base_dir))
     if commit is not None:
         tags["retro.git_commit"] = commit
         tags["mlflow.source.git.commit"] = commit  # what the MLflow UI shows as the source
     if store_id is not None:
         tags["retro.store_id"] = str(store_id)
+    return tags
+
+
+def plugin_tags(experiment: Experiment) -> dict[str, str]:
+    """``retro.<table>.distribution`` and ``retro.<table>.version`` of each plugin the run uses
+    (``retro.retriever.distribution = retro-platform-scann``): a plugin upgrade that changes
+    results can then be traced to the runs it touched."""
+    # lazy: keeps the plugin registry out of retro-platform --help
+    from retro_platform.config.experiment import PLUGIN_TABLES
+    from retro_platform.plugins import get_positional_encoding
+
+    sources = {table: experiment.plugin_table(table).registration for table in PLUGIN_TABLES}
+    sources["positional_encoding"] = get_positional_encoding(experiment.model.positional_encoding)
+    tags = {}
+    for table, registration in sources.items():
+        tags[f"retro.{table}.distribution"] = registration.distribution
+        tags[f"retro.{table}.version"] = registration.version
     return tags
 
 

@@ -4,6 +4,7 @@ rebuilt, and checked against SQL."""
 from __future__ import annotations
 
 import json
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -88,12 +89,79 @@ def test_a_search_time_option_reuses_the_index_and_recomputes_neighbours(experim
     assert third.index.id != first.index.id  # M is: a new index beside the old
 
 
+BATCHED_RETRIEVER = """
+    from typing import ClassVar
+
+    from pydantic import Field
+
+    from retro_platform import hookimpl
+    from retro_platform.default_plugins.retrievers.faiss_flat import (
+        FaissFlatRetriever,
+        FlatOptions,
+    )
+
+
+    class BatchedOptions(FlatOptions):
+        runtime_options: ClassVar[frozenset[str]] = frozenset({"query_batch"})
+        query_batch: int = Field(64, ge=1)
+
+
+    class BatchedRetriever(FaissFlatRetriever):
+        Options = BatchedOptions
+
+        def search(self, queries, k):
+            size = self.options.query_batch
+            parts = [super(BatchedRetriever, self).search(queries[i : i + size], k)
+                     for i in range(0, max(len(queries), 1), size)]
+            import numpy as np
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+    @hookimpl
+    def register_retrievers(register):
+        register("batched-flat", BatchedRetriever)
+"""
+
+
+def test_a_runtime_option_reuses_the_index_and_the_neighbours(
+    experiment_file, plugin_dist, third_party_plugins
+) -> None:
+    plugin_dist("batched-retriever", BATCHED_RETRIEVER)
+    experiment, store, first = indexed(
+        experiment_file(retriever={"name": "batched-flat", "query_batch": 3})
+    )
+    stamps = [path.stat().st_mtime_ns for path in (first.index.path, first.neighbours.path)]
+
+    experiment, store = open_experiment(
+        experiment_file(retriever={"name": "batched-flat", "query_batch": 500})
+    )
+    second = run_index(experiment, store, progress=False, log=lambda _: None)
+    assert second == first  # the same stored index and neighbour set
+    assert [path.stat().st_mtime_ns for path in (first.index.path, first.neighbours.path)] == stamps
+    assert experiment.plugin_table("retriever").options["query_batch"] == 500
+
+    # every stored result names the plugin, distribution and version that made it
+    with store.session() as session:
+        index = session.get(VectorIndex, first.index.id)
+        neighbours = session.get(NeighbourSet, first.neighbours.id)
+        embeddings = session.get(EmbeddingSet, first.embeddings.id)
+        made_by = (index.plugin, neighbours.plugin, embeddings.plugin)
+    retriever = {"name": "batched-flat", "distribution": "batched-retriever", "version": "1.0"}
+    embedder = {
+        "name": "hashing",
+        "distribution": "retro-platform",
+        "version": version("retro-platform"),
+    }
+    assert made_by == (retriever, retriever, embedder)
+
+
 def test_runtime_options_are_options_of_their_plugin() -> None:
     for family in ("corpus_readers", "tokenizers", "embedders", "retrievers"):
         for registration in get_registry(family).values():
             options = registration.factory.Options
-            unknown = options.runtime_options - set(options.model_fields)
+            unknown = (options.runtime_options | options.search_options) - set(options.model_fields)
             assert not unknown, f"{registration.name}: {sorted(unknown)}"
+            assert not options.search_options or family == "retrievers", registration.name
 
 
 def test_missing_neighbours_are_marked_not_invented(tmp_path: Path, database_url: str) -> None:

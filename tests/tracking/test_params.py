@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,10 @@ def test_more_than_a_batch_of_long_params_reach_the_run(
 
 
 def test_tags_say_what_the_run_is_made_of(
-    experiment_file: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    experiment_file: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    third_party_plugins: None,
 ) -> None:
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # no git above
     experiment = load_experiment(
@@ -74,6 +78,7 @@ def test_tags_say_what_the_run_is_made_of(
         )
     )
     tags = tags_for(experiment, store_id=7)
+    own_version = importlib.metadata.version("retro-platform")
     assert tags == {
         "retro.retriever": "faiss-hnsw",
         "retro.embedder": "hashing",
@@ -82,6 +87,14 @@ def test_tags_say_what_the_run_is_made_of(
         "retro.corpus": "text-files",
         "retro.version": retro_platform.__version__,
         "retro.store_id": "7",
+        # which distribution provided each plugin, at which version
+        **{
+            f"retro.{table}.{key}": value
+            for table in ("corpus", "tokenizer", "embedder", "retriever")
+            for key, value in (("distribution", "retro-platform"), ("version", own_version))
+        },
+        "retro.positional_encoding.distribution": "retro-platform-sinusoidal",
+        "retro.positional_encoding.version": "0.1.0",
     }
     assert "retro.store_id" not in tags_for(experiment)
 

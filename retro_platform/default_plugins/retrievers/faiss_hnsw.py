@@ -24,7 +24,7 @@ class HNSWOptions(FaissOptions):
     """``[retriever] name = "faiss-hnsw"``: graph degree, build and search breadth."""
 
     # a search-time setting: an index built earlier is searched with the current value
-    runtime_options: ClassVar[frozenset[str]] = frozenset({"efSearch"})
+    search_options: ClassVar[frozenset[str]] = frozenset({"efSearch"})
 
     M: int = Field(32, ge=2, le=256, description="neighbours per node in the graph")
     efConstruction: int = Field(

@@ -41,7 +41,7 @@ class IVFPQOptions(FaissOptions):
     """``[retriever] name = "faiss-ivfpq"``."""
 
     # search-time settings: an index built earlier is searched with the current values
-    runtime_options: ClassVar[frozenset[str]] = frozenset({"nprobe", "k_factor"})
+    search_options: ClassVar[frozenset[str]] = frozenset({"nprobe", "k_factor"})
 
     nlist: int | Literal["auto"] = Field(
         "auto",
