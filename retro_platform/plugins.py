@@ -271,20 +271,16 @@ def _selected_entry_points(
     """
     allowed = _name_list(LOAD_PLUGINS_ENV)
     denied = _name_list(DISABLE_PLUGINS_ENV) or set()
-    found: list[tuple[importlib.metadata.EntryPoint, str, str]] = []
     try:
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            dist = ep.dist.name if ep.dist is not None else "unknown"
-            version = ep.dist.version if ep.dist is not None else "unknown"
-            found.append((ep, dist, version))
+        found = installed_entry_points()
     except Exception as exc:  # corrupt installed metadata must not take the built-ins down
         reason = f"could not be listed: {_one_line(exc)}"
         hint = "check the installed packages with: pip check"
         state.errors.append(PluginLoadError("third-party plugins", None, reason, hint=hint))
-    found.sort(key=lambda item: (_normalize(item[1]), item[0].name))
-    known = {_normalize(DISTRIBUTION)}
+        found = []
+    known = {normalize(DISTRIBUTION)}
     for ep, dist, version in found:
-        names = {_normalize(ep.name), _normalize(dist)}
+        names = {normalize(ep.name), normalize(dist)}
         known |= names
         if names & denied:
             reason = f"is disabled by {DISABLE_PLUGINS_ENV}"
@@ -296,23 +292,35 @@ def _selected_entry_points(
         state.skipped.append(_Skipped(ep.name, ep.value, dist, version, DISABLED, reason))
     for missing in sorted((allowed or set()) - known):
         hint = "check the spelling, or pip install it"
-        suggestion = did_you_mean(missing, known - {_normalize(DISTRIBUTION)})
+        suggestion = did_you_mean(missing, known - {normalize(DISTRIBUTION)})
         reason = f"is named in {LOAD_PLUGINS_ENV} but is not installed{suggestion}"
         state.errors.append(PluginLoadError(missing, None, reason, hint=hint))
+
+
+def installed_entry_points() -> list[tuple[importlib.metadata.EntryPoint, str, str]]:
+    """Every third-party plugin's entry point with its distribution's name and version, sorted
+    by distribution, without importing any of them (``install`` and ``uninstall`` rely on that:
+    they must work while a plugin is broken)."""
+    found = []
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist is not None else "unknown"
+        version = ep.dist.version if ep.dist is not None else "unknown"
+        found.append((ep, dist, version))
+    return sorted(found, key=lambda item: (normalize(item[1]), item[0].name))
 
 
 def _check_deny_list(state: _State) -> None:
     """Report names in ``RETRO_PLATFORM_DISABLE_PLUGINS`` that disabled nothing: a typo there
     would leave the plugin it meant running."""
     denied = os.environ.get(DISABLE_PLUGINS_ENV, "").split(",")
-    matched = {_normalize(s.name) for s in state.skipped} | {
-        _normalize(s.distribution) for s in state.skipped if s.distribution
+    matched = {normalize(s.name) for s in state.skipped} | {
+        normalize(s.distribution) for s in state.skipped if s.distribution
     }
-    builtins = {_normalize(module) for module in DEFAULT_PLUGINS}
+    builtins = {normalize(module) for module in DEFAULT_PLUGINS}
     for name in sorted({item.strip() for item in denied if item.strip()}):
-        if _normalize(name) in matched:
+        if normalize(name) in matched:
             continue
-        if _normalize(name) in builtins:
+        if normalize(name) in builtins:
             reason = f"is named in {DISABLE_PLUGINS_ENV}, but built-in plugins always load"
             hint = "pick another plugin in the experiment file instead"
         else:
@@ -326,7 +334,7 @@ def _name_list(variable: str) -> set[str] | None:
     value = os.environ.get(variable)
     if value is None:
         return None
-    return {_normalize(item) for item in value.split(",") if item.strip()}
+    return {normalize(item) for item in value.split(",") if item.strip()}
 
 
 # --- registries ------------------------------------------------------------------------------
@@ -443,9 +451,9 @@ def _unavailable(state: _State, family: str, name: str) -> str | None:
     plugin fits when its entry-point name or its distribution name (``retro-platform-``
     prefix removed) is ``name``, as with ``scann`` from ``retro-platform-scann``.
     """
-    wanted = _normalize(name)
+    wanted = normalize(name)
     for plugin in state.skipped:
-        names = {_normalize(plugin.name), _normalize(plugin.distribution or "")}
+        names = {normalize(plugin.name), normalize(plugin.distribution or "")}
         if wanted in names | {n.removeprefix("retro-platform-") for n in names}:
             source = (
                 f" (from {plugin.distribution} {plugin.version})" if plugin.distribution else ""
@@ -458,7 +466,7 @@ def _unavailable(state: _State, family: str, name: str) -> str | None:
             )
     for plugin in state.plugins:
         hook_failed = plugin.problem is not None and f"register_{family}" in plugin.problem
-        names = {_normalize(plugin.name), _normalize(plugin.distribution)}
+        names = {normalize(plugin.name), normalize(plugin.distribution)}
         if hook_failed and wanted in names | {n.removeprefix("retro-platform-") for n in names}:
             return f"plugin {plugin.name!r} (from {plugin.distribution}) {plugin.problem}"
     return None
@@ -584,7 +592,7 @@ def _disable_hint(distribution: str | None, what: str = "it") -> str:
     """How to stop a plugin from loading (built-ins cannot be: their failure is our bug)."""
     if distribution is None:
         return f"to skip {what}, set {LOAD_PLUGINS_ENV} to the plugins you want"
-    if _normalize(distribution) == _normalize(DISTRIBUTION):
+    if normalize(distribution) == normalize(DISTRIBUTION):
         return "this is a bug in retro-platform, please report it"
     return (
         f"to disable {what}, set {DISABLE_PLUGINS_ENV}={distribution} "
@@ -598,7 +606,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
-def _normalize(name: str) -> str:
+def normalize(name: str) -> str:
     """Distribution-name normalization (PEP 503), also applied to plugin names."""
     return re.sub(r"[-_.]+", "-", name.strip()).lower()
 
@@ -622,6 +630,8 @@ __all__ = [
     "get_positional_encoding",
     "get_registration",
     "get_registry",
+    "normalize",
+    "installed_entry_points",
     "load_errors",
     "load_plugins",
     "plugin_info",
