@@ -221,3 +221,25 @@ def test_a_checkpoint_of_another_model_shape_is_refused(tmp_path: Path) -> None:
     code, _, err = run_cli(str(path))
     assert code == 2 and err.count("\n") == 1 and "dec_dim" in err
     assert target.read_bytes() == other.read_bytes()  # nothing stored was touched
+
+
+def test_a_broken_plugin_does_not_stop_a_run_that_does_not_use_it(
+    tmp_path: Path, plugin_dist, third_party_plugins: None
+) -> None:
+    plugin_dist("retro-platform-fancy", "import fancy_gpu_kernels\n", entry_point="fancy")
+    path = tiny_experiment(tmp_path)
+    code, out, err = run_cli(str(path))
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("Warning: plugin 'fancy'")]
+    assert len(warnings) == 1 and "retro-platform uninstall retro-platform-fancy" in warnings[0]
+    assert len(runs_of(path)) == 1
+
+    # an experiment that names it is told why it is missing, before anything starts
+    code, _, err = run_cli(str(path), "--set", "retriever.name=fancy")
+    assert code == 2
+    assert err.splitlines()[-1] == (
+        "Error: [retriever] name: retriever 'fancy' is not available: plugin 'fancy' (from "
+        "retro-platform-fancy 1.0) failed to load: ModuleNotFoundError: No module named "
+        "'fancy_gpu_kernels'; fix it or remove it with: retro-platform uninstall "
+        "retro-platform-fancy"
+    )
