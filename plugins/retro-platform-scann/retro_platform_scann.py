@@ -55,6 +55,9 @@ DEFAULT_TRAINING_CAP = 100_000
 #: ``anisotropic_quantization_threshold`` unset with metric "ip": the ScaNN authors' choice.
 DEFAULT_AQ_THRESHOLD = 0.2
 
+#: The pre-reorder count written into ScaNN's config; searches always pass their own.
+PLACEHOLDER_REORDER = 100
+
 _DISTANCES = {"ip": "dot_product", "l2": "squared_l2"}
 
 
@@ -96,7 +99,7 @@ class ScannOptions(PluginOptions):
         ge=0.0,
         lt=1.0,
         description=f'AH anisotropic loss threshold, metric "ip" only; unset: '
-        f"{DEFAULT_AQ_THRESHOLD} for \"ip\"; 0: plain (isotropic) quantization",
+        f'{DEFAULT_AQ_THRESHOLD} for "ip"; 0: plain (isotropic) quantization',
     )
     reorder: int = Field(
         100,
@@ -182,20 +185,24 @@ class ScannRetriever(Retriever):
         threshold = options.anisotropic_quantization_threshold
         if options.metric == "ip" and threshold is None:
             threshold = DEFAULT_AQ_THRESHOLD
+        # The search-time settings in ScaNN's config are placeholders (every search passes its
+        # own), so that the built index does not depend on `leaves_to_search` or `reorder`.
         builder.tree(
             num_leaves=leaves,
-            num_leaves_to_search=self._leaves_to_search(leaves),
+            num_leaves_to_search=leaves,
             training_sample_size=sample,
             # ScaNN re-seeds leaves smaller than this; its default of 50 fights small trees
             min_partition_size=max(1, min(50, len(vectors) // (4 * leaves))),
+            # k-means++ seeding: ScaNN's random seeding gives a different tree on every build
+            random_init=False,
         )
         builder.score_ah(
             options.dimensions_per_block,
             anisotropic_quantization_threshold=threshold or float("nan"),  # nan: isotropic
             training_sample_size=sample,
         )
-        # always kept, so that `reorder` is a search-time setting
-        return builder.reorder(max(1, options.reorder)).create_config()
+        # the exact vectors are always kept, so that `reorder` is a search-time setting
+        return builder.reorder(PLACEHOLDER_REORDER).create_config()
 
     def build(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         vectors = self._as_matrix(vectors, "vectors")
@@ -252,7 +259,7 @@ class ScannRetriever(Retriever):
         if self.options.metric == "l2":
             scores = -scores  # ScaNN answers squared distances; ours: higher is nearer
         out_scores[:, :width] = np.where(found, scores, -np.inf)
-        out_ids[:, :width] = np.where(found, self._ids[np.where(found, positions, 0)], MISSING)
+        out_ids[:, :width][found] = self._ids[positions[found]]
         return out_scores, out_ids
 
     # --- files -------------------------------------------------------------------------------
