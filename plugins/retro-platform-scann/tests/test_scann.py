@@ -11,12 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydantic import ValidationError
-from retro_platform_scann import MIN_TREE_VECTORS, ScannOptions, ScannRetriever
 
-from retro_platform import plugins
-from retro_platform.errors import ConfigError, IndexFileError
-from retro_platform.plugins import build_plugin
-from retro_platform.protocols import MISSING
+pytest.importorskip("scann", reason="ScaNN is not installed (pip install 'scann>=1.4,<1.5')")
+
+from retro_platform_scann import MIN_TREE_VECTORS, ScannOptions, ScannRetriever  # noqa: E402
+
+from retro_platform import plugins  # noqa: E402
+from retro_platform.errors import ConfigError, IndexFileError  # noqa: E402
+from retro_platform.plugins import build_plugin  # noqa: E402
+from retro_platform.protocols import MISSING  # noqa: E402
 
 DIM = 32
 METRICS = ["ip", "l2"]
