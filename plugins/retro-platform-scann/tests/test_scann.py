@@ -282,6 +282,12 @@ def test_options_that_cannot_work_are_config_errors(clustered: np.ndarray) -> No
         scann(dimensions_per_block=40)
 
 
+def test_every_option_is_in_the_readme_table() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for option in ScannOptions.model_fields:
+        assert f"| `{option}` |" in readme, f"README.md: option {option}"
+
+
 def test_explicit_tree_options_work_on_a_small_corpus(clustered: np.ndarray) -> None:
     index = scann(num_leaves=4, dimensions_per_block=4, anisotropic_quantization_threshold=0)
     index.build(clustered[:40], np.arange(40))
