@@ -191,7 +191,7 @@ class ScannRetriever(Retriever):
             num_leaves=leaves,
             num_leaves_to_search=leaves,
             training_sample_size=sample,
-            # ScaNN re-seeds leaves smaller than this; its default of 50 fights small trees
+            # ScaNN's default minimum leaf size (50) is above the mean leaf of a small tree
             min_partition_size=max(1, min(50, len(vectors) // (4 * leaves))),
             # k-means++ seeding: ScaNN's random seeding gives a different tree on every build
             random_init=False,
