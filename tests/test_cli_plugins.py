@@ -57,7 +57,7 @@ def test_plugins_json_includes_the_installed_third_party_plugin(third_party_plug
     result = CliRunner().invoke(cli, ["plugins", "--json"])
     assert result.exit_code == 0, result.output
     info = {plugin["name"]: plugin for plugin in json.loads(result.stdout)}
-    assert set(info) == {*plugins.DEFAULT_PLUGINS, "sinusoidal"}
+    assert set(info) == {*plugins.DEFAULT_PLUGINS, "sinusoidal", "scann"}  # plugins/ of this repo
     assert info["sinusoidal"] == {
         "name": "sinusoidal",
         "module": "retro_platform_sinusoidal",
@@ -114,7 +114,7 @@ def test_subprocess_broken_plugin_warns_in_one_line_and_exits_0(
         "broken-plugin"
     ]
     info = {plugin["name"]: plugin for plugin in json.loads(result.stdout)}
-    assert set(info) == {*plugins.DEFAULT_PLUGINS, "sinusoidal", "broken_plugin"}
+    assert set(info) == {*plugins.DEFAULT_PLUGINS, "sinusoidal", "scann", "broken_plugin"}
     assert info["broken_plugin"]["status"] == "broken"
     assert info["broken_plugin"]["distribution"] == "broken-plugin"
     assert info["broken_plugin"]["reason"] == (
