@@ -25,6 +25,14 @@ def file_size(path: Path) -> int | None:
         return None
 
 
+def made_by(plugin: dict[str, str] | None) -> str:
+    """``distribution version`` of the plugin that made a stored result, or ``unknown`` (made
+    before stores recorded it)."""
+    if not plugin:
+        return "unknown"
+    return f"{plugin.get('distribution', '?')} {plugin.get('version', '?')}"
+
+
 def store_stats(store: Any) -> dict[str, Any]:
     """Counts and sizes of everything stored, JSON-ready."""
     with store.session() as session:
@@ -72,6 +80,7 @@ def store_stats(store: Any) -> dict[str, Any]:
                 "status": row.status,
                 "bytes": file_size(store.path(row.file)),
                 "seconds": round(row.seconds or 0.0, 1),
+                "made_by": made_by(row.plugin),
             }
             for row in session.scalars(select(EmbeddingSet).order_by(EmbeddingSet.id))
         ]
@@ -84,6 +93,7 @@ def store_stats(store: Any) -> dict[str, Any]:
                 "status": row.status,
                 "bytes": file_size(store.path(row.file)),
                 "seconds": round(row.seconds or 0.0, 1),
+                "made_by": made_by(row.plugin),
             }
             for row in session.scalars(select(VectorIndex).order_by(VectorIndex.id))
         ]
@@ -96,6 +106,7 @@ def store_stats(store: Any) -> dict[str, Any]:
                 "chunks": f"{row.done}/{row.count}",
                 "status": row.status,
                 "bytes": file_size(store.path(row.file)),
+                "made_by": made_by(row.plugin),
             }
             for row in session.scalars(select(NeighbourSet).order_by(NeighbourSet.id))
         ]

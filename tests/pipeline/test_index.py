@@ -277,4 +277,7 @@ def test_store_stats_counts_what_is_stored(experiment_file) -> None:
     assert figures["corpora"][0]["documents"] == documents
     assert figures["corpora"][0]["chunks"] == result.embeddings.count
     assert figures["vector_indexes"][0]["vectors"] == result.index.count
+    ours = f"retro-platform {version('retro-platform')}"
+    assert [figures[key][0]["made_by"] for key in figures if key.endswith("_sets")] == [ours] * 2
+    assert figures["vector_indexes"][0]["made_by"] == ours
     assert "password" not in output.output
