@@ -5,6 +5,7 @@
 from retro_platform.cli import (  # noqa: F401
     db,
     generate,
+    plugin,
     plugins,
     run,
     stages,
