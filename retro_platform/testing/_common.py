@@ -40,7 +40,7 @@ class PluginContract:
         registration = registry.get(self.registered_as)
         assert registration is not None, (
             f"rule: the plugin registers {self.registered_as!r}; "
-            f"its {plugins.FAMILIES[self.family]}s: {sorted(registry)}"
+            f"registered {plugins.FAMILIES[self.family]}s: {sorted(registry)}"
         )
         assert registration.factory is self.factory, (
             f"rule: {self.registered_as!r} is registered to this factory, but maps to "
