@@ -6,6 +6,7 @@ from retro_platform.cli import (  # noqa: F401
     db,
     generate,
     install,
+    plugin,
     plugins,
     run,
     stages,

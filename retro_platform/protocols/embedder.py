@@ -35,7 +35,9 @@ class Embedder(ABC):
 
     @property
     def normalized(self) -> bool:
-        """True when every vector has unit length (inner product is then cosine similarity)."""
+        """True when every vector has unit length (inner product is then cosine similarity),
+        except that a text with nothing to embed may get the zero vector (``hashing`` gives
+        one to a text of whitespace)."""
         return False
 
     @property

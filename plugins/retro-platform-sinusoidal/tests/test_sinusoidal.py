@@ -1,4 +1,5 @@
-"""The plugin against the paper's formula, and its discovery through the entry point."""
+"""The plugin against the paper's formula, and against the positional-encoding contract of
+retro-platform's conformance kit (which also checks that its entry point registers it)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from retro_platform_sinusoidal import SinusoidalEncoding
 
-from retro_platform import plugins
+from retro_platform.testing import PositionalEncodingContract
 
 KWARGS = dict(role="decoder", heads=2, dim_head=4, max_positions=16, causal=True)
 
@@ -38,12 +39,8 @@ def test_adds_to_embeddings_and_leaves_attention_alone() -> None:
     assert pe.state_dict() == {}
 
 
-def test_discovered_through_its_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(plugins.LOAD_PLUGINS_ENV, "retro-platform-sinusoidal")
-    plugins.reset_plugins()
-    try:
-        registration = plugins.get_positional_encoding("sinusoidal")
-    finally:
-        plugins.reset_plugins()
-    assert registration.factory is SinusoidalEncoding
-    assert registration.distribution == "retro-platform-sinusoidal"
+class TestSinusoidalContract(PositionalEncodingContract):
+    factory = SinusoidalEncoding
+    registered_as = "sinusoidal"
+    kwargs = {"base": 100.0}
+    dim = 7  # odd: the last cosine is dropped
