@@ -92,6 +92,19 @@ class OptionsContract(PluginContract):
         unknown = set(model.runtime_options) - set(model.model_fields)
         assert not unknown, f"rule: runtime_options names only real fields; not fields: {unknown}"
 
+    def test_search_options_are_retriever_fields(self) -> None:
+        """Rule: ``Options.search_options`` names only fields, of a retriever's options only
+        (they are what a search reads but an index does not store), none also runtime."""
+        model = self.factory.Options
+        search = set(model.search_options)
+        unknown = search - set(model.model_fields)
+        assert not unknown, f"rule: search_options names only real fields; not fields: {unknown}"
+        assert not search or self.family == "retrievers", (
+            "rule: only a retriever has search_options (use runtime_options)"
+        )
+        both = search & set(model.runtime_options)
+        assert not both, f"rule: an option is runtime or search-time, not both: {both}"
+
 
 def _registry_with_own_entry_point(
     family: str, factory: Any, monkeypatch: pytest.MonkeyPatch

@@ -20,6 +20,7 @@ from retro_platform import plugins  # noqa: E402
 from retro_platform.errors import ConfigError, IndexFileError  # noqa: E402
 from retro_platform.plugins import build_plugin  # noqa: E402
 from retro_platform.protocols import MISSING  # noqa: E402
+from retro_platform.testing import RetrieverContract  # noqa: E402
 
 DIM = 32
 METRICS = ["ip", "l2"]
@@ -438,3 +439,24 @@ def test_discovered_through_its_entry_point(monkeypatch: pytest.MonkeyPatch) -> 
     assert registration.factory is ScannRetriever
     assert registration.distribution == "retro-platform-scann"
     assert isinstance(built, ScannRetriever) and built.options.num_leaves == 8
+
+
+# --- the platform's conformance kit ---------------------------------------------------------
+
+
+class TestScannContract(RetrieverContract):
+    """The whole retriever contract, on a tree with asymmetric hashing (not brute force)."""
+
+    factory = ScannRetriever
+    options = {"num_leaves": 8, "leaves_to_search": 4}
+    registered_as = "scann"
+    n_vectors = 500
+    min_recall = 0.9
+
+
+class TestScannExactContract(RetrieverContract):
+    """The contract again on the exact (brute-force) index a small corpus gets."""
+
+    factory = ScannRetriever
+    options = {"metric": "l2"}
+    n_vectors = 300
