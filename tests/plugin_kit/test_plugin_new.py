@@ -102,3 +102,40 @@ def test_bad_names_and_existing_folders_are_one_line_errors(
     assert result.output.startswith("Error: ") and message in result.output
     assert result.output.count("\n") == 1
     assert sorted(path.name for path in tmp_path.iterdir()) == ["retro-platform-taken"]
+
+
+def test_a_run_uses_all_five_generated_plugins(generated, tmp_path: Path) -> None:
+    """From ``plugin new`` to ``retro-platform run``: an experiment made only of the generated
+    plugins trains and evaluates, and its MLflow run names their distributions."""
+    from tests.pipeline.helpers import toml_text, write_stdlib_corpus
+    from tests.runner.helpers import runs_of
+    from tests.training.helpers import tables
+
+    write_stdlib_corpus(tmp_path / "corpus")
+    config = tables(
+        tmp_path / "store",
+        experiment={"name": "runner-test", "seed": 3},
+        corpus={"name": name_of("corpus"), "path": "corpus", "suffix": ".py"},
+        tokenizer={"name": name_of("tokenizer")},
+        embedder={"name": name_of("embedder")},
+        retriever={"name": name_of("retriever")},
+        model={"positional_encoding": name_of("positional-encoding")},
+        train={"steps": 4, "checkpoint_every": 4},
+    )
+    experiment = tmp_path / "experiment.toml"
+    experiment.write_text(toml_text(config))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(generated["target"]), str(ROOT)]),
+        "RETRO_PLATFORM_LOAD_PLUGINS": ",".join(f"retro-platform-{name_of(k)}" for k in KINDS),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "retro_platform.cli", "run", str(experiment), "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [run] = runs_of(experiment)
+    assert run.info.status == "FINISHED"
+    for table, kind in (("corpus", "corpus"), ("retriever", "retriever"),
+                        ("positional_encoding", "positional-encoding")):  # fmt: skip
+        assert run.data.tags[f"retro.{table}.distribution"] == f"retro-platform-{name_of(kind)}"
