@@ -209,14 +209,15 @@ def prepare_corpus(
 
 
 def corpus_fingerprint(experiment: Experiment) -> str:
-    """What identifies the experiment's corpus: reader, tokenizer and chunk size, all options."""
+    """What identifies the experiment's corpus: reader, tokenizer and chunk size, with every
+    option of the two plugins but their runtime ones."""
     reader = experiment.plugin_table("corpus")
     tokenizer = experiment.plugin_table("tokenizer")
     return fingerprint(
         reader=reader.name,
-        reader_options=reader.options,
+        reader_options=reader.stored_options,
         tokenizer=tokenizer.name,
-        tokenizer_options=tokenizer.options,
+        tokenizer_options=tokenizer.stored_options,
         chunk_size=experiment.retrieval.chunk_size,
     )
 
