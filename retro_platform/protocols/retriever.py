@@ -27,6 +27,10 @@ class Retriever(ABC):
     """Base class of retrievers, registered with ``register_retrievers``.
 
     Built as ``Retriever(options, dimension)``, then either :meth:`build` or :meth:`load`.
+    A subclass declares its options model as ``Options`` (a
+    :class:`~retro_platform.protocols.PluginOptions` subclass) and its file's extension as
+    ``file_suffix``; user errors are :class:`retro_platform.errors.ConfigError` (options that
+    cannot work) and :class:`retro_platform.errors.IndexFileError` (a file that cannot be read).
     """
 
     Options: ClassVar[type[PluginOptions]] = PluginOptions
@@ -49,8 +53,10 @@ class Retriever(ABC):
         """The ``k`` nearest stored vectors of each query ``(q, dimension)`` float32.
 
         Returns ``(scores, ids)``, both ``(q, k)``: float32 scores, higher is nearer (inner
-        product, or minus the squared L2 distance), each row best first; int64 ids, with
-        :data:`MISSING` where fewer than ``k`` were found.
+        product, or minus the squared L2 distance), each row best first; int64 ids, each stored
+        id at most once per row. Where fewer than ``k`` were found (``k`` may exceed
+        :attr:`size`) a row ends in :data:`MISSING` ids with score ``-inf``. An empty batch
+        ``(0, dimension)`` gives ``(0, k)`` arrays.
         """
 
     @abstractmethod
