@@ -13,6 +13,7 @@ import pytest
 
 from retro_platform.cli.common import open_experiment
 from retro_platform.pipeline import ingest, run_index
+from tests.limits import HANG_S
 from tests.pipeline.helpers import write_experiment, write_stdlib_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +33,7 @@ def test_copy_alignment_prints_both_tables(tmp_path: Path) -> None:
     out = tmp_path / "figures.json"
     command = [sys.executable, str(ROOT / "benchmarks" / "copy_alignment.py"), "--steps", "100"]
     command += ["--experiment", str(path), "--json", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, env=os.environ, timeout=600)
+    done = subprocess.run(command, capture_output=True, text=True, env=os.environ, timeout=HANG_S)
     assert done.returncode == 0, done.stderr
     assert "## Copy task" in done.stdout and "validation tokens at the same place" in done.stdout
     figures = json.loads(out.read_text())

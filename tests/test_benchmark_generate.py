@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.limits import HANG_S
 from tests.runner.helpers import tiny_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +33,7 @@ def test_quick_benchmark_prints_its_tables(tmp_path: Path) -> None:
     command = [sys.executable, str(SCRIPT), "--experiment", str(experiment), "--quick"]
     command += ["--compare-chunk-size", "32", "--json", str(out)]
     completed = subprocess.run(
-        command, capture_output=True, text=True, env=env, timeout=300, check=False
+        command, capture_output=True, text=True, env=env, timeout=HANG_S, check=False
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = completed.stdout

@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from tests.limits import HANG_S
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "quality.py"
 EXPERIMENT = ROOT / "examples" / "code-reuse.toml"
@@ -39,7 +41,7 @@ BAR_FIGURES = [
 def run(command: list[str]) -> str:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     completed = subprocess.run(
-        command, capture_output=True, text=True, env=env, timeout=900, check=False
+        command, capture_output=True, text=True, env=env, timeout=HANG_S, check=False
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     return completed.stdout

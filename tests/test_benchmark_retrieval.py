@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.limits import HANG_S
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "retrieval.py"
 
@@ -38,7 +40,7 @@ def test_quick_benchmark_prints_its_tables(tmp_path: Path) -> None:
         str(out),
     ]
     completed = subprocess.run(
-        command, capture_output=True, text=True, env=env, timeout=300, check=False
+        command, capture_output=True, text=True, env=env, timeout=HANG_S, check=False
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     report = completed.stdout

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.limits import HANG_S
+
 pytestmark = pytest.mark.slow
 
 BROKEN = "raise ImportError('libfancy.so: cannot open shared object file')\n"
@@ -80,7 +82,7 @@ def cli(python: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str
         [str(python), "-m", "retro_platform.cli", *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_S,
         env=environ,
         cwd=python.parent,
     )

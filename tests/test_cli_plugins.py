@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from retro_platform import plugins
 from retro_platform.cli import cli
 from retro_platform.errors import ConfigError
+from tests.limits import HANG_S
 
 BROKEN_IMPORT = "raise ImportError('No module named torch_nightly_only')\n"
 
@@ -31,7 +32,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "retro_platform.cli", *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_S,
     )
 
 

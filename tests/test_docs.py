@@ -23,6 +23,7 @@ from retro_platform.errors import IndexFileError, UnknownPluginError
 from retro_platform.hookspecs import hook_names
 from retro_platform.protocols import CorpusReader, Embedder, Retriever, Tokenizer
 from retro_platform.protocols.positional_encoding import PositionalEncoding
+from tests.limits import HANG_S
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 TEXT = DOC.read_text()
@@ -344,7 +345,7 @@ def test_the_kit_example_passes_against_the_retriever_example(
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
          str(tmp_path / "test_numpy_exact.py")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, capture_output=True, text=True, timeout=HANG_S,
         env={**os.environ, plugins.LOAD_PLUGINS_ENV: ""},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr

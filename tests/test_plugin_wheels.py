@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.limits import HANG_S
 from tests.runner.helpers import runs_of, tiny_experiment
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ SCANN = ROOT / "plugins" / "retro-platform-scann"
 
 
 def run(command: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900, **kwargs)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=HANG_S, **kwargs)
     assert done.returncode == 0, f"{' '.join(command[:4])} ...:\n{done.stdout}\n{done.stderr}"
     return done
 

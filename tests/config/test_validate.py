@@ -10,6 +10,8 @@ from pathlib import Path
 
 from click.testing import Result
 
+from tests.limits import HANG_S
+
 
 def _tree(folder: Path) -> set[Path]:
     return set(folder.rglob("*"))
@@ -86,7 +88,7 @@ def test_validate_does_not_load_the_embedding_model(write_file: Callable[..., Pa
         "print('ok')\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=HANG_S
     )
     assert done.returncode == 0, done.stderr
     assert "sentence-transformers" in done.stdout and done.stdout.rstrip().endswith("ok")

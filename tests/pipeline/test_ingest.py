@@ -19,6 +19,7 @@ from retro_platform.cli.common import open_experiment
 from retro_platform.corpus.ingest import ingest
 from retro_platform.errors import ConfigError, CorpusError
 from retro_platform.store.models import Chunk, Corpus, Document
+from tests.limits import HANG_S
 from tests.pipeline.helpers import write_experiment
 
 
@@ -146,7 +147,7 @@ def test_a_killed_ingest_resumes_to_the_same_result(tmp_path: Path) -> None:
     assert process.returncode == -signal.SIGKILL, "the ingest finished before it could be killed"
     assert 0 < count < 6000
 
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=HANG_S)
     assert result.returncode == 0, result.stderr
     experiment, store = open_experiment(path)
     contents = stored(store)

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from xml.etree import ElementTree
 
+from tests.limits import HANG_S
+
 ROOT = Path(__file__).resolve().parents[2]
 
 BROKEN = '''
@@ -89,7 +91,7 @@ def test_broken_retrievers_fail_with_the_rule_they_break(tmp_path: Path) -> None
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--junitxml=report.xml",
          "test_broken_retrievers.py"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_S,
     )  # fmt: skip
     out = result.stdout + result.stderr
     failed = {

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from retro_platform.cli import cli
 from retro_platform.cli.plugin_template import KINDS
+from tests.limits import HANG_S
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,19 +37,19 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     packages = sorted(str(path) for path in folder.iterdir())
     target = tmp_path_factory.mktemp("site")
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
-    subprocess.run([*pip, "--target", str(target), *packages], check=True, timeout=300)
+    subprocess.run([*pip, "--target", str(target), *packages], check=True, timeout=HANG_S)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)])}
     dists = ",".join(f"retro-platform-{name_of(kind)}" for kind in KINDS)
     listed = subprocess.run(
         [sys.executable, "-m", "retro_platform.cli", "plugins", "--json"],
         env={**env, "RETRO_PLATFORM_LOAD_PLUGINS": dists},
-        capture_output=True, text=True, timeout=120, check=True,
+        capture_output=True, text=True, timeout=HANG_S, check=True,
     )  # fmt: skip
     report = folder / "report.xml"
     tested = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
          *(f"{package}/tests" for package in packages)],
-        cwd=folder, env=env, capture_output=True, text=True, timeout=300,
+        cwd=folder, env=env, capture_output=True, text=True, timeout=HANG_S,
     )  # fmt: skip
     return {
         "plugins": json.loads(listed.stdout),
@@ -131,7 +132,7 @@ def test_a_run_uses_all_five_generated_plugins(generated, tmp_path: Path) -> Non
     }
     done = subprocess.run(
         [sys.executable, "-m", "retro_platform.cli", "run", str(experiment), "--no-progress"],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env, capture_output=True, text=True, timeout=HANG_S,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     [run] = runs_of(experiment)
