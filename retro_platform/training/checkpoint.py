@@ -44,7 +44,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     path = Path(path)
     for stale in stale_partials(path):  # left by a run killed mid-write
         stale.unlink(missing_ok=True)
-    then = "training resumes from the previous checkpoint, which is kept"
+    then = "training resumes from the last checkpoint saved"
     # through a Python file: a full disk is then an OSError behind torch's RuntimeError
     with atomic_destination(path, then) as temporary, open(temporary, "wb") as handle:
         torch.save(state, handle)
