@@ -12,13 +12,15 @@ from click.testing import CliRunner
 
 from retro_platform.cli import cli
 from retro_platform.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from tests.disk import SmallDisk, one_line_error, pages, partials, run_cli, small_disk
+from tests.disk import SmallDisk, one_line_error, partials, run_cli, small_disk
 from tests.runner.helpers import tiny_experiment
 
 __all__ = ["small_disk"]  # the fixture
 
 #: A model whose checkpoint (about 2.5 MB) is larger than any other file a run writes.
 WIDER = {"model": {"dec_dim": 96, "enc_dim": 96}}
+#: About its size (checked below): the small disk holds one but not two.
+CHECKPOINT_BYTES = 2_900_000
 
 
 def invoke(*args: object) -> tuple[int, str]:
@@ -35,29 +37,19 @@ def checkpoint_in(output: Path) -> Path:
 def test_a_checkpoint_past_a_size_limit_or_a_full_disk_is_one_line_and_the_rerun_resumes(
     tmp_path: Path, small_disk: SmallDisk
 ) -> None:
-    store = {"path": str(tmp_path / "store")}  # one store for both experiments
-    limited = tiny_experiment(tmp_path / "limited", store=store, **WIDER)
+    # one store and one MLflow database for both experiments: each is made once
+    shared = {
+        "store": {"path": str(tmp_path / "store")},
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    }
     full = tiny_experiment(
-        tmp_path / "full", store=store, train={"output": str(small_disk.path)}, **WIDER
+        tmp_path / "full", train={"output": str(small_disk.path)}, **shared, **WIDER
     )
-
-    # a file size limit below the checkpoint's size: the first save fails, nothing is left
-    failed = run_cli("run", limited, "--no-progress", file_size_limit=1_500_000)
-    line = one_line_error(failed.returncode, failed.stderr)
-    assert line.startswith(f"Error: file too large: {tmp_path / 'limited' / 'runs'}/"), line
-    assert line.endswith(
-        f"/{CHECKPOINT_NAME} passes the file size limit (1.5 MB); raise it (ulimit -f) and "
-        "rerun: training resumes from the last checkpoint saved"
-    )
-    assert not list((tmp_path / "limited" / "runs").rglob(CHECKPOINT_NAME))
-    assert not partials(tmp_path / "limited" / "runs")
-    code, stderr = invoke("run", limited)
-    assert code == 0, stderr
-    expected = load_checkpoint(checkpoint_in(tmp_path / "limited" / "runs"))
-    size = pages(checkpoint_in(tmp_path / "limited" / "runs").stat().st_size)
+    limited = tiny_experiment(tmp_path / "limited", **shared, **WIDER)
+    runs = tmp_path / "limited" / "runs"
 
     # a disk with room for one checkpoint: the second save (old and new side by side) fails
-    small_disk.resize(size * 3 // 2)
+    small_disk.resize(3 * CHECKPOINT_BYTES // 2)
     code, stderr = invoke("run", full)
     line = one_line_error(code, stderr)
     assert line.startswith(f"Error: no space left on {small_disk.path}/"), line
@@ -67,7 +59,22 @@ def test_a_checkpoint_past_a_size_limit_or_a_full_disk_is_one_line_and_the_rerun
     kept = load_checkpoint(checkpoint_in(small_disk.path))
     assert kept["step"] == 3 and not partials(small_disk.path)
 
-    small_disk.resize(small_disk.used + 2 * size)
+    # a file size limit below the checkpoint's size: the first save fails, nothing is left
+    failed = run_cli("run", limited, "--no-progress", file_size_limit=1_500_000)
+    line = one_line_error(failed.returncode, failed.stderr)
+    assert line.startswith(f"Error: file too large: {runs}/"), line
+    assert line.endswith(
+        f"/{CHECKPOINT_NAME} passes the file size limit (1.5 MB); raise it (ulimit -f) and "
+        "rerun: training resumes from the last checkpoint saved"
+    )
+    assert not list(runs.rglob(CHECKPOINT_NAME)) and not partials(runs)
+    code, stderr = invoke("run", limited)
+    assert code == 0, stderr
+    expected = load_checkpoint(checkpoint_in(runs))
+    size = checkpoint_in(runs).stat().st_size
+    assert 0.8 < size / CHECKPOINT_BYTES < 1.4, f"the disk was sized for another checkpoint: {size}"
+
+    small_disk.resize(small_disk.used + 2 * CHECKPOINT_BYTES)
     code, stderr = invoke("run", full)
     assert code == 0, stderr
     resumed = load_checkpoint(checkpoint_in(small_disk.path))
