@@ -3,7 +3,10 @@
 Every file a long job leaves behind (a trained tokenizer, a vector index, a checkpoint, a run's
 id and summary) is written to a temporary file in the target's folder, fsynced, and renamed
 over the target; the folder is then fsynced so that the rename survives a power loss. The
-target holds either its old content or all of the new one, never a mix.
+target holds either its old content or all of the new one, never a mix. A disk that is full
+(or over a size limit, a quota, or read-only) is a one-line
+:class:`~retro_platform.errors.DiskError` naming the target; the target keeps its old content and
+the temporary file is removed.
 """
 
 from __future__ import annotations
@@ -14,31 +17,36 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from retro_platform.disk import KEPT, disk_errors
+
 
 @contextmanager
-def atomic_destination(path: str | Path) -> Iterator[Path]:
+def atomic_destination(path: str | Path, then: str = KEPT) -> Iterator[Path]:
     """A temporary path to write ``path``'s new content to; moved over ``path`` on success.
 
     The temporary file exists (empty) in ``path``'s folder and keeps its suffix (writers that
     add a missing extension find it there). If the block raises, it is removed and ``path`` is
     untouched. A process killed inside the block leaves a hidden
-    ``.<name>.<random>.partial<suffix>`` file and never a half-written ``path``.
+    ``.<name>.<random>.partial<suffix>`` file and never a half-written ``path``. A disk's error
+    (:func:`~retro_platform.disk.disk_errors`) is raised as a ``DiskError`` about ``path`` that
+    says a rerun ``then`` (e.g. "it resumes").
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.", suffix=f".partial{target.suffix}"
-    )
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        yield temporary
-        _fsync(temporary)
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync(target.parent)
+    with disk_errors(target, then):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(
+            dir=target.parent, prefix=f".{target.name}.", suffix=f".partial{target.suffix}"
+        )
+        os.close(handle)
+        temporary = Path(name)
+        try:
+            yield temporary
+            _fsync(temporary)
+            os.replace(temporary, target)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        _fsync(target.parent)
 
 
 def stale_partials(path: str | Path) -> list[Path]:
@@ -47,9 +55,9 @@ def stale_partials(path: str | Path) -> list[Path]:
     return sorted(target.parent.glob(f".{target.name}.*.partial{target.suffix}"))
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
+def write_text_atomic(path: str | Path, text: str, then: str = KEPT) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; see :func:`atomic_destination`."""
-    with atomic_destination(path) as temporary:
+    with atomic_destination(path, then) as temporary:
         temporary.write_text(text, encoding="utf-8")
     return Path(path)
 

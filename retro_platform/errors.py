@@ -28,6 +28,11 @@ class IndexFileError(StoreError):
     """A vector-index file that is missing, unreadable or does not match its record."""
 
 
+class DiskError(RetroPlatformError):
+    """A file that could not be written: the disk is full, a file size limit or a quota was
+    reached, or the file system is read-only (see :mod:`retro_platform.disk`)."""
+
+
 class CorpusError(RetroPlatformError):
     """A corpus that yields nothing usable."""
 

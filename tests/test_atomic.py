@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from retro_platform.atomic import atomic_destination, stale_partials, write_text_atomic
+from retro_platform.disk import disk_errors, reserve
+from retro_platform.errors import DiskError
 
 
 def test_text_is_written_and_replaced(tmp_path: Path) -> None:
@@ -50,3 +55,68 @@ def test_a_killed_writer_leaves_the_old_file_and_a_partial_to_clean(tmp_path: Pa
     (partial,) = stale_partials(path)
     assert partial.read_bytes() == b"half"
     assert stale_partials(tmp_path / "other.pt") == []
+
+
+# ---- a disk that fills up: one DiskError naming the file, the old content kept
+
+
+def test_a_full_disk_in_an_atomic_write_is_a_disk_error_and_keeps_the_old_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "index.bin"
+    path.write_bytes(b"old")
+    with pytest.raises(DiskError) as raised, atomic_destination(path, "it resumes") as partial:
+        partial.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    message = str(raised.value)
+    assert message.startswith(f"no space left on {path}: ") and " MB free; " in message
+    assert message.endswith("free space and rerun: it resumes")
+    assert path.read_bytes() == b"old" and stale_partials(path) == []
+
+
+@pytest.mark.parametrize(
+    ("error", "start"),
+    [
+        # torch.save to a Python file: its RuntimeError is raised while handling the OSError
+        (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
+         "file too large: "),
+        # Faiss: the system's reason at the end of its message
+        (RuntimeError("Error in write_index: 'ret == (n)' failed: write error in f: 1 != 2 "
+                      "(Read-only file system)"), "read-only file system: "),
+    ],
+)  # fmt: skip
+def test_a_librarys_runtime_error_over_a_disk_error_is_a_disk_error(
+    tmp_path: Path, error: RuntimeError, start: str
+) -> None:
+    path = tmp_path / "checkpoint.pt"
+    with pytest.raises(DiskError, match=f"^{start}"), disk_errors(path):
+        try:
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+        except OSError:
+            if "inline_container" in str(error):
+                raise error from None  # the OSError stays its __context__
+        raise error
+
+
+def test_other_errors_pass_unchanged(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError), disk_errors(tmp_path / "x"):
+        raise FileNotFoundError(errno.ENOENT, "gone")
+    with pytest.raises(RuntimeError, match="unexpected pos"), disk_errors(tmp_path / "x"):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1 vs 2")
+
+
+def test_reserve_falls_back_to_the_free_space_where_blocks_cannot_be_reserved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "vectors.npy"
+    with path.open("wb") as handle:
+        handle.truncate(10_000_000)  # a sparse file: its blocks not yet claimed
+
+    def unsupported(descriptor: int, offset: int, length: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported, raising=False)
+    reserve(path)  # this disk has room
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(1, 1, 1000))
+    with pytest.raises(DiskError, match=r"vectors.npy: 10.0 MB needed, 0.0 MB free; free space"):
+        reserve(path, "it resumes")

@@ -276,5 +276,6 @@ def _save_chunk_ids(store: Any, corpus_id: int, path: Path, count: int | None = 
             f"{len(ids)} chunks found where {count} were embedded; "
             f"the store changed while embedding, run the command again"
         )
-    with atomic_destination(path) as partial, open(partial, "wb") as handle:
+    then = "it resumes: the embedded rows are kept"
+    with atomic_destination(path, then) as partial, open(partial, "wb") as handle:
         np.save(handle, np.asarray(ids, dtype=np.int64))

@@ -218,8 +218,10 @@ def write_comparison_csv(comparison: Comparison, path: str | Path) -> Path:
     """A header row (``bucket, chunks, share, byte_share`` and each column's label), then one
     row per bucket and the all-chunks row; a value that is not a number is left empty."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as file:
+    with (
+        atomic_destination(path) as temporary,
+        temporary.open("w", newline="", encoding="utf-8") as file,
+    ):
         writer = csv.writer(file)
         writer.writerow(["bucket", "chunks", "share", "byte_share", *comparison.columns])
         for row in comparison.rows:

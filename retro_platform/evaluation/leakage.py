@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from retro_platform.atomic import atomic_destination
 from retro_platform.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -126,8 +127,10 @@ def _bpb(losses: np.ndarray, sizes: np.ndarray, where: np.ndarray) -> float:
 def write_leakage_csv(rows: list[LeakageRow], path: str | Path) -> Path:
     """Write the table as CSV with a header row; a value that is not a number is left empty."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as file:
+    with (
+        atomic_destination(path) as temporary,
+        temporary.open("w", newline="", encoding="utf-8") as file,
+    ):
         writer = csv.writer(file)
         writer.writerow([field.name for field in fields(LeakageRow)])
         for row in rows:
@@ -187,5 +190,6 @@ def plot_leakage(rows: list[LeakageRow], path: str | Path) -> Path:
     axes.set_title("Validation bits per byte by overlap with retrieved neighbours", fontsize=10)
     axes.legend(loc="upper right", fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, format="png")
+    with atomic_destination(path) as temporary:
+        figure.savefig(temporary, format="png")
     return path

@@ -149,7 +149,8 @@ def build_index(
         vectors = np.ascontiguousarray(embeddings.open()[rows])
         retriever.build(vectors, table.chunk_ids[rows])
         updated = retriever
-    with atomic_destination(store.path(row.file)) as partial:
+    then = "it resumes: the embeddings are kept, the index is built again"
+    with atomic_destination(store.path(row.file), then) as partial:
         updated.save(partial)
     row = finish(
         store,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from retro_platform.atomic import write_text_atomic
 from retro_platform.config import Experiment
 from retro_platform.config.resolved import flatten_config, resolved_config
 from retro_platform.config.sweep import SweepPoint, check_experiment
@@ -123,4 +124,4 @@ def _write_summary(sweep_dir: Path, points: list[SweepPoint], outcomes: list[Run
         {"values": point.values, "run_id": outcome.run_id, "metrics": outcome.metrics}
         for point, outcome in zip(points, outcomes, strict=True)
     ]
-    (sweep_dir / "summary.json").write_text(json.dumps(rows, indent=2, default=str))
+    write_text_atomic(sweep_dir / "summary.json", json.dumps(rows, indent=2, default=str))

@@ -8,7 +8,7 @@ opening a checkpoint from elsewhere can never run code.
 
 The file is written beside its final name, flushed to disk, then renamed over the old one: a
 run killed at any moment leaves either the previous checkpoint or the new one, never half of
-one.
+one. A full disk (or a file size limit) is a one-line error that keeps the previous checkpoint.
 """
 
 from __future__ import annotations
@@ -44,8 +44,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     path = Path(path)
     for stale in stale_partials(path):  # left by a run killed mid-write
         stale.unlink(missing_ok=True)
-    with atomic_destination(path) as temporary:
-        torch.save(state, temporary)
+    then = "training resumes from the last checkpoint saved"
+    # through a Python file: a full disk is then an OSError behind torch's RuntimeError
+    with atomic_destination(path, then) as temporary, open(temporary, "wb") as handle:
+        torch.save(state, handle)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
