@@ -17,6 +17,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Hypothesis's per-example deadline is a timed assertion: on shared cores a first call that
+# imports or compiles something takes seconds. No test may fail for being slow.
+settings.register_profile("retro-platform", deadline=None)
+settings.load_profile("retro-platform")
 
 os.environ["RETRO_PLATFORM_LOAD_PLUGINS"] = ""
 # Nothing may reach for the network: the Hugging Face hub and MLflow's telemetry would hang.
