@@ -8,6 +8,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 import click
@@ -19,6 +21,8 @@ from retro_platform.errors import ConfigError
 from retro_platform.text_table import text_table
 
 _STOP_TIMEOUT_S = 10.0
+#: How long --open waits for the UI to answer (a first start takes a minute on 2 cores).
+_START_TIMEOUT_S = 300.0
 
 
 @cli.command()
@@ -33,20 +37,35 @@ _STOP_TIMEOUT_S = 10.0
 @click.option(
     "--workers", default=1, show_default=True, type=click.IntRange(1), help="Server processes."
 )
+@click.option(
+    "--open",
+    "open_browser",
+    is_flag=True,
+    help="Open the experiment's runs in a web browser once the UI answers.",
+)
 def ui(
-    experiment_file: str, overrides: tuple[str, ...], host: str, port: int, workers: int
+    experiment_file: str,
+    overrides: tuple[str, ...],
+    host: str,
+    port: int,
+    workers: int,
+    open_browser: bool,
 ) -> None:
     """Start the MLflow UI on the experiment's tracking store; Ctrl-C stops it.
 
     Serves the tracking database of [mlflow] tracking_uri, else MLFLOW_TRACKING_URI, else
-    mlflow.db beside the experiment file. A tracking server has its own UI: open its URL
-    instead. The first start can take a minute on a slow machine.
+    mlflow.db beside the experiment file, and prints the link to the experiment's runs table
+    (MLflow 3 would otherwise open its GenAI overview); --open opens it in a browser. A tracking
+    server has its own UI: open its URL instead. The first start can take a minute on a slow
+    machine.
     """
     from retro_platform.tracking.client import TrackingError, quiet_mlflow_environment
     from retro_platform.tracking.uri import (
         HTTP_SCHEMES,
         check_reachable,
+        experiment_name,
         is_database_uri,
+        runs_page_url,
         safe_uri,
         scheme,
         tracking_uri,
@@ -75,13 +94,23 @@ def ui(
         "--workers", str(workers),
     ]  # fmt: skip
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    name = experiment_name(experiment)
+    experiment_id = _experiment_id(uri, name)
+    link = runs_page_url(_browsable(url, host, port), experiment_id)
     click.echo(f"MLflow UI of {safe_uri(uri)} at {url} (Ctrl-C stops it)")
-    # its own process group, so that stopping it reaches the server's workers too
+    if experiment_id is None:
+        click.echo(f"experiment {name!r} has no runs yet; the experiments: {link}")
+    else:
+        click.echo(f"the runs of experiment {name!r}: {link}")
     env = dict(os.environ)
     # MLflow's job runner (GenAI scoring, trace archival) is eight more processes that a
     # UI of training runs never uses
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    server = subprocess.Popen(command, env=env, start_new_session=True)
+    server = _start_server(command, env)
+    if open_browser:
+        threading.Thread(
+            target=_open_when_up, args=(server, _browsable(url, host, port), link), daemon=True
+        ).start()
     # Ctrl-C and TERM both stop it, even where SIGINT was ignored when this process started
     # (a background job of a script inherits that, and Python then never raises for it)
     previous = {
@@ -149,6 +178,53 @@ def runs(experiment_file: str, overrides: tuple[str, ...], all_params: bool, as_
             click.echo(
                 f"\n{run.name} ({run.run_id[:8]}): {compared[run.run_id].markdown}", nl=False
             )
+
+
+def _start_server(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # its own process group, so that stopping it reaches the server's workers too
+    return subprocess.Popen(command, env=env, start_new_session=True)
+
+
+def _experiment_id(uri: str, name: str) -> str | None:
+    """The id of the active MLflow experiment ``name``, or None (a database that does not exist
+    yet is not created here)."""
+    from retro_platform.tracking.client import open_client, tracking_errors
+    from retro_platform.tracking.uri import sqlite_path
+
+    database = sqlite_path(uri)
+    if database is not None and not database.exists():
+        return None
+    client = open_client(uri)
+    with tracking_errors(uri, "read the experiments of"):
+        found = client.get_experiment_by_name(name)
+    if found is None or found.lifecycle_stage != "active":
+        return None
+    return str(found.experiment_id)
+
+
+def _browsable(url: str, host: str, port: int) -> str:
+    """``url``, or the loopback one where the server listens on every interface."""
+    if host in ("0.0.0.0", "::", ""):
+        return f"http://127.0.0.1:{port}"
+    return url
+
+
+def _open_when_up(server: subprocess.Popen[bytes], url: str, link: str) -> None:
+    """Open ``link`` in a web browser once the UI at ``url`` answers (never, if it stops)."""
+    # lazy: keeps them out of retro-platform --help
+    import urllib.request
+    import webbrowser
+
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    while server.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    webbrowser.open(link)
+                    return
+        except OSError:  # not listening yet
+            pass
+        time.sleep(0.5)
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -207,7 +207,9 @@ class MlflowTable(_Table):
         None, description="MLflow experiment name; default: [experiment] name"
     )
     run_name: str | None = Field(
-        None, description="run name; default: the run folder's (a sweep: the parent's name)"
+        None,
+        description="run name; default: [experiment] name (a sweep: the parent's name; each "
+        "point is named by its swept values, e.g. neighbours=none,lr=0.0003)",
     )
     log_checkpoint: bool = Field(True, description="log the final checkpoint as an artifact")
 

@@ -35,8 +35,9 @@ class SweepPoint:
 
     @property
     def label(self) -> str:
-        """``retriever.name=faiss-hnsw, train.lr=0.001``: the point in a run name or a log."""
-        return _label(self.values)
+        """``name=faiss-hnsw,lr=0.001``: the point's MLflow run name, in logs and tables too
+        (see :func:`point_name`)."""
+        return point_name(self.values)
 
 
 def sweep_points(experiment: Experiment) -> list[SweepPoint]:
@@ -51,7 +52,7 @@ def sweep_points(experiment: Experiment) -> list[SweepPoint]:
     points = []
     for index, combination in enumerate(combinations):
         values = dict(zip(grid, combination, strict=True))
-        where = f"[sweep] point {index + 1} of {len(combinations)} ({_label(values)})"
+        where = f"[sweep] point {index + 1} of {len(combinations)} ({point_name(values)})"
         try:
             point = apply_values(experiment, values)
             point.check_plugins()
@@ -59,6 +60,7 @@ def sweep_points(experiment: Experiment) -> list[SweepPoint]:
         except ConfigError as error:
             raise ConfigError(f"{where}: {error}") from None
         points.append(SweepPoint(index, values, point))
+    _check_names(points)
     return points
 
 
@@ -79,5 +81,40 @@ def apply_values(experiment: Experiment, values: dict[str, Any]) -> Experiment:
     return validate_tables(data, base_dir=experiment.base_dir, source=experiment.source)
 
 
-def _label(values: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={format_value(value)}" for key, value in values.items())
+def point_name(values: dict[str, Any]) -> str:
+    """A sweep point's short name, its MLflow run name: ``neighbours=none,lr=0.0003``.
+
+    Each swept key by its last part, or by as many of its last parts as tell it apart from the
+    other swept keys (``retriever.name=faiss-flat,embedder.name=hashing``); each value as the
+    params show it (:func:`~retro_platform.config.resolved.format_value`), a boolean as ``on``
+    or ``off``. Points of one grid have different names (:func:`sweep_points` checks it).
+    """
+    keys = list(values)
+    return ",".join(f"{_short_key(key, keys)}={_short_value(values[key])}" for key in keys)
+
+
+def _short_key(key: str, keys: list[str]) -> str:
+    parts = key.split(".")
+    for count in range(1, len(parts)):
+        tail = parts[-count:]
+        if not any(other.split(".")[-count:] == tail for other in keys if other != key):
+            return ".".join(tail)
+    return key
+
+
+def _short_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return format_value(value)
+
+
+def _check_names(points: list[SweepPoint]) -> None:
+    """Two points of one name are one configuration listed twice: refused, not run twice."""
+    seen: dict[str, int] = {}
+    for point in points:
+        first = seen.setdefault(point.label, point.index)
+        if first != point.index:
+            raise ConfigError(
+                f"[sweep] points {first + 1} and {point.index + 1} are the same "
+                f"({point.label}): a swept key lists one value twice"
+            )

@@ -33,14 +33,11 @@ from retro_platform.tracking.listing import (
     COMPARISON_PNG,
     COMPARISON_TAG,
 )
-from retro_platform.tracking.params import MAX_TAG_VALUE
 
 if TYPE_CHECKING:
     from retro_platform.evaluation.comparison import Comparison, GainSplit
 
 NEIGHBOURS_KEY = "train.neighbours"
-#: MLflow shows this tag as the run's description, on the run's own page.
-_DESCRIPTION_TAG = "mlflow.note.content"
 
 
 def log_comparison(
@@ -52,9 +49,10 @@ def log_comparison(
     log: Callable[[str], None] = print,
 ) -> str | None:
     """Write the comparison of a sweep's points into ``sweep_dir`` and log it to the parent
-    run (a :class:`~retro_platform.tracking.run.TrackedRun`); return its markdown, or None
-    when the sweep does not compare neighbours or a point's figures are missing (said
-    through ``log``)."""
+    run (a :class:`~retro_platform.tracking.run.TrackedRun`); return its markdown (the
+    parent's description shows it: :mod:`retro_platform.runner.results`), or None when the
+    sweep does not compare neighbours or a point's figures are missing (said through
+    ``log``)."""
     made = compare_points(points, outcomes, edges, log)
     if made is None:
         return None
@@ -67,10 +65,7 @@ def log_comparison(
     ]
     for path in files:
         parent.log_artifact(path, Path(COMPARISON_MARKDOWN).parent.as_posix())
-    tags = {COMPARISON_TAG: COMPARISON_MARKDOWN}
-    if len(markdown) <= MAX_TAG_VALUE:  # a table cut short would be wrong
-        tags[_DESCRIPTION_TAG] = markdown
-    parent.set_tags(tags)
+    parent.set_tags({COMPARISON_TAG: COMPARISON_MARKDOWN})
     return markdown
 
 
@@ -100,19 +95,10 @@ def compare_points(
             return None
         figures.append(ChunkFigures.load(path))
 
-    def matching(point: SweepPoint, kind: str) -> int | None:
-        """The point of neighbours ``kind`` with the same other swept values as ``point``."""
-        same = [
-            i
-            for i, other in enumerate(points)
-            if kinds[i] == kind and _others(other) == _others(point)
-        ]
-        return same[0] if same else None
-
     first_retrieved = kinds.index("retrieved")
     runs, splits = [], {}  # splits: "A over B" -> GainSplit
     for i, (point, outcome) in enumerate(zip(points, outcomes, strict=True)):
-        reference = matching(point, "retrieved")
+        reference = matching_point(points, point, "retrieved")
         reference = first_retrieved if reference is None else reference
         retrieved = kinds[i] == "retrieved"
         runs.append(
@@ -123,11 +109,22 @@ def compare_points(
                 retrieval_off=retrieved and figures[i].chunk_loss_off is not None,
             )
         )
-        baseline = matching(point, "none") if retrieved else None
+        baseline = matching_point(points, point, "none") if retrieved else None
         if baseline is not None:
             title = f"{outcome.name} over {outcomes[baseline].name}"
             splits[title] = gain_split(figures[i], figures[baseline])
     return compare(runs, edges), splits
+
+
+def matching_point(points: Sequence[SweepPoint], point: SweepPoint, kind: str) -> int | None:
+    """The index of the point of neighbours ``kind`` (``"none"``: the baseline trained without
+    retrieval) with the same other swept values as ``point``, or None."""
+    same = [
+        i
+        for i, other in enumerate(points)
+        if other.experiment.train.neighbours == kind and _others(other) == _others(point)
+    ]
+    return same[0] if same else None
 
 
 def _others(point: SweepPoint) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from retro_platform.config.resolved import flatten_config, resolved_config
 from retro_platform.config.sweep import SweepPoint, check_experiment
 from retro_platform.runner.ablation import log_comparison
 from retro_platform.runner.folder import RunOutcome
+from retro_platform.runner.results import log_sweep_result
 from retro_platform.runner.run import run_point
 from retro_platform.store.database import open_store
 from retro_platform.store.fingerprints import fingerprint, short
@@ -93,15 +94,14 @@ def _run_sweep(
     try:
         parent.log_params({f"sweep.{name}": json.dumps(values) for name, values in grid.items()})
         for point in points:
-            label = ", ".join(f"{name}={value}" for name, value in point.values.items())
-            log(f"point {point.index + 1}/{len(points)}: {label}")
+            log(f"point {point.index + 1}/{len(points)}: {point.label}")
             outcomes.append(
                 run_point(
                     point.experiment,
                     store,
                     tracking,
                     parent_run_id=parent.run_id,
-                    run_name=label,
+                    run_name=point.label,
                     progress=progress,
                     log=log,
                 )
@@ -109,6 +109,7 @@ def _run_sweep(
         compared = log_comparison(
             points, outcomes, parent, sweep_dir, experiment.eval.leakage_buckets, log=log
         )
+        log_sweep_result(points, outcomes, parent, sweep_dir, compared)
     except BaseException as error:
         parent.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise

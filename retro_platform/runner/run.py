@@ -19,6 +19,7 @@ from retro_platform.config.resolved import flatten_config, resolved_config
 from retro_platform.pipeline import ingest, run_index
 from retro_platform.runner import steps
 from retro_platform.runner.folder import DONE, RunOutcome, run_folder
+from retro_platform.runner.results import run_description
 from retro_platform.tracking.run import TrackedRun, load_run_id, save_run_id
 
 
@@ -36,7 +37,8 @@ def run_point(
     resolved = resolved_config(experiment)
     params = flatten_config(resolved)
     run_dir = run_folder(experiment, params)
-    name = run_name or experiment.mlflow.run_name or run_dir.name
+    # the folder's name ends in a hash of the config; the MLflow run is named for a reader
+    name = run_name or experiment.mlflow.run_name or experiment.experiment.name
     done = run_dir / DONE
     if done.exists():
         record = json.loads(done.read_text())
@@ -74,9 +76,13 @@ def run_point(
         # a kill leaves the run RUNNING and the checkpoint in place: the same command resumes
         run.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
+    outcome = RunOutcome(name, run.run_id, run_dir, metrics, neighbours=experiment.train.neighbours)
+    description = run_description(outcome)
+    if description is not None:  # a sweep's parent says more, against the point's baseline
+        run.describe(description)
     run.finish("FINISHED")
     write_text_atomic(done, json.dumps({"run_id": run.run_id, "metrics": metrics}, indent=2))
-    return RunOutcome(name, run.run_id, run_dir, metrics, neighbours=experiment.train.neighbours)
+    return outcome
 
 
 def _train_and_evaluate(

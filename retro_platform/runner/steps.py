@@ -31,6 +31,7 @@ from retro_platform.generation import (
 from retro_platform.generation.retrieval import ChunkData
 from retro_platform.runner.folder import CHUNK_FIGURES, LEAKAGE_CSV
 from retro_platform.store.models import Corpus
+from retro_platform.tracking.listing import BPB_METRIC, BPB_OFF_METRIC
 from retro_platform.training.model_factory import build_model
 from retro_platform.training.sequences import load_sequence_data
 from retro_platform.training.trainer import train
@@ -125,12 +126,9 @@ def validate(experiment: Experiment, prepared: Prepared) -> Any:
 
 def validation_metrics(result: Any) -> dict[str, float]:
     """A validation's MLflow metrics. A run trained with retrieval off measures only that."""
-    metrics = {"val/loss": result.loss, "val/bpb": result.bpb}
+    metrics = {"val/loss": result.loss, BPB_METRIC: result.bpb}
     if result.loss_off is not None:
-        metrics |= {
-            "val/loss_retrieval_off": result.loss_off,
-            "val/bpb_retrieval_off": result.bpb_off,
-        }
+        metrics |= {"val/loss_retrieval_off": result.loss_off, BPB_OFF_METRIC: result.bpb_off}
     return finite(metrics)
 
 

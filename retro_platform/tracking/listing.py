@@ -17,8 +17,11 @@ from retro_platform.tracking.run import PARENT_TAG
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+#: Validation bits per byte, and of the same weights with retrieval off (a run that measured it).
+BPB_METRIC = "val/bpb"
+BPB_OFF_METRIC = "val/bpb_retrieval_off"
 #: The metrics `retro-platform runs` shows, in this order (their last logged value).
-FINAL_METRICS = ("val/bpb", "val/bpb_retrieval_off", "val/loss", "train/loss")
+FINAL_METRICS = (BPB_METRIC, BPB_OFF_METRIC, "val/loss", "train/loss")
 #: A sweep parent that compares its points by neighbour overlap (a sweep over
 #: ``train.neighbours``) has this tag and these artifacts, which the runner logs.
 COMPARISON_TAG = "retro.comparison"

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 RUN_ID_FILE = "mlflow_run_id"
 #: The tag MLflow (and its UI) reads a nested run's parent from.
 PARENT_TAG = "mlflow.parentRunId"
+#: The tag MLflow shows as a run's description (markdown), on the run's own page.
+DESCRIPTION_TAG = "mlflow.note.content"
 #: Where artifacts of a SQLite-tracked experiment go, beside the database.
 ARTIFACTS_FOLDER = "mlartifacts"
 
@@ -171,6 +173,10 @@ class TrackedRun:
                 self.run_id, tags=[RunTag(key, value) for key, value in batch.items()]
             )
 
+    def describe(self, text: str) -> None:
+        """Set the run's description, which the MLflow UI shows on the run's page."""
+        set_description(self.client, self.run_id, text)
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Copy a file (or a folder's contents) into the run's artifacts, under
         ``artifact_path`` if given."""
@@ -251,6 +257,12 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
             "another name"
         )
     return str(experiment.experiment_id)
+
+
+def set_description(client: MlflowClient, run_id: str, text: str) -> None:
+    """Set the description of the run ``run_id`` (any run: a sweep describes its finished
+    points); a text longer than MLflow's limit is cut."""
+    client.set_tag(run_id, DESCRIPTION_TAG, mlflow_tags({DESCRIPTION_TAG: text})[DESCRIPTION_TAG])
 
 
 def _artifact_location(client: MlflowClient, name: str) -> str | None:

@@ -32,6 +32,8 @@ DEFAULT_DATABASE = "mlflow.db"
 #: Database backends MLflow can keep runs in (``sqlite``, ``postgresql+psycopg``, ...).
 DATABASE_SCHEMES = frozenset({"sqlite", "postgresql", "mysql", "mssql"})
 HTTP_SCHEMES = frozenset({"http", "https"})
+#: What an MLflow 3 UI page's query needs to show the runs table, not the GenAI overview.
+RUNS_PAGE_QUERY = "workflowType=machine_learning"
 
 _MASK = "***"
 
@@ -90,6 +92,18 @@ def sqlite_path(uri: str) -> Path | None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     return Path(unquote(database)).expanduser()
+
+
+def runs_page_url(ui_url: str, experiment_id: str | None) -> str:
+    """The MLflow UI's page of an experiment's runs table, or its start page without one.
+
+    MLflow 3 opens an experiment on its GenAI overview unless the page asks for the classic
+    runs table with ``workflowType=machine_learning`` (its UI routes inside the ``#``).
+    """
+    base = ui_url.rstrip("/")
+    if experiment_id is None:
+        return f"{base}/#/experiments?{RUNS_PAGE_QUERY}"
+    return f"{base}/#/experiments/{experiment_id}?{RUNS_PAGE_QUERY}"
 
 
 def check_reachable(uri: str, timeout_s: float = 3.0) -> None:

@@ -10,7 +10,8 @@ import pytest
 
 from retro_platform.config import load_experiment
 from retro_platform.config.resolved import flatten_config, resolved_config
-from retro_platform.config.sweep import SweepPoint, sweep_points
+from retro_platform.config.sweep import SweepPoint, point_name, sweep_points
+from retro_platform.errors import ConfigError
 
 
 def test_no_sweep_is_one_point_with_no_values(write_file: Callable[..., Path]) -> None:
@@ -44,9 +45,7 @@ def test_points_are_the_product_in_file_order(write_file: Callable[..., Path]) -
         "model.positional_encoding_options.theta",
     ]
     last = points[-1]
-    assert last.label == (
-        "retriever.name=faiss-hnsw, train.lr=0.0003, model.positional_encoding_options.theta=100"
-    )
+    assert last.label == "name=faiss-hnsw,lr=0.0003,theta=100"
     assert last.experiment.retriever == {"name": "faiss-hnsw"}
     assert last.experiment.train.lr == 3e-4
     assert last.experiment.model.positional_encoding_options == {"theta": 100.0}
@@ -84,3 +83,29 @@ def test_sweeping_a_plugin_option_is_checked_by_the_plugin_at_every_point(
         8,
         64,
     ]
+
+
+def test_a_point_is_named_by_its_keys_last_parts_and_values() -> None:
+    assert point_name({"train.neighbours": "none"}) == "neighbours=none"
+    assert point_name({"train.lr": 3e-4, "train.steps": 600}) == "lr=0.0003,steps=600"
+    assert point_name({"eval.retrieval_off": False}) == "retrieval_off=off"
+    # keys that end alike keep as many parts as tell them apart
+    assert point_name({"retriever.name": "faiss-flat", "embedder.name": "hashing"}) == (
+        "retriever.name=faiss-flat,embedder.name=hashing"
+    )
+    assert point_name({"a.x.name": 1, "b.x.name": 2, "c.name": 3}) == (
+        "a.x.name=1,b.x.name=2,c.name=3"
+    )
+    assert point_name({}) == ""
+
+
+def test_a_value_listed_twice_is_refused_so_every_point_has_its_own_name(
+    write_file: Callable[..., Path],
+) -> None:
+    path = write_file("[sweep]\ntrain.lr = [0.01, 0.02, 0.01]\n")
+    with pytest.raises(ConfigError, match=r"points 1 and 3 are the same \(lr=0.01\)"):
+        sweep_points(load_experiment(path))
+    names = [point.label for point in sweep_points(load_experiment(write_file(
+        '[sweep]\nretriever.name = ["faiss-flat", "faiss-hnsw"]\ntrain.lr = [0.01, 0.02]\n'
+    )))]  # fmt: skip
+    assert len(set(names)) == len(names) == 4

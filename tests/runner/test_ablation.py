@@ -22,7 +22,7 @@ from retro_platform.runner.folder import CHUNK_FIGURES, RunOutcome
 from tests.runner.helpers import artifact_paths, client_for, runs_of, tiny_experiment
 
 KINDS = ["retrieved", "none", "shuffled"]
-LABELS = [f"train.neighbours={kind}" for kind in KINDS]
+LABELS = [f"neighbours={kind}" for kind in KINDS]
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:
@@ -49,13 +49,16 @@ def test_an_ablation_logs_its_comparison_and_runs_prints_it(tmp_path: Path) -> N
         "comparison/comparison.csv",
         "comparison/comparison.md",
         "comparison/comparison.png",
+        "comparison/points.csv",
+        "comparison/points.md",
+        "comparison/points.png",
     }
     for child in children.values():  # every point keeps its per-chunk figures
         assert "eval/chunks.npz" in artifact_paths(client, child.info.run_id)
 
     download = tmp_path / "download"
     rows = read_csv(client.download_artifacts(parent_id, "comparison/comparison.csv", download))
-    off = "train.neighbours=retrieved [retrieval off]"
+    off = "neighbours=retrieved [retrieval off]"
     assert list(rows[0]) == ["bucket", "chunks", "share", "byte_share", LABELS[0], off, *LABELS[1:]]
     edges = EvalTable().leakage_buckets
     assert len(rows) == len(edges) - 1 + 1 and rows[-1]["bucket"] == "all chunks"
@@ -89,7 +92,7 @@ def test_an_ablation_logs_its_comparison_and_runs_prints_it(tmp_path: Path) -> N
     assert all(label in table for label in LABELS)
     assert comparison.startswith(f"runner-test sweep ({parent_id[:8]}): Validation bits per byte")
     assert f"bpb: {off}" in comparison and "| all chunks" in comparison
-    assert "train.neighbours=retrieved over train.neighbours=none: " in comparison
+    assert "neighbours=retrieved over neighbours=none: " in comparison
     as_json = json.loads(CliRunner().invoke(cli, ["runs", str(path), "--json"]).stdout)
     by_name = {run["run_name"]: run for run in as_json}
     assert by_name[LABELS[0]]["comparison"] is None

@@ -40,6 +40,13 @@ def test_a_run_trains_evaluates_and_logs_everything_to_mlflow(tmp_path: Path) ->
 
     (run,) = runs_of(path)
     assert run.info.status == "FINISHED"
+    # named for the experiment (its folder keeps the hash), described by its result
+    assert run.info.run_name == "runner-test"
+    bpb, off = run.data.metrics["val/bpb"], run.data.metrics["val/bpb_retrieval_off"]
+    assert run.data.tags["mlflow.note.content"] == (
+        f"retrieval on: val bpb {bpb:.4f} ({(bpb - off) / off:+.1%} vs the same weights without "
+        f"it: {off:.4f})"
+    )
     params = run.data.params
     # the fully resolved config, defaults and plugin options included
     assert params["train.steps"] == "6" and params["model.dec_dim"] == "32"
@@ -74,7 +81,6 @@ def test_a_run_trains_evaluates_and_logs_everything_to_mlflow(tmp_path: Path) ->
     assert [row.split()[0] + " " + row.split()[1] for row in rows] == [
         "[0, 0.125]", "(0.125, 0.25]", "(0.25, 0.5]", "(0.5, 0.75]", "(0.75, 1]",
     ]  # fmt: skip
-    bpb, off = run.data.metrics["val/bpb"], run.data.metrics["val/bpb_retrieval_off"]
     assert total.split() == [
         "all",
         "chunks",
@@ -173,6 +179,10 @@ def test_a_sweep_is_a_parent_run_with_a_child_per_point(tmp_path: Path) -> None:
         ("faiss-hnsw", "retrieved"),
         ("faiss-hnsw", "none"),
     }
+    # each named by its swept keys' last part and values
+    assert {child.info.run_name for child in children} == {
+        f"name={retriever},neighbours={kind}" for retriever, kind in points
+    }
     for child in children:  # a baseline has no retrieval-off figure of its own to report
         off = "val/bpb_retrieval_off" in child.data.metrics
         assert off == (child.data.params["train.neighbours"] == "retrieved")
@@ -189,7 +199,8 @@ def test_a_sweep_is_a_parent_run_with_a_child_per_point(tmp_path: Path) -> None:
         parent_id, "comparison/comparison.csv", str(tmp_path / "dl")
     )
     header = Path(compared).read_text().splitlines()[0]
-    assert header.count("train.neighbours=retrieved [retrieval off]") == 2
+    for retriever in ("faiss-flat", "faiss-hnsw"):
+        assert header.count(f"name={retriever},neighbours=retrieved [retrieval off]") == 1
     assert "| all chunks" in table.stdout
 
 

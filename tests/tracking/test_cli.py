@@ -163,6 +163,77 @@ def test_ui_refuses_a_port_in_use(experiment_file: MakeFile) -> None:
     assert "pass another --port" in result.stderr
 
 
+#: ``python SCRIPT OPENED ARGUMENTS...``: the CLI with a stand-in for the MLflow server, which
+#: answers every request with 200 until the browser has been opened (the file OPENED exists).
+FAKE_UI = '''
+import subprocess, sys
+from retro_platform.cli import cli, tracking
+
+SERVER = """
+import http.server, pathlib, sys, threading, time
+class Answer(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Answer)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+deadline = time.monotonic() + 60
+while not pathlib.Path(sys.argv[2]).exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
+"""
+
+def start(command, env):
+    port = command[command.index("--port") + 1]
+    return subprocess.Popen(
+        [sys.executable, "-c", SERVER, port, sys.argv[1]], start_new_session=True
+    )
+
+tracking._start_server = start
+cli(sys.argv[2:], prog_name="retro-platform")
+'''
+
+
+def browser_script(folder: Path) -> tuple[Path, Path]:
+    """A BROWSER command that writes the URL it is given to a file: (script, that file)."""
+    opened = folder / "opened.txt"
+    script = folder / "browser.sh"
+    script.write_text(
+        f'#!/bin/sh\nprintf %s "$1" > "{opened}.part" && mv "{opened}.part" "{opened}"\n'
+    )
+    script.chmod(0o755)
+    return script, opened
+
+
+def test_ui_prints_the_link_to_the_runs_table_and_opens_it(
+    experiment_file: MakeFile, tmp_path: Path
+) -> None:
+    path = experiment_file()
+    track_runs(path)
+    experiment = load_experiment(path)
+    client = open_client(tracking_uri(experiment))
+    found = client.get_experiment_by_name(experiment_name(experiment))
+    assert found is not None
+    port = free_port()
+    link = (
+        f"http://127.0.0.1:{port}/#/experiments/{found.experiment_id}?workflowType=machine_learning"
+    )
+    script, opened = browser_script(tmp_path)
+    fake = tmp_path / "fake_ui.py"
+    fake.write_text(FAKE_UI)
+    done = subprocess.run(
+        [sys.executable, str(fake), str(opened), "ui", str(path), "--port", str(port), "--open"],
+        env={**os.environ, "BROWSER": f"{script} %s", "PYTHONPATH": str(Path.cwd())},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1] == f"the runs of experiment 'pipeline-test': {link}"
+    assert opened.read_text() == link
+
+
 def _get(url: str) -> int | None:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -184,9 +255,13 @@ def test_ui_serves_the_tracking_store_and_stops_with_its_workers(
     assert database is not None and database.is_file()
     port = free_port()
     log = tmp_path / "ui.log"
+    script, opened = browser_script(tmp_path)
+    open_it = ["--open"] if stop == signal.SIGINT else []
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "retro_platform.cli", "ui", str(path), "--port", str(port)],
+            [sys.executable, "-m", "retro_platform.cli", "ui", str(path), "--port", str(port)]
+            + open_it,
+            env={**os.environ, "BROWSER": f"{script} %s"},
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -207,8 +282,16 @@ def test_ui_serves_the_tracking_store_and_stops_with_its_workers(
         )
         with urllib.request.urlopen(search, timeout=10) as response:
             assert json.load(response)["experiment"]["name"] == "pipeline-test"
-        first_line = log.read_text().splitlines()[0]
+        first_line, link_line = log.read_text().splitlines()[:2]
         assert first_line == f"MLflow UI of sqlite:///{database} at {base} (Ctrl-C stops it)"
+        with urllib.request.urlopen(search, timeout=10) as response:
+            experiment_id = json.load(response)["experiment"]["experiment_id"]
+        link = f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
+        assert link_line == f"the runs of experiment 'pipeline-test': {link}"
+        deadline = time.monotonic() + 10  # --open: once the UI answers
+        while open_it and not opened.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (opened.read_text() if opened.exists() else None) == (link if open_it else None)
 
         process.send_signal(stop)
         assert process.wait(timeout=30) == 0

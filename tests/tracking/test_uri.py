@@ -16,6 +16,7 @@ from retro_platform.errors import ConfigError
 from retro_platform.tracking.uri import (
     check_reachable,
     experiment_name,
+    runs_page_url,
     safe_uri,
     sqlite_path,
     tracking_uri,
@@ -209,3 +210,13 @@ def test_unwritable_sqlite_folder_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(ConfigError, match="cannot create the folder .* writable"):
         check_reachable(f"sqlite:///{tmp_path / 'file' / 'mlflow.db'}")
+
+
+def test_the_runs_page_asks_mlflow_3_for_the_runs_table() -> None:
+    assert runs_page_url("http://127.0.0.1:5000/", "7") == (
+        "http://127.0.0.1:5000/#/experiments/7?workflowType=machine_learning"
+    )
+    # no experiment yet: the list of experiments, still in the runs view
+    assert runs_page_url("http://127.0.0.1:5000", None) == (
+        "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+    )
