@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
-from tqdm import tqdm
 
 from retro_platform.atomic import atomic_destination
 from retro_platform.config import Experiment
 from retro_platform.corpus.chunking import chunk_document
 from retro_platform.errors import CorpusError, StoreError
+from retro_platform.progress import progress as progress_bar
 from retro_platform.protocols import CorpusReader, SourceDocument, Tokenizer
 from retro_platform.store.chunks import count_chunks
 from retro_platform.store.documents import delete_documents
@@ -106,7 +106,8 @@ def ingest(
     Args:
         prune: also remove the stored documents that the reader no longer yields as usable
             documents (never when it yields none: that is an error).
-        progress: show a progress bar (None: only on a terminal).
+        progress: a progress bar (True), plain progress lines (False), or a bar only on a
+            terminal (None; :mod:`retro_platform.progress`).
     """
     started = time.perf_counter()
     reader: CorpusReader = experiment.plugin_table("corpus").build()
@@ -116,7 +117,7 @@ def ingest(
     report = IngestReport(corpus_id)
     chunk_size = experiment.retrieval.chunk_size
 
-    bar = tqdm(total=reader.count_hint(), unit="doc", desc="ingest", disable=_no_bar(progress))
+    bar = progress_bar(total=reader.count_hint(), unit="doc", desc="ingest", enabled=progress)
     bumped = False
     seen: set[str] = set()
     with bar:
@@ -401,8 +402,3 @@ def _batches(documents: Iterable[SourceDocument]) -> Iterator[list[SourceDocumen
             batch, size = [], 0
     if batch:
         yield batch
-
-
-def _no_bar(progress: bool | None) -> bool | None:
-    """tqdm's ``disable``: None lets tqdm hide the bar when stderr is not a terminal."""
-    return None if progress is None else not progress
