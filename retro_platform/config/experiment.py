@@ -68,10 +68,10 @@ class StoreTable(_Table):
         description="SQLAlchemy database URL; default: a SQLite file retro.db in `path`",
     )
     max_document_bytes: int = Field(
-        64 * 2**20,
+        16 * 2**20,
         ge=1,
         description="ingest skips (and reports) a document larger than this: tokenizing one "
-        "document takes about 20 times its size in memory (docs/store.md)",
+        "document takes 20 (bytes) to 160 (bpe) times its size in memory (docs/store.md)",
     )
 
     @property
