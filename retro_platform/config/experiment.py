@@ -67,6 +67,12 @@ class StoreTable(_Table):
         None,
         description="SQLAlchemy database URL; default: a SQLite file retro.db in `path`",
     )
+    max_document_bytes: int = Field(
+        16 * 2**20,
+        ge=1,
+        description="ingest skips (and reports) a document larger than this: tokenizing one "
+        "document takes 20 (bytes) to 160 (bpe) times its size in memory (docs/store.md)",
+    )
 
     @property
     def database_url(self) -> str:

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
-from tqdm import tqdm
 
 from retro_platform.atomic import atomic_destination
 from retro_platform.config import Experiment
-from retro_platform.corpus.chunking import chunk_document
+from retro_platform.corpus.chunking import ChunkSpan, iter_chunks
 from retro_platform.errors import CorpusError, StoreError
+from retro_platform.progress import progress as progress_bar
 from retro_platform.protocols import CorpusReader, SourceDocument, Tokenizer
 from retro_platform.store.chunks import count_chunks
 from retro_platform.store.documents import delete_documents
@@ -40,6 +40,9 @@ from retro_platform.store.models import Chunk, Corpus, Document
 #: A batch is committed when it holds this many documents or this many bytes, whichever first.
 BATCH_DOCUMENTS = 256
 BATCH_BYTES = 8 * 2**20
+
+#: Chunk rows per INSERT: a large document's chunks go in in slices, never all held at once.
+INSERT_CHUNKS = 4096
 
 #: How many skipped documents a report names (the counts cover all of them).
 EXAMPLES = 5
@@ -106,7 +109,8 @@ def ingest(
     Args:
         prune: also remove the stored documents that the reader no longer yields as usable
             documents (never when it yields none: that is an error).
-        progress: show a progress bar (None: only on a terminal).
+        progress: a progress bar (True), plain progress lines (False), or a bar only on a
+            terminal (None; :mod:`retro_platform.progress`).
     """
     started = time.perf_counter()
     reader: CorpusReader = experiment.plugin_table("corpus").build()
@@ -115,14 +119,15 @@ def ingest(
     corpus_id = prepare_corpus(experiment, store, reader, tokenizer)
     report = IngestReport(corpus_id)
     chunk_size = experiment.retrieval.chunk_size
+    max_bytes = experiment.store.max_document_bytes
 
-    bar = tqdm(total=reader.count_hint(), unit="doc", desc="ingest", disable=_no_bar(progress))
+    bar = progress_bar(total=reader.count_hint(), unit="doc", desc="ingest", enabled=progress)
     bumped = False
     seen: set[str] = set()
     with bar:
         for batch in _batches(reader.documents()):
             changed = _ingest_batch(
-                store, corpus_id, batch, tokenizer, chunk_size, report, bumped, seen
+                store, corpus_id, batch, tokenizer, chunk_size, report, bumped, seen, max_bytes
             )
             bumped = bumped or changed
             bar.update(len(batch))
@@ -177,7 +182,7 @@ def prepare_corpus(
         tokenizer_file = f"tokenizers/{short(key)}.json"
         path = store.path(tokenizer_file)
         if not path.exists():
-            texts = _usable_texts(reader.documents())
+            texts = _usable_texts(reader.documents(), experiment.store.max_document_bytes)
             first = next(texts, None)
             if first is None:
                 raise CorpusError(
@@ -259,13 +264,14 @@ def _ingest_batch(
     report: IngestReport,
     bumped: bool,
     seen: set[str],
+    max_bytes: int,
 ) -> bool:
     """Store a batch's new and changed documents in one transaction; True if any. The
     external ids of its usable documents are added to ``seen``."""
     report.read += len(batch)
     candidates: dict[str, _Candidate] = {}
     for document in batch:
-        text, reason = _decode(document)
+        text, reason = _decode(document, max_bytes)
         if reason is not None:
             _skip(report, document.external_id, reason)
         elif document.external_id in candidates:
@@ -316,12 +322,13 @@ def _ingest_batch(
 
         texts = [text for text, _, _, _ in fresh.values()]
         encodings = tokenizer.encode_batch(texts)
-        document_rows, chunk_lists = [], []
+        del texts
+        document_rows, encoded = [], []
         for (external_id, (text, checksum, size, meta)), encoding in zip(
             fresh.items(), encodings, strict=True
         ):
-            spans = chunk_document(text, encoding, chunk_size)
-            if not spans:
+            tokens = len(encoding.ids)
+            if not tokens:
                 _skip(report, external_id, "no tokens")
                 continue
             document_rows.append(
@@ -330,44 +337,54 @@ def _ingest_batch(
                     "external_id": external_id,
                     "checksum": checksum,
                     "num_bytes": size,
-                    "num_tokens": len(encoding.ids),
-                    "num_chunks": len(spans),
+                    "num_tokens": tokens,
+                    "num_chunks": -(-tokens // chunk_size),
                     "meta": meta,
                 }
             )
-            chunk_lists.append(spans)
+            encoded.append((text, encoding))
+        del encodings
         if not document_rows:
             return False
         ids = session.scalars(
             insert(Document).returning(Document.id, sort_by_parameter_order=True), document_rows
         ).all()
-        chunk_rows = [
-            {
-                "document_id": document_id,
-                "position": span.position,
-                "token_start": span.token_start,
-                "token_end": span.token_end,
-                "text": span.text,
-                "token_ids": span.token_ids.astype("<i4").tobytes(),
-            }
-            for document_id, spans in zip(ids, chunk_lists, strict=True)
-            for span in spans
-        ]
-        session.execute(insert(Chunk), chunk_rows)
+        encoded.reverse()  # popped in order, so that each document's memory goes when it is done
+        for document_id in ids:
+            text, encoding = encoded.pop()
+            spans = iter_chunks(text, encoding, chunk_size)
+            while rows := [
+                _chunk_row(document_id, span) for span in itertools.islice(spans, INSERT_CHUNKS)
+            ]:
+                session.execute(insert(Chunk), rows)
+                report.chunks_added += len(rows)
+            del text, encoding, spans
         if not bumped:  # derived data built from the old version is now stale
             corpus = session.get(Corpus, corpus_id)
             corpus.version += 1
         report.added += len(document_rows) - len(
             [row for row in document_rows if row["external_id"] in replaced]
         )
-        report.chunks_added += len(chunk_rows)
     return True
 
 
-def _decode(document: SourceDocument) -> tuple[str, str | None]:
+def _chunk_row(document_id: int, span: ChunkSpan) -> dict[str, Any]:
+    return {
+        "document_id": document_id,
+        "position": span.position,
+        "token_start": span.token_start,
+        "token_end": span.token_end,
+        "text": span.text,
+        "token_ids": span.token_ids.astype("<i4").tobytes(),
+    }
+
+
+def _decode(document: SourceDocument, max_bytes: int) -> tuple[str, str | None]:
     """The document's text, or the reason it is skipped."""
     if document.problem is not None:
         return "", document.problem
+    if len(document.data) > max_bytes:
+        return "", f"larger than {_size(max_bytes)} ([store] max_document_bytes)"
     try:
         text = document.data.decode("utf-8")
     except UnicodeDecodeError:
@@ -377,15 +394,22 @@ def _decode(document: SourceDocument) -> tuple[str, str | None]:
     return text, None
 
 
+def _size(count: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.3g} {unit}"
+    return f"{count} bytes"
+
+
 def _skip(report: IngestReport, external_id: str, reason: str) -> None:
     report.skipped[reason] += 1
     if len(report.skipped_examples) < EXAMPLES:
         report.skipped_examples.append(f"{external_id}: {reason}")
 
 
-def _usable_texts(documents: Iterable[SourceDocument]) -> Iterator[str]:
+def _usable_texts(documents: Iterable[SourceDocument], max_bytes: int) -> Iterator[str]:
     for document in documents:
-        text, reason = _decode(document)
+        text, reason = _decode(document, max_bytes)
         if reason is None:
             yield text
 
@@ -401,8 +425,3 @@ def _batches(documents: Iterable[SourceDocument]) -> Iterator[list[SourceDocumen
             batch, size = [], 0
     if batch:
         yield batch
-
-
-def _no_bar(progress: bool | None) -> bool | None:
-    """tqdm's ``disable``: None lets tqdm hide the bar when stderr is not a terminal."""
-    return None if progress is None else not progress

@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import select
-from tqdm import tqdm
 
 from retro_platform.atomic import atomic_destination
 from retro_platform.config import Experiment
 from retro_platform.errors import ConfigError, StoreError
+from retro_platform.progress import progress as progress_bar
 from retro_platform.protocols import Embedder
 from retro_platform.store.arrays import open_array, resume_array
 from retro_platform.store.chunks import count_chunks, read_chunks
@@ -219,13 +219,7 @@ def _fill(
     if base is not None:
         base_ids, base_vectors = base.chunk_ids(), base.open()
     copied = embedded_count = 0
-    bar = tqdm(
-        total=count,
-        initial=done,
-        unit="chunk",
-        desc="embed",
-        disable=None if progress is None else not progress,
-    )
+    bar = progress_bar(total=count, initial=done, unit="chunk", desc="embed", enabled=progress)
     with bar, store.session() as reading:
         columns = ("id", "text") if base is not None else ("text",)
         blocks = read_chunks(

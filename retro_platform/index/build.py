@@ -142,13 +142,14 @@ def build_index(
     if bases:
         updated = _update(experiment, row.id, bases[0][1], embeddings, table, rows, log)
     if updated is None:
-        log(
+        log(  # the plugin's build is one call: this line and the one after it frame it
             f"building {plugin.name} index over {len(rows)} chunks "
-            f"({len(table) - len(rows)} held out)"
+            f"({len(table) - len(rows)} held out, {embeddings.dimension} dimensions)"
         )
         vectors = np.ascontiguousarray(embeddings.open()[rows])
         retriever.build(vectors, table.chunk_ids[rows])
         updated = retriever
+        log(f"built {plugin.name} index over {len(rows)} chunks in {_seconds(started)}")
     then = "it resumes: the embeddings are kept, the index is built again"
     with atomic_destination(store.path(row.file), then) as partial:
         updated.save(partial)
@@ -162,6 +163,10 @@ def build_index(
         plugin=plugin.source,  # what wrote the file, which a rebuild may have changed
     )
     return IndexRecord.from_row(row, store)
+
+
+def _seconds(started: float) -> str:
+    return f"{time.perf_counter() - started:.1f} s"
 
 
 def _update(

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from retro_platform.config import Experiment
 from retro_platform.corpus.chunk_table import ChunkTable, load_chunk_table
 from retro_platform.embeddings.embed import EmbeddingFile
 from retro_platform.index.build import IndexRecord, index_lineage
+from retro_platform.progress import progress as progress_bar
 from retro_platform.protocols import MISSING, Retriever
 from retro_platform.store.arrays import open_array, resume_array
 from retro_platform.store.fingerprints import fingerprint
@@ -151,12 +151,8 @@ def compute_neighbours(
         base_ids, base_neighbours = base
         kept_rows = _kept(base_ids, base_neighbours, table)
     searched = 0
-    bar = tqdm(
-        total=embeddings.count,
-        initial=done,
-        unit="chunk",
-        desc="neighbours",
-        disable=None if progress is None else not progress,
+    bar = progress_bar(
+        total=embeddings.count, initial=done, unit="chunk", desc="neighbours", enabled=progress
     )
     with bar:
         for start in range(done, embeddings.count, QUERY_BATCH):

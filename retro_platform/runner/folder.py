@@ -18,6 +18,7 @@ RUNTIME_KEYS = (
     "train.device",
     "train.log_every",
     "train.checkpoint_every",
+    "store.max_document_bytes",  # the corpus's documents are not part of the key either
 )
 
 DONE = "done.json"

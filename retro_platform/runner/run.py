@@ -107,7 +107,7 @@ def _train_and_evaluate(
         experiment, prepared, run, run_dir, on_eval=on_eval, progress=progress
     )
     metrics = steps.evaluate_and_log(
-        experiment, store, index, prepared, run, run_dir, trained.step, log=log
+        experiment, store, index, prepared, run, run_dir, trained.step, log=log, progress=progress
     )
     if experiment.mlflow.log_checkpoint and trained.checkpoint is not None:
         run.log_artifact(trained.checkpoint, "checkpoint")

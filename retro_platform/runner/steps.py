@@ -6,7 +6,7 @@ Each takes what the previous one made and the MLflow run to log to; none knows a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from retro_platform.generation import (
     samples_markdown,
 )
 from retro_platform.generation.retrieval import ChunkData
+from retro_platform.progress import progress as progress_bar
 from retro_platform.runner.folder import CHUNK_FIGURES, LEAKAGE_CSV
 from retro_platform.store.models import Corpus
 from retro_platform.tracking.listing import BPB_METRIC, BPB_OFF_METRIC
@@ -110,10 +111,19 @@ def finite(metrics: dict[str, float]) -> dict[str, float]:
     return {key: value for key, value in metrics.items() if math.isfinite(value)}
 
 
-def validate(experiment: Experiment, prepared: Prepared) -> Any:
-    """Validation loss and bpb of the model as it is now (retrieval on, and off when asked)."""
+def validate(
+    experiment: Experiment,
+    prepared: Prepared,
+    *,
+    counted: bool = False,
+    progress: bool | None = None,
+) -> Any:
+    """Validation loss and bpb of the model as it is now (retrieval on, and off when asked);
+    ``counted``: with a progress bar (not during training, whose bar it would break)."""
     retrieval = experiment.train.retrieval
     batches = prepared.data.batches("val", experiment.eval.batch_size, retrieval=retrieval)
+    if counted:
+        batches = _counted(batches, prepared, progress)
     on_cuda = prepared.device.type == "cuda"
     return evaluate(
         prepared.model,
@@ -122,6 +132,16 @@ def validate(experiment: Experiment, prepared: Prepared) -> Any:
         retrieval_off=retrieval and experiment.eval.retrieval_off,
         autocast=torch.bfloat16 if on_cuda and experiment.train.precision != "fp32" else None,
     )
+
+
+def _counted(batches: Iterator[Any], prepared: Prepared, enabled: bool | None) -> Iterator[Any]:
+    """``batches``, counted by a progress bar in validation sequences."""
+    data = prepared.data
+    total = len(data.windows("val").order[: data.eval_sequences])
+    with progress_bar(total=total, desc="evaluate", unit="sequence", enabled=enabled) as bar:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch.tokens))
 
 
 def validation_metrics(result: Any) -> dict[str, float]:
@@ -141,10 +161,11 @@ def evaluate_and_log(
     run_dir: Path,
     step: int,
     log: Callable[[str], None] = print,
+    progress: bool | None = None,
 ) -> dict[str, float]:
     """The final evaluation, its per-chunk figures, the leakage table and plot, and sample
     generations, all logged."""
-    result = validate(experiment, prepared)
+    result = validate(experiment, prepared, counted=True, progress=progress)
     metrics = validation_metrics(result)
     run.log_metrics(step, metrics)
     figures = ChunkFigures.of(result).save(run_dir / CHUNK_FIGURES)
@@ -156,7 +177,7 @@ def evaluate_and_log(
     if result.chunk_overlap is not None and result.chunk_loss_off is not None:
         log_leakage(experiment, result, run, run_dir)
     if experiment.generate.samples:
-        log_samples(experiment, store, index, prepared, run)
+        log_samples(experiment, store, index, prepared, run, progress=progress)
     return metrics
 
 
@@ -170,7 +191,12 @@ def log_leakage(experiment: Experiment, result: Any, run: Any, run_dir: Path) ->
 
 
 def log_samples(
-    experiment: Experiment, store: Any, index: Any, prepared: Prepared, run: Any
+    experiment: Experiment,
+    store: Any,
+    index: Any,
+    prepared: Prepared,
+    run: Any,
+    progress: bool | None = None,
 ) -> None:
     """Sample generations with autoretrieval, and the documents each chunk retrieved."""
     settings = experiment.generate
@@ -202,14 +228,19 @@ def log_samples(
         top_k=settings.top_k,
         seed=experiment.experiment.seed,
     )
-    samples = generate_samples(
-        prepared.model,
-        prompts,
-        retrieve,
-        sampling,
-        pad_id=prepared.tokenizer.pad_id,
-        decode=prepared.tokenizer.decode,
-        describe=None if retrieve is None else retrieve.described,
-        device=prepared.device,
+    bar = progress_bar(
+        total=len(prompts) * settings.max_tokens, desc="samples", unit="token", enabled=progress
     )
+    with bar:
+        samples = generate_samples(
+            prepared.model,
+            prompts,
+            retrieve,
+            sampling,
+            pad_id=prepared.tokenizer.pad_id,
+            decode=prepared.tokenizer.decode,
+            describe=None if retrieve is None else retrieve.described,
+            device=prepared.device,
+            on_token=lambda row, token: bar.update(1),
+        )
     run.log_text(samples_markdown(samples), "samples.md")

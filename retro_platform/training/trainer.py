@@ -13,7 +13,6 @@ are deterministic for a given thread count).
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from retro_platform.config import Experiment
 from retro_platform.errors import ConfigError
 from retro_platform.model.retro import RETRO
+from retro_platform.progress import note, use_bar
+from retro_platform.progress import progress as progress_bar
 from retro_platform.training.checkpoint import (
     check_compatible,
     checkpoint_path,
@@ -114,7 +114,8 @@ def train(
         on_eval: called every ``[eval] every`` steps (when > 0) after that step, with the
             model's weights current; its random draws do not change the training.
         progress: a progress bar (True), plain log lines on stderr (False), or a bar only when
-            stderr is a terminal (None).
+            stderr is a terminal (None): :mod:`retro_platform.progress`. The lines are the
+            metrics every ``log_every`` steps, and a progress line when those are 30 s apart.
         stop_after: end once this many steps are done, without a final checkpoint, as a
             killed run would (for tests).
         origin: what the checkpoint records about the data it was trained on (the corpus and
@@ -139,8 +140,8 @@ def train(
         retrieval=train_cfg.retrieval,
     )
     options = StepOptions(device, train_cfg.grad_clip, _bf16(experiment, device))
-    use_bar = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(total=steps, initial=state.step, unit="step", desc="train", disable=not use_bar)
+    bar = progress_bar(total=steps, initial=state.step, unit="step", desc="train", enabled=progress)
+    lines = not use_bar(progress)
     meter = _Meter()
     total = _Meter()
     saved = path if resumed else None
@@ -165,8 +166,8 @@ def train(
                     loss=f"{metrics['train/loss']:.4f}",
                     tok_s=f"{metrics['train/tokens_per_s']:,.0f}",
                 )
-                if not use_bar:
-                    _log_line(step, steps, metrics, total)
+                if lines:
+                    note(bar, _log_line(step, steps, metrics, total))
                 if on_log is not None:
                     on_log(step, metrics)
             if on_eval is not None and experiment.eval.every and step % experiment.eval.every == 0:
@@ -274,14 +275,12 @@ def _retrofit(model: RETRO, experiment: Experiment, *, load_decoder: bool) -> No
         raise ConfigError(f"[train] retrofit_from {source}: {error}") from None
 
 
-def _log_line(step: int, steps: int, metrics: dict[str, float], total: _Meter) -> None:
+def _log_line(step: int, steps: int, metrics: dict[str, float], total: _Meter) -> str:
     eta = (steps - step) * total.seconds / max(total.steps, 1)
-    print(
+    return (
         f"step {step}/{steps}  loss {metrics['train/loss']:.4f}  lr {metrics['train/lr']:.2e}  "
         f"{metrics['train/tokens_per_s']:,.0f} tokens/s  loader "
-        f"{metrics['train/loader_share']:.1%}  eta {_duration(eta)}",
-        file=sys.stderr,
-        flush=True,
+        f"{metrics['train/loader_share']:.1%}  eta {_duration(eta)}"
     )
 
 

@@ -26,6 +26,7 @@ def cpu(s) -> StepOptions:
 def test_a_step_changes_the_parameters_and_returns_finite_metrics(setup, capsys) -> None:
     s = setup()
     state = fresh_state(s)
+    capsys.readouterr()  # the stages' progress lines while setting up
     before = {name: p.detach().clone() for name, p in state.model.named_parameters()}
     batch = next(s.data.batches("train", 4, seed=s.experiment.experiment.seed))
 

@@ -32,6 +32,7 @@ import numpy as np
 from pydantic import Field
 
 from retro_platform.errors import ConfigError, IndexFileError
+from retro_platform.progress import progress
 from retro_platform.protocols import MISSING, PluginOptions, Retriever
 
 Metric = Literal["ip", "l2"]
@@ -156,8 +157,7 @@ class FaissRetriever(Retriever):
         if sample is not None:
             with _threads_for(len(sample) * self.dimension):
                 index.train(sample)
-        if len(vectors):
-            index.add_with_ids(vectors, ids)
+        _add(index, vectors, ids)
         self.configure(inner)
         self._index = index
 
@@ -218,8 +218,7 @@ class FaissRetriever(Retriever):
             raise ValueError(f"expected {len(vectors)} ids, got an array of shape {ids.shape}")
         if len(np.unique(ids)) != len(ids) or np.isin(ids, self.stored_ids()).any():
             raise ValueError("the ids given to add() are not new and unique")
-        if len(vectors):
-            index.add_with_ids(vectors, ids)
+        _add(index, vectors, ids)
 
     def remove(self, ids: np.ndarray) -> int:
         index = self._require_index()
@@ -279,3 +278,21 @@ def sample_rows(vectors: np.ndarray, size: int, seed: int) -> np.ndarray:
     rows = np.random.default_rng(seed).choice(len(vectors), size=size, replace=False)
     rows.sort()
     return vectors[rows]
+
+
+#: Vectors per Faiss ``add`` call: a graph index (HNSW) takes minutes to add a large database,
+#: and between calls a progress line can be printed (the vectors go in in the same order).
+ADD_BATCH = 65_536
+
+
+def _add(index: Any, vectors: np.ndarray, ids: np.ndarray) -> None:
+    """``index.add_with_ids``, in batches with a progress bar when there are many vectors."""
+    if len(vectors) <= ADD_BATCH:
+        if len(vectors):
+            index.add_with_ids(vectors, ids)
+        return
+    with progress(total=len(vectors), desc="index add", unit="vector") as bar:
+        for start in range(0, len(vectors), ADD_BATCH):
+            stop = start + ADD_BATCH
+            index.add_with_ids(vectors[start:stop], ids[start:stop])
+            bar.update(len(vectors[start:stop]))

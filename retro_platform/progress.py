@@ -1,0 +1,151 @@
+"""How every long stage shows its progress: one rule, one place.
+
+On a terminal a stage draws a tqdm bar. In a log (stderr not a terminal: output sent to a
+file, a pipe, a CI job) it prints plain lines instead, each a whole line ending in a newline:
+one when it starts, then at most one every :data:`DEFAULT_EVERY` seconds while it moves, and
+one when it ends::
+
+    embed: 0/48213 chunk (0%)
+    embed: 9984/48213 chunk (21%), 332 chunk/s, eta 1:55
+    embed: 48213/48213 chunk (100%) in 2:25, 332 chunk/s
+
+``RETRO_PLATFORM_PROGRESS_EVERY`` (seconds) changes that interval (the tests set it low). The
+CLI's ``--progress`` asks for bars even in a log and ``--no-progress`` for lines even on a
+terminal; every stage takes that choice as ``enabled`` (None: decide by the terminal).
+
+Why not tqdm alone: written to a file, tqdm redraws its bar with carriage returns, so a log
+gets one ever-growing line of bars and no newline until the stage ends. The plain lines are
+still tqdm (its counting, rate and ``mininterval``), with only the drawing replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from tqdm import tqdm
+
+#: The environment variable that sets the seconds between progress lines in a log.
+EVERY_VARIABLE = "RETRO_PLATFORM_PROGRESS_EVERY"
+
+#: Seconds between progress lines in a log, unless the environment variable says otherwise.
+DEFAULT_EVERY = 30.0
+
+
+def use_bar(enabled: bool | None = None) -> bool:
+    """Whether to draw a bar (True) or print plain lines (False): ``enabled`` when given, else
+    whether stderr is a terminal."""
+    if enabled is not None:
+        return enabled
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def every() -> float:
+    """Seconds between progress lines in a log (``RETRO_PLATFORM_PROGRESS_EVERY``, else 30)."""
+    value = os.environ.get(EVERY_VARIABLE, "")
+    try:
+        seconds = float(value)
+    except ValueError:
+        return DEFAULT_EVERY
+    return seconds if seconds > 0 else DEFAULT_EVERY
+
+
+def progress(
+    *,
+    desc: str,
+    unit: str = "it",
+    total: int | None = None,
+    initial: int = 0,
+    enabled: bool | None = None,
+) -> tqdm:
+    """A progress bar for a stage: a tqdm bar on a terminal, :class:`LogLines` in a log (see
+    the module docstring). Use it as tqdm: ``update``, ``set_postfix``, ``close`` or ``with``;
+    :meth:`LogLines.note` (or :func:`note`) prints a line of the stage's own."""
+    if use_bar(enabled):
+        return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr)
+    return LogLines(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        mininterval=every(),
+        miniters=1,  # no adaptive skipping: the clock alone decides
+        leave=False,  # close() prints the last line itself and erases nothing
+    )
+
+
+def note(bar: tqdm, line: str) -> None:
+    """Print ``line`` beside ``bar``: above a terminal bar, or as a log line that also counts
+    as the stage's progress line (the next one comes an interval later)."""
+    if isinstance(bar, LogLines):
+        bar.note(line)
+    else:
+        bar.write(line, file=sys.stderr)
+
+
+class LogLines(tqdm):
+    """tqdm that prints whole lines (``desc: n/total unit (x%), rate, eta``) instead of
+    redrawing a bar; ``mininterval`` is the time between lines."""
+
+    monitor_interval = 0  # no monitor thread: it only adjusts miniters, which is fixed at 1
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        if msg == "":  # tqdm erasing the bar (close, clear): a log keeps its lines
+            return False
+        self._print(self.line())
+        return True
+
+    def clear(self, nolock: bool = False) -> None:
+        """Nothing to erase in a log."""
+
+    def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **kwargs: Any) -> None:
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)  # shown in the next line
+
+    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
+        super().set_description(desc, refresh=False)
+
+    def note(self, line: str) -> None:
+        """Print ``line``; it counts as a progress line, so the next comes an interval later."""
+        self._print(line)
+        if not self.disable:
+            self.last_print_n = self.n
+            self.last_print_t = self._time()
+
+    def close(self) -> None:
+        if not self.disable and hasattr(self, "last_print_t"):
+            self._print(self.line(final=True))
+        super().close()
+
+    def line(self, final: bool = False) -> str:
+        """The progress line as it stands (``final``: with the elapsed time, not the eta)."""
+        d = self.format_dict
+        n, total, elapsed, unit = d["n"], d["total"], d["elapsed"], d["unit"]
+        text = f"{d['prefix']}: {n}/{total} {unit}" if total else f"{d['prefix']}: {n} {unit}"
+        if total:
+            text += f" ({100 * n / total:.0f}%)"
+        done = n - d["initial"]
+        if final:
+            rate = done / elapsed if elapsed > 0 else None
+            text += f" in {self.format_interval(elapsed)}"
+        else:
+            rate = d["rate"] or (done / elapsed if elapsed > 0 and done else None)
+        if rate:
+            text += f", {_rate(rate, unit)}"
+            if not final and total and n < total:
+                text += f", eta {self.format_interval((total - n) / rate)}"
+        if d["postfix"]:
+            text += f", {d['postfix']}"
+        return text
+
+    def _print(self, line: str) -> None:
+        self.fp.write(line + "\n")
+        self.fp.flush()
+
+
+def _rate(rate: float, unit: str) -> str:
+    if rate >= 1:
+        return f"{rate:,.3g} {unit}/s" if rate < 100 else f"{rate:,.0f} {unit}/s"
+    return f"{1 / rate:,.3g} s/{unit}"
