@@ -17,6 +17,7 @@ from retro_platform.config.overrides import set_dotted
 from retro_platform.config.resolved import format_value
 from retro_platform.config.rules import check_runner
 from retro_platform.errors import ConfigError
+from retro_platform.store.urls import hide_passwords
 
 
 @dataclass(frozen=True)
@@ -80,4 +81,7 @@ def apply_values(experiment: Experiment, values: dict[str, Any]) -> Experiment:
 
 
 def _label(values: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={format_value(value)}" for key, value in values.items())
+    # a swept store.url is shown, like every URL, without its password
+    return ", ".join(
+        f"{key}={format_value(hide_passwords(value))}" for key, value in values.items()
+    )

@@ -17,6 +17,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 from sqlalchemy import exc as sa_exc
@@ -25,6 +26,8 @@ from sqlalchemy.engine import URL, make_url
 from retro_platform.errors import StoreError
 
 _MASK = "***"
+#: ``//user:password@`` anywhere in a text: the password is group 2.
+_USER_PASSWORD = re.compile(r"(//[^/:@\s\"']*:)([^/@\s\"']+)@")
 
 
 # ---------------------------------------------------------------- passwords out of sight
@@ -39,6 +42,29 @@ def safe_url(url: str | URL) -> str:
     except (sa_exc.ArgumentError, ValueError, TypeError):
         # not parseable: hide whatever sits between "user:" and "@"
         return re.sub(r"(//[^/:@]*:)[^@]*@", rf"\g<1>{_MASK}@", str(url))
+
+
+def has_password(value: str | URL) -> bool:
+    """Whether ``value`` is a URL with a password (one that :func:`safe_url` changes)."""
+    return bool(_secrets(value))
+
+
+def hide_passwords(value: Any) -> Any:
+    """``value`` with every URL in it shown as :func:`safe_url` shows it: a string, or lists
+    and tables of them (a swept ``store.url``); anything else is returned as it is."""
+    if isinstance(value, str):
+        return safe_url(value) if has_password(value) else value
+    if isinstance(value, dict):
+        return {key: hide_passwords(inner) for key, inner in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(hide_passwords(inner) for inner in value)
+    return value
+
+
+def hide_passwords_in_text(text: str) -> str:
+    """``text`` with the password of every ``//user:password@`` in it masked, lines kept: for
+    whole files, where a URL may also sit in a comment."""
+    return _USER_PASSWORD.sub(rf"\g<1>{_MASK}@", text)
 
 
 def _secrets(url: str | URL) -> list[str]:
@@ -91,6 +117,10 @@ def database_errors(url: str | URL, doing: str) -> Iterator[None]:
         raise
     except (sa_exc.SQLAlchemyError, sqlite3.Error) as error:
         message = f"cannot {doing} {safe_url(url)}: {_describe(error, url)}"
+        if "no password supplied" in message:  # libpq's words when neither URL nor env has one
+            message += (
+                " (put it in the environment: PGPASSWORD, or a password file named by PGPASSFILE)"
+            )
         raise StoreError(message) from None
 
 
