@@ -117,6 +117,9 @@ def database_errors(url: str | URL, doing: str) -> Iterator[None]:
         raise
     except (sa_exc.SQLAlchemyError, sqlite3.Error) as error:
         message = f"cannot {doing} {safe_url(url)}: {_describe(error, url)}"
+        if "readonly database" in message:  # SQLite's words; the store is on a read-only disk
+            message += " (the store is read-only here: search, store stats, store check and "
+            message += "generate can read it)"
         if "no password supplied" in message:  # libpq's words when neither URL nor env has one
             message += (
                 " (put it in the environment: PGPASSWORD, or a password file named by PGPASSFILE)"
