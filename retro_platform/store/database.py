@@ -15,7 +15,8 @@ revision, the one this version needs and ``retro-platform db upgrade EXPERIMENT.
 A store this process may not write (a read-only mount, another user's files) is opened
 read-only for the commands that only read (``open_store(..., read_only=True)``: ``search``,
 ``store stats``, ``store check``, ``generate``), and refused with a one-line ``StoreError``
-(:func:`read_only_refusal`) by those that write, before they touch anything.
+(:func:`~retro_platform.store.engine.read_only_refusal`) by those that write, before they
+touch anything.
 
 The parts it is built from, one job each: :mod:`~retro_platform.store.urls` (URLs, passwords
 out of sight, one-line database errors), :mod:`~retro_platform.store.engine` (engines, SQLite's
@@ -33,7 +34,12 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from retro_platform.errors import StoreError
-from retro_platform.store.engine import _use_wal, make_engine, read_only_reason
+from retro_platform.store.engine import (
+    _use_wal,
+    make_engine,
+    read_only_reason,
+    read_only_refusal,
+)
 from retro_platform.store.migrations import (
     _refusal,
     _sqlite_missing,
@@ -116,7 +122,8 @@ def open_store(url: str | URL, data_dir: str | Path, *, read_only: bool = False)
 
     ``read_only=True`` is for a command that only reads: a store this process may not write
     (:func:`~retro_platform.store.engine.read_only_reason`) is then opened without writing
-    anything. Without it such a store is refused (:func:`read_only_refusal`).
+    anything. Without it such a store is refused
+    (:func:`~retro_platform.store.engine.read_only_refusal`).
     """
     parsed = _parse(url)
     folder = Path(data_dir).expanduser().resolve()
@@ -158,14 +165,6 @@ def open_store(url: str | URL, data_dir: str | Path, *, read_only: bool = False)
         engine.dispose()
         raise
     return Store(engine, folder, url=parsed, read_only=reason is not None)
-
-
-def read_only_refusal(url: URL, reason: str) -> str:
-    """The one line a command that writes gets on a store it may not write."""
-    return (
-        f"the store {safe_url(url)} is read-only here ({reason}): this command writes to it; "
-        "search, store stats, store check and generate can read it as it is"
-    )
 
 
 def _nothing_to_read(url: URL, reason: str) -> str:

@@ -49,6 +49,14 @@ def read_only_reason(url: str | URL, data_dir: Path | None = None) -> str | None
     return None
 
 
+def read_only_refusal(url: URL, reason: str) -> str:
+    """The one line a command that writes gets on a store it may not write."""
+    return (
+        f"the store {safe_url(url)} is read-only here ({reason}): this command writes to it; "
+        "search, store stats, store check and generate can read it as it is"
+    )
+
+
 def make_engine(url: str | URL, *, migrations: bool = False, read_only: bool = False) -> Engine:
     """An engine for ``url``; SQLite connections get our pragmas on every connect.
 

@@ -153,7 +153,7 @@ def test_hide_passwords_masks_urls_at_any_depth() -> None:
     }
 
 
-# ---------------------------------------------------------------- passwords from libpq's environment
+# ---------------------------------------------------------------- passwords from the environment
 
 
 def _without_password(postgres_server: PostgresServer, postgres_url: str) -> str:

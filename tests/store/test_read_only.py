@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 from retro_platform.cli import cli
 from tests.pipeline.helpers import write_experiment, write_stdlib_corpus
+from tests.runner.helpers import tiny_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
 _PR_CAPBSET_DROP = 24
@@ -60,6 +61,13 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
         )
         for path in sorted([folder, *folder.rglob("*")])
     }
+
+
+def skip_unless_read_only(store: Path) -> None:
+    """Skip when a child cannot be kept from writing (root without the right to drop them)."""
+    probe = as_reader("-c", f"open({str(store / 'retro.db')!r}, 'ab')", cwd=store)
+    if "PermissionError" not in probe.stderr:
+        pytest.skip(f"cannot make the store read-only for a child process: {probe.stderr}")
 
 
 def set_writable(folder: Path, writable: bool) -> None:
@@ -104,9 +112,7 @@ def read_only_store(tmp_path: Path):
     assert sorted(file.name for file in store.glob("retro.db*")) == ["retro.db"]
     set_writable(store, False)
     try:
-        probe = as_reader("-c", f"open({str(store / 'retro.db')!r}, 'ab')", cwd=tmp_path)
-        if "PermissionError" not in probe.stderr:
-            pytest.skip(f"cannot make the store read-only for a child process: {probe.stderr}")
+        skip_unless_read_only(store)
         yield path, store
     finally:
         set_writable(store, True)
@@ -122,6 +128,7 @@ def test_a_read_only_store_serves_every_read_command(read_only_store) -> None:
         ["db", "current", str(path)],
         ["ingest", str(path), "--no-progress"],
         ["index", str(path), "--no-progress"],
+        ["db", "upgrade", str(path)],
     ]
     found, stats, checked, current, *refused = run_commands(commands, path)
 
@@ -154,3 +161,23 @@ def test_search_before_ingest_or_index_names_the_command_that_builds_it(tmp_path
         assert result.output.endswith(f"run: retro-platform {command} {path}\n")
         assert runner.invoke(cli, [command, str(path), "--no-progress"]).exit_code == 0
     assert runner.invoke(cli, ["search", str(path), "def"]).exit_code == 0
+
+
+@pytest.mark.slow
+def test_generate_reads_a_read_only_store(tmp_path: Path) -> None:
+    path = tiny_experiment(tmp_path)
+    built = run_commands([["run", str(path), "--no-progress"]], path, reader=False)
+    assert built[0][0] == 0, built
+    store = tmp_path / "store"
+    set_writable(store, False)
+    try:
+        skip_unless_read_only(store)
+        before = snapshot(store)
+        [(code, out, err)] = run_commands(
+            [["generate", str(path), "def f(x):", "--max-tokens", "8"]], path
+        )
+        assert code == 0, err
+        assert "Sources (the neighbours of each completed chunk" in out and "retrieval on" in err
+        assert snapshot(store) == before
+    finally:
+        set_writable(store, True)
