@@ -84,3 +84,12 @@ def test_sweeping_a_plugin_option_is_checked_by_the_plugin_at_every_point(
         8,
         64,
     ]
+
+
+def test_a_swept_store_url_is_labelled_without_its_password(
+    write_file: Callable[..., Path],
+) -> None:
+    path = write_file('[sweep]\n"store.url" = ["postgresql+psycopg://me:s3cret@db/a"]\n')
+    [point] = sweep_points(load_experiment(path))
+    assert point.experiment.store.url == "postgresql+psycopg://me:s3cret@db/a"
+    assert point.label == "store.url=postgresql+psycopg://me:***@db/a"
