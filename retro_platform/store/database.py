@@ -56,15 +56,12 @@ class Store:
     """An open retrieval store: the database (``engine``, :meth:`session`) and the folder of
     its files (``data_dir``, :meth:`path`). Make one with :func:`open_store`."""
 
-    def __init__(
-        self, engine: Engine, data_dir: Path, *, url: URL | None = None, read_only: bool = False
-    ) -> None:
+    def __init__(self, engine: Engine, data_dir: Path, *, url: URL | None = None) -> None:
         self.engine = engine
         self.data_dir = data_dir
-        #: the database URL with its password masked: safe to print and log
+        #: the database URL with its password masked: safe to print and log (``url``: the one
+        #: the user gave, not the read-only ``file:`` URI an engine may open it through)
         self.url = safe_url(url if url is not None else engine.url)
-        #: opened read-only: this process may not write the store (see :func:`open_store`)
-        self.read_only = read_only
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     def __repr__(self) -> str:
@@ -164,7 +161,7 @@ def open_store(url: str | URL, data_dir: str | Path, *, read_only: bool = False)
     except BaseException:
         engine.dispose()
         raise
-    return Store(engine, folder, url=parsed, read_only=reason is not None)
+    return Store(engine, folder, url=parsed)
 
 
 def _nothing_to_read(url: URL, reason: str) -> str:

@@ -1,9 +1,11 @@
 """Database URLs: parsing them, keeping their passwords out of sight, one-line database errors.
 
-Passwords are never shown: every URL we print or log goes through :func:`safe_url`, and every
-database error raised inside :func:`database_errors` (cannot connect, authentication failed,
-database locked, ...) is re-raised as a one-line :class:`~retro_platform.errors.StoreError`
-with the password scrubbed from the driver's text (:func:`scrub`). An ``IntegrityError`` (a
+Passwords are never shown: every URL we print or log goes through :func:`safe_url` (values
+that may hold URLs through :func:`hide_passwords`, whole files through
+:func:`hide_passwords_in_text`), and every database error raised inside
+:func:`database_errors` (cannot connect, authentication failed, database locked, ...) is
+re-raised as a one-line :class:`~retro_platform.errors.StoreError` with the password scrubbed
+from the driver's text (:func:`scrub`). An ``IntegrityError`` (a
 unique or foreign-key violation) is passed through unchanged, so that callers can react to it.
 
 This module stays light: of SQLAlchemy it imports only ``URL``, ``make_url`` and the exceptions,
