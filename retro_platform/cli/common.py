@@ -42,11 +42,14 @@ exclude_document_option = click.option(
 )
 
 
-def open_experiment(path: str, overrides: Iterable[str] = ()) -> tuple[Experiment, Any]:
+def open_experiment(
+    path: str, overrides: Iterable[str] = (), *, read_only: bool = False
+) -> tuple[Experiment, Any]:
     """Load the experiment file with its ``--set`` overrides and validate it in full (plugins,
     the rules between tables, every sweep point), then open its store.
 
-    Validation comes first so that a typo costs nothing and touches nothing.
+    Validation comes first so that a typo costs nothing and touches nothing. ``read_only``:
+    the command only reads, so it may use a store this process cannot write.
     """
     from retro_platform.config.sweep import check_experiment
 
@@ -54,7 +57,7 @@ def open_experiment(path: str, overrides: Iterable[str] = ()) -> tuple[Experimen
     check_experiment(experiment)
     from retro_platform.store.database import open_store
 
-    store = open_store(experiment.store.database_url, experiment.store.path)
+    store = open_store(experiment.store.database_url, experiment.store.path, read_only=read_only)
     return experiment, store
 
 

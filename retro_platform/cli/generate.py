@@ -95,7 +95,7 @@ def generate(
         seed=seed,
         stop=stop,
     )
-    experiment, store = open_experiment(experiment_file, overrides)
+    experiment, store = open_experiment(experiment_file, overrides, read_only=True)
     status = _status(as_json)
     run = open_trained_run(experiment, store, run_id=run_id, checkpoint=checkpoint, log=status)
     device = choose_device(experiment)  # [train] device

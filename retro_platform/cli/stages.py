@@ -140,7 +140,7 @@ def search(
     """Show the chunks nearest to QUERY: score, document, position and text."""
     from retro_platform.generation import search as run_search
 
-    experiment, store = open_experiment(experiment_file, overrides)
+    experiment, store = open_experiment(experiment_file, overrides, read_only=True)
     hits = run_search(experiment, store, query, k, exclude_documents=exclude_documents)
     if as_json:
         click.echo(json.dumps([hit.__dict__ for hit in hits], indent=2))

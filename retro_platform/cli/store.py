@@ -29,7 +29,7 @@ def stats(experiment_file: str, overrides: tuple[str, ...], as_json: bool) -> No
     """Counts and sizes: corpora, documents, chunks, embeddings, indexes, neighbours."""
     from retro_platform.store.stats import store_stats
 
-    _, opened = open_experiment(experiment_file, overrides)
+    _, opened = open_experiment(experiment_file, overrides, read_only=True)
     figures = store_stats(opened)
     if as_json:
         click.echo(json.dumps(figures, indent=2))
@@ -65,7 +65,7 @@ def check(experiment_file: str, overrides: tuple[str, ...]) -> None:
     """
     from retro_platform.pipeline.check import check_store
 
-    _, opened = open_experiment(experiment_file, overrides)
+    _, opened = open_experiment(experiment_file, overrides, read_only=True)
     report = check_store(opened)
     for line in report.checked:
         click.echo(f"checked {line}")

@@ -13,12 +13,18 @@ import hashlib
 import inspect
 import json
 import math
+import tomllib
 from pathlib import Path
 from typing import Any
 
 from retro_platform.config.experiment import PLUGIN_TABLES, TABLES, Experiment
 from retro_platform.config.rules import encoding_options
-from retro_platform.store.urls import safe_url
+from retro_platform.store.urls import (
+    has_password,
+    hide_passwords,
+    hide_passwords_in_text,
+    safe_url,
+)
 
 #: MLflow's limit on a parameter value's length.
 MAX_VALUE_CHARS = 6000
@@ -54,6 +60,40 @@ def resolved_config(experiment: Experiment) -> dict[str, Any]:
         **model["positional_encoding_options"],
     }
     return resolved
+
+
+def logged_experiment_file(path: Path) -> str | None:
+    """The experiment file as a run logs it: as written (comments and order kept), with each
+    URL's password masked as :func:`~retro_platform.store.urls.safe_url` masks it everywhere
+    else, so the file stays valid TOML and no password reaches the tracking store.
+
+    None when a password cannot be masked in place (a URL written with TOML escapes): the run
+    then logs ``resolved.json`` alone rather than the password.
+    """
+    text = path.read_bytes().decode("utf-8")
+    original = tomllib.loads(text)
+    urls = {value for value in _strings(original) if has_password(value)}
+    for url in sorted(urls, key=len, reverse=True):  # a URL inside a longer one: longest first
+        text = text.replace(url, safe_url(url))
+    text = hide_passwords_in_text(text)  # and in comments
+    try:
+        # what was replaced must be exactly the passwords, wherever TOML put them
+        if tomllib.loads(text) != hide_passwords(original):
+            return None
+    except tomllib.TOMLDecodeError:
+        return None
+    return text
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string in a parsed TOML document, at any depth."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return [text for inner in value for text in _strings(inner)]
+    return []
 
 
 def flatten_config(resolved: dict[str, Any]) -> dict[str, str]:

@@ -17,6 +17,7 @@ from retro_platform.config.overrides import set_dotted
 from retro_platform.config.resolved import format_value
 from retro_platform.config.rules import check_runner
 from retro_platform.errors import ConfigError
+from retro_platform.store.urls import hide_passwords
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,9 @@ def sweep_points(experiment: Experiment) -> list[SweepPoint]:
     points = []
     for index, combination in enumerate(combinations):
         values = dict(zip(grid, combination, strict=True))
-        where = f"[sweep] point {index + 1} of {len(combinations)} ({point_name(values)})"
+        # an error names the keys in full, as the file spells them (names are for the UI)
+        shown = ", ".join(f"{key}={format_value(hide_passwords(v))}" for key, v in values.items())
+        where = f"[sweep] point {index + 1} of {len(combinations)} ({shown})"
         try:
             point = apply_values(experiment, values)
             point.check_plugins()
@@ -105,7 +108,7 @@ def _short_key(key: str, keys: list[str]) -> str:
 def _short_value(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
-    return format_value(value)
+    return format_value(hide_passwords(value))  # a swept store.url, like every URL
 
 
 def _check_names(points: list[SweepPoint]) -> None:

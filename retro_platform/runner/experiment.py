@@ -24,6 +24,7 @@ from retro_platform.runner.results import log_sweep_result
 from retro_platform.runner.run import run_point
 from retro_platform.store.database import open_store
 from retro_platform.store.fingerprints import fingerprint, short
+from retro_platform.store.urls import hide_passwords
 from retro_platform.tracking.client import open_client, tracking_errors
 from retro_platform.tracking.params import tags_for
 from retro_platform.tracking.run import TrackedRun, load_run_id, save_run_id
@@ -81,18 +82,19 @@ def _run_sweep(
     key = short(fingerprint(config=flatten_config(resolved_config(experiment)), grid=grid))
     sweep_dir = experiment.train.output / f"{experiment.experiment.name}-sweep-{key}"
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    shown = hide_passwords(grid)  # what is logged and written: a swept store.url masked
     parent = TrackedRun.start(
         tracking.client,
         tracking.experiment_name,
         run_name=experiment.mlflow.run_name or f"{experiment.experiment.name} sweep",
         run_id=load_run_id(sweep_dir),
-        tags={**tracking.tags(experiment), "retro.sweep": json.dumps(grid)},
+        tags={**tracking.tags(experiment), "retro.sweep": json.dumps(shown)},
     )
     save_run_id(sweep_dir, parent.run_id)
     log(f"sweep of {len(points)} points: MLflow parent run {parent.run_id}")
     outcomes = []
     try:
-        parent.log_params({f"sweep.{name}": json.dumps(values) for name, values in grid.items()})
+        parent.log_params({f"sweep.{name}": json.dumps(values) for name, values in shown.items()})
         for point in points:
             log(f"point {point.index + 1}/{len(points)}: {point.label}")
             outcomes.append(
@@ -122,7 +124,11 @@ def _run_sweep(
 
 def _write_summary(sweep_dir: Path, points: list[SweepPoint], outcomes: list[RunOutcome]) -> None:
     rows = [
-        {"values": point.values, "run_id": outcome.run_id, "metrics": outcome.metrics}
+        {
+            "values": hide_passwords(point.values),
+            "run_id": outcome.run_id,
+            "metrics": outcome.metrics,
+        }
         for point, outcome in zip(points, outcomes, strict=True)
     ]
     write_text_atomic(sweep_dir / "summary.json", json.dumps(rows, indent=2, default=str))

@@ -15,7 +15,11 @@ from typing import Any
 
 from retro_platform.atomic import write_text_atomic
 from retro_platform.config import Experiment
-from retro_platform.config.resolved import flatten_config, resolved_config
+from retro_platform.config.resolved import (
+    flatten_config,
+    logged_experiment_file,
+    resolved_config,
+)
 from retro_platform.pipeline import ingest, run_index
 from retro_platform.runner import steps
 from retro_platform.runner.folder import DONE, RunOutcome, run_folder
@@ -96,7 +100,15 @@ def _train_and_evaluate(
     log: Callable[[str], None],
 ) -> dict[str, float]:
     if experiment.source is not None:
-        run.log_artifact(experiment.source, "config")
+        # the file as written but with its passwords masked, like every other record of the run
+        text = logged_experiment_file(experiment.source)
+        if text is None:
+            log(
+                f"{experiment.source.name} is not logged: a password in it could not be "
+                "masked in place (config/resolved.json has the config)"
+            )
+        else:
+            run.log_text(text, f"config/{experiment.source.name}")
     run.log_text(json.dumps(resolved, indent=2, default=str), "config/resolved.json")
     prepared = steps.prepare_training(experiment, store, index, log=log)
 

@@ -12,6 +12,12 @@ migrations, which also stamp it; a database at the head is used as it is; any ot
 refused, unchanged, with a one-line :class:`~retro_platform.errors.StoreError` that names its
 revision, the one this version needs and ``retro-platform db upgrade EXPERIMENT.toml``.
 
+A store this process may not write (a read-only mount, another user's files) is opened
+read-only for the commands that only read (``open_store(..., read_only=True)``: ``search``,
+``store stats``, ``store check``, ``generate``), and refused with a one-line ``StoreError``
+(:func:`~retro_platform.store.engine.read_only_refusal`) by those that write, before they
+touch anything.
+
 The parts it is built from, one job each: :mod:`~retro_platform.store.urls` (URLs, passwords
 out of sight, one-line database errors), :mod:`~retro_platform.store.engine` (engines, SQLite's
 pragmas and WAL) and :mod:`~retro_platform.store.migrations` (the schema version, upgrades).
@@ -28,8 +34,19 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from retro_platform.errors import StoreError
-from retro_platform.store.engine import _use_wal, make_engine
-from retro_platform.store.migrations import _refusal, _state, head_revision, upgrade
+from retro_platform.store.engine import (
+    _use_wal,
+    make_engine,
+    read_only_reason,
+    read_only_refusal,
+)
+from retro_platform.store.migrations import (
+    _refusal,
+    _sqlite_missing,
+    _state,
+    head_revision,
+    upgrade,
+)
 from retro_platform.store.urls import _parse, database_errors, safe_url
 
 logger = logging.getLogger(__name__)
@@ -39,11 +56,12 @@ class Store:
     """An open retrieval store: the database (``engine``, :meth:`session`) and the folder of
     its files (``data_dir``, :meth:`path`). Make one with :func:`open_store`."""
 
-    def __init__(self, engine: Engine, data_dir: Path) -> None:
+    def __init__(self, engine: Engine, data_dir: Path, *, url: URL | None = None) -> None:
         self.engine = engine
         self.data_dir = data_dir
-        #: the database URL with its password masked: safe to print and log
-        self.url = safe_url(engine.url)
+        #: the database URL with its password masked: safe to print and log (``url``: the one
+        #: the user gave, not the read-only ``file:`` URI an engine may open it through)
+        self.url = safe_url(url if url is not None else engine.url)
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     def __repr__(self) -> str:
@@ -93,24 +111,35 @@ class Store:
         self.close()
 
 
-def open_store(url: str | URL, data_dir: str | Path) -> Store:
+def open_store(url: str | URL, data_dir: str | Path, *, read_only: bool = False) -> Store:
     """Open the store at ``url`` with its files in ``data_dir`` (both created if missing).
 
     An empty database is brought to the head revision by the migrations; a database at any
     other revision, or with our tables and no revision, is refused unchanged (``StoreError``).
+
+    ``read_only=True`` is for a command that only reads: a store this process may not write
+    (:func:`~retro_platform.store.engine.read_only_reason`) is then opened without writing
+    anything. Without it such a store is refused
+    (:func:`~retro_platform.store.engine.read_only_refusal`).
     """
     parsed = _parse(url)
     folder = Path(data_dir).expanduser().resolve()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise StoreError(f"cannot create the store folder {folder}: {error.strerror}") from None
+    reason = read_only_reason(parsed, folder)
+    if reason is not None and not read_only:
+        raise StoreError(read_only_refusal(parsed, reason))
+    if reason is None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"cannot create the store folder {folder}: {error.strerror}") from None
+    elif _sqlite_missing(parsed):
+        raise StoreError(_nothing_to_read(parsed, reason))
     head = head_revision()
-    engine = make_engine(parsed)
+    engine = make_engine(parsed, read_only=reason is not None)
     try:
         with database_errors(parsed, "open the store database"):
             state = _state(engine)
-        if state.kind(head) == "empty":
+        if state.kind(head) == "empty" and reason is None:
             logger.info("creating the store database %s at revision %s", safe_url(parsed), head)
             try:
                 upgrade(parsed)
@@ -122,11 +151,21 @@ def open_store(url: str | URL, data_dir: str | Path) -> Store:
             with database_errors(parsed, "open the store database"):
                 state = _state(engine)
         kind = state.kind(head)
+        if kind == "empty" and reason is not None:
+            raise StoreError(_nothing_to_read(parsed, reason))
         if kind != "head":
             raise StoreError(_refusal(state, kind, head, parsed))
-        with database_errors(parsed, "open the store database"):
-            _use_wal(engine)
+        if reason is None:
+            with database_errors(parsed, "open the store database"):
+                _use_wal(engine)
     except BaseException:
         engine.dispose()
         raise
-    return Store(engine, folder)
+    return Store(engine, folder, url=parsed)
+
+
+def _nothing_to_read(url: URL, reason: str) -> str:
+    return (
+        f"the store database {safe_url(url)} holds no store yet, and the store is read-only "
+        f"here ({reason}): ingest into it where it is writable first"
+    )

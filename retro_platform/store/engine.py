@@ -5,13 +5,20 @@ and ``synchronous=NORMAL``; other backends get ``pool_pre_ping``. The file is sw
 when it is migrated (``make_engine(..., migrations=True)``) or accepted by
 :func:`~retro_platform.store.database.open_store` (:func:`_use_wal`): WAL is a property of the
 file, kept from then on.
+
+A store this process may not write (:func:`read_only_reason`: a read-only mount, another user's
+files) is opened with ``make_engine(..., read_only=True)``: SQLite then reads the file through a
+``mode=ro`` URI and nothing is ever written, not even the WAL switch.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import create_engine, event
 from sqlalchemy import exc as sa_exc
@@ -24,8 +31,37 @@ from retro_platform.store.urls import _parse, _sqlite_file, safe_url
 BUSY_TIMEOUT_SECONDS = 30
 
 
-def make_engine(url: str | URL, *, migrations: bool = False) -> Engine:
+def read_only_reason(url: str | URL, data_dir: Path | None = None) -> str | None:
+    """Why this process cannot write the store at ``url`` (with its files in ``data_dir``), or
+    None: the SQLite file, its folder (where WAL keeps its ``-wal`` and ``-shm`` files) or the
+    store folder exists and may not be written (``os.access``: a read-only mount, permissions).
+    """
+    candidates = []
+    path = _sqlite_file(_parse(url))
+    if path is not None:
+        path = path.expanduser()
+        candidates += [path, path.parent]
+    if data_dir is not None:
+        candidates.append(Path(data_dir))
+    for candidate in candidates:
+        if candidate.exists() and not os.access(candidate, os.W_OK):
+            return f"{candidate} is not writable"
+    return None
+
+
+def read_only_refusal(url: URL, reason: str) -> str:
+    """The one line a command that writes gets on a store it may not write."""
+    return (
+        f"the store {safe_url(url)} is read-only here ({reason}): this command writes to it; "
+        "search, store stats, store check and generate can read it as it is"
+    )
+
+
+def make_engine(url: str | URL, *, migrations: bool = False, read_only: bool = False) -> Engine:
     """An engine for ``url``; SQLite connections get our pragmas on every connect.
+
+    ``read_only=True`` opens a SQLite file so that nothing is written (:func:`_read_only_url`);
+    other databases are opened as they are (a read command only reads).
 
     ``migrations=True`` is the engine the migrations run on (``migrations/env.py``). On SQLite
     its foreign keys are off, because batch mode rebuilds a table by dropping it, which would
@@ -39,7 +75,9 @@ def make_engine(url: str | URL, *, migrations: bool = False) -> Engine:
     if sqlite:
         options["connect_args"] = {"timeout": BUSY_TIMEOUT_SECONDS}
         path = _sqlite_file(parsed)
-        if path is not None:
+        if path is not None and read_only:
+            parsed = _read_only_url(parsed, path.expanduser())
+        elif path is not None:
             folder = path.expanduser().parent
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -66,6 +104,21 @@ def make_engine(url: str | URL, *, migrations: bool = False) -> Engine:
         if migrations:
             event.listen(engine, "begin", _begin_immediate)
     return engine
+
+
+def _read_only_url(url: URL, path: Path) -> URL:
+    """``url`` as a ``file:`` URI that SQLite opens read-only (``mode=ro``).
+
+    A WAL file cannot be read without its ``-shm`` shared memory, which a reader may not
+    create in a read-only folder; so unless a writer elsewhere keeps ``-wal`` and ``-shm``
+    beside it, the file is also declared ``immutable`` (no locks, no shared memory): what it
+    holds is what the last writer checkpointed when it closed.
+    """
+    query = {"mode": "ro", "uri": "true"}
+    if not (Path(f"{path}-wal").exists() and Path(f"{path}-shm").exists()):
+        query["immutable"] = "1"
+    uri = "file:" + quote(str(path.resolve()), safe="/")
+    return url.set(database=uri).update_query_dict(query)
 
 
 def _sqlite_pragmas(*, migrations: bool) -> Any:

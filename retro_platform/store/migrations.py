@@ -23,7 +23,12 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import URL, Engine
 
 from retro_platform.errors import StoreError
-from retro_platform.store.engine import _use_wal, make_engine
+from retro_platform.store.engine import (
+    _use_wal,
+    make_engine,
+    read_only_reason,
+    read_only_refusal,
+)
 from retro_platform.store.models import Base
 from retro_platform.store.urls import _parse, _sqlite_file, database_errors, safe_url
 
@@ -122,7 +127,8 @@ def schema_status(url: str | URL) -> tuple[str | None, str]:
     parsed = _parse(url)
     if _sqlite_missing(parsed):
         return None, "empty"
-    engine = make_engine(parsed)
+    # looking must work on a store this process may not write
+    engine = make_engine(parsed, read_only=read_only_reason(parsed) is not None)
     try:
         with database_errors(parsed, "read the schema revision of"):
             state = _state(engine)
@@ -166,6 +172,9 @@ def upgrade(url: str | URL) -> tuple[str | None, str]:
     upgrade (an unknown revision, or our tables without a revision).
     """
     parsed = _parse(url)
+    reason = read_only_reason(parsed)
+    if reason is not None:
+        raise StoreError(read_only_refusal(parsed, reason))
     head = head_revision()
     engine = make_engine(parsed)
     try:

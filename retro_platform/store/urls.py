@@ -1,9 +1,11 @@
 """Database URLs: parsing them, keeping their passwords out of sight, one-line database errors.
 
-Passwords are never shown: every URL we print or log goes through :func:`safe_url`, and every
-database error raised inside :func:`database_errors` (cannot connect, authentication failed,
-database locked, ...) is re-raised as a one-line :class:`~retro_platform.errors.StoreError`
-with the password scrubbed from the driver's text (:func:`scrub`). An ``IntegrityError`` (a
+Passwords are never shown: every URL we print or log goes through :func:`safe_url` (values
+that may hold URLs through :func:`hide_passwords`, whole files through
+:func:`hide_passwords_in_text`), and every database error raised inside
+:func:`database_errors` (cannot connect, authentication failed, database locked, ...) is
+re-raised as a one-line :class:`~retro_platform.errors.StoreError` with the password scrubbed
+from the driver's text (:func:`scrub`). An ``IntegrityError`` (a
 unique or foreign-key violation) is passed through unchanged, so that callers can react to it.
 
 This module stays light: of SQLAlchemy it imports only ``URL``, ``make_url`` and the exceptions,
@@ -17,6 +19,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 from sqlalchemy import exc as sa_exc
@@ -25,6 +28,8 @@ from sqlalchemy.engine import URL, make_url
 from retro_platform.errors import StoreError
 
 _MASK = "***"
+#: ``//user:password@`` anywhere in a text: the password is group 2.
+_USER_PASSWORD = re.compile(r"(//[^/:@\s\"']*:)([^/@\s\"']+)@")
 
 
 # ---------------------------------------------------------------- passwords out of sight
@@ -39,6 +44,29 @@ def safe_url(url: str | URL) -> str:
     except (sa_exc.ArgumentError, ValueError, TypeError):
         # not parseable: hide whatever sits between "user:" and "@"
         return re.sub(r"(//[^/:@]*:)[^@]*@", rf"\g<1>{_MASK}@", str(url))
+
+
+def has_password(value: str | URL) -> bool:
+    """Whether ``value`` is a URL with a password (one that :func:`safe_url` changes)."""
+    return bool(_secrets(value))
+
+
+def hide_passwords(value: Any) -> Any:
+    """``value`` with every URL in it shown as :func:`safe_url` shows it: a string, or lists
+    and tables of them (a swept ``store.url``); anything else is returned as it is."""
+    if isinstance(value, str):
+        return safe_url(value) if has_password(value) else value
+    if isinstance(value, dict):
+        return {key: hide_passwords(inner) for key, inner in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(hide_passwords(inner) for inner in value)
+    return value
+
+
+def hide_passwords_in_text(text: str) -> str:
+    """``text`` with the password of every ``//user:password@`` in it masked, lines kept: for
+    whole files, where a URL may also sit in a comment."""
+    return _USER_PASSWORD.sub(rf"\g<1>{_MASK}@", text)
 
 
 def _secrets(url: str | URL) -> list[str]:
@@ -91,6 +119,13 @@ def database_errors(url: str | URL, doing: str) -> Iterator[None]:
         raise
     except (sa_exc.SQLAlchemyError, sqlite3.Error) as error:
         message = f"cannot {doing} {safe_url(url)}: {_describe(error, url)}"
+        if "readonly database" in message:  # SQLite's words; the store is on a read-only disk
+            message += " (the store is read-only here: search, store stats, store check and "
+            message += "generate can read it)"
+        if "no password supplied" in message:  # libpq's words when neither URL nor env has one
+            message += (
+                " (put it in the environment: PGPASSWORD, or a password file named by PGPASSFILE)"
+            )
         raise StoreError(message) from None
 
 

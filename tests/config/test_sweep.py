@@ -109,3 +109,12 @@ def test_a_value_listed_twice_is_refused_so_every_point_has_its_own_name(
         '[sweep]\nretriever.name = ["faiss-flat", "faiss-hnsw"]\ntrain.lr = [0.01, 0.02]\n'
     )))]  # fmt: skip
     assert len(set(names)) == len(names) == 4
+
+
+def test_a_swept_store_url_is_labelled_without_its_password(
+    write_file: Callable[..., Path],
+) -> None:
+    path = write_file('[sweep]\n"store.url" = ["postgresql+psycopg://me:s3cret@db/a"]\n')
+    [point] = sweep_points(load_experiment(path))
+    assert point.experiment.store.url == "postgresql+psycopg://me:s3cret@db/a"
+    assert point.label == "url=postgresql+psycopg://me:***@db/a"
