@@ -22,9 +22,13 @@ from retrieval_tasks import (
     KS,
     MIN_TIMED_S,
     RETRIEVERS,
+    SCANN_EXTRA_REORDER,
     SEED,
     SLOW_CALL_S,
     SLOW_REPEATS,
+    SWEEP_K,
+    SWEEP_RETRIEVERS,
+    SWEEPS,
     SYNTHETIC_CLUSTERS,
     SYNTHETIC_DIM,
     SYNTHETIC_POINT_NOISE,
@@ -587,10 +591,265 @@ def print_report(results: dict[str, Any]) -> None:
             "(seeded random words); chunk_size 64. Memory must not grow with the corpus: "
             "compare the two ingest rows."
         )
-    print("\n## Summary: the issue's targets\n")
-    print(markdown_table(["target", "measured", "target", "met?"], summary_rows(results)))
+    if 6 in items and results.get("sweep") is not None:
+        sweep = results["sweep"]
+        print("\n## 6. Recall@10 against queries/s (faiss-flat, faiss-ivfpq, faiss-hnsw, scann)\n")
+        print(sweep_build_table(sweep))
+        print()
+        print(sweep_summary_table(sweep))
+        print()
+        print(sweep_summary_table(sweep, "cpu_qps"))
+        print()
+        print(sweep_table(sweep))
+        knobs = ", ".join(
+            f"{name}: {SWEEPS[name][0]}" for name in SWEEP_RETRIEVERS if SWEEPS[name][0]
+        )
+        print(
+            "\nEach retriever is built once through its plugin at default options and saved; "
+            "each point loads that file into the plugin configured with one value of its "
+            f"search-time knob ({knobs}; scann also at reorder {SCANN_EXTRA_REORDER}) and "
+            f"searches all queries at k = {SWEEP_K}. Queries/s: the median over the runs, "
+            "each run repeating the call for at least "
+            f"{MIN_TIMED_S / 10 if results['quick'] else MIN_TIMED_S:g} s; queries per CPU-s: "
+            "the same by the worker's CPU time (all threads), which other work on the machine "
+            "disturbs less than the wall clock. Recall is tie-aware against faiss-flat's "
+            "answers, as in item 2." + (f" Plot: {results['plot']}." if results.get("plot") else "")
+        )
+    summary = summary_rows(results)
+    if summary:  # item 6 has no target
+        print("\n## Summary: the issue's targets\n")
+        print(markdown_table(["target", "measured", "target", "met?"], summary))
     for note in results.get("notes", []):
         print(f"- {note}")
+
+
+# ---------------------------------------------------------------------------------------------
+# item 6: recall against queries/s
+# ---------------------------------------------------------------------------------------------
+
+#: Recall levels at which item 6's summary gives each retriever's best queries/s.
+RECALL_LEVELS = (0.9, 0.95, 0.99)
+
+
+def sweep_points(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The points of one sweep result with their queries/s (median) and a label."""
+    points = []
+    for point in result.get("points") or []:
+        seconds = median(point["times"])
+        cpu_seconds = median(point["cpu_times"])
+        setting = point["setting"]
+        points.append(
+            {
+                **point,
+                "qps": result["queries"] / seconds if seconds else None,
+                "cpu_qps": result["queries"] / cpu_seconds if cpu_seconds else None,
+                "label": ", ".join(f"{key} {value}" for key, value in setting.items()) or "exact",
+                "series": series_name(result["retriever"], setting),
+            }
+        )
+    return points
+
+
+def series_name(retriever: str, setting: dict[str, Any]) -> str:
+    """The plot line a point belongs to: the retriever, or scann at its larger ``reorder``."""
+    return f"{retriever}, reorder {setting['reorder']}" if "reorder" in setting else retriever
+
+
+def pareto(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points no other point beats on both recall and queries/s, by rising recall."""
+    ranked = sorted(
+        (p for p in points if p["recall"] is not None and p["qps"]),
+        key=lambda p: (-p["recall"], -p["qps"]),
+    )
+    front, best = [], 0.0
+    for point in ranked:  # from the highest recall down: keep each new best throughput
+        if point["qps"] > best:
+            front.append(point)
+            best = point["qps"]
+    return front[::-1]
+
+
+def sweep_table(results: list[dict[str, Any]]) -> str:
+    rows = []
+    for result in results:
+        label = dataset_label(result["dataset"], result)
+        if result.get("status") != "ok":
+            rows.append([label, result["retriever"]] + ["—"] * 5 + [result.get("detail", "")])
+            continue
+        for point in sweep_points(result):
+            rows.append(
+                [
+                    label,
+                    point["series"],
+                    point["label"],
+                    "—" if point["recall"] is None else f"{point['recall']:.3f}",
+                    fmt_number(point["qps"], digits=0),
+                    fmt_number(point["cpu_qps"], digits=0),
+                    "—" if point["missed"] is None else f"{100 * point['missed']:.1f}%",
+                    f"{len(point['times'])} × {point['calls']}",
+                ]
+            )
+    return markdown_table(
+        [
+            "vectors",
+            "retriever",
+            "search setting",
+            f"recall@{SWEEP_K}",
+            "queries/s",
+            "queries per CPU-s",
+            "queries with no hit",
+            "runs × calls",
+        ],
+        rows,
+    )
+
+
+def sweep_build_table(results: list[dict[str, Any]]) -> str:
+    rows = []
+    for result in results:
+        if result.get("status") != "ok":
+            continue
+        knob = SWEEPS[result["retriever"]][0]
+        default = result["options"].get(knob)
+        if result["retriever"] == "scann" and default is None and result.get("num_leaves"):
+            default = f"unset (→ {max(8, -(-result['num_leaves'] // 5))})"
+        rows.append(
+            [
+                dataset_label(result["dataset"], result),
+                result["retriever"],
+                result["index"],
+                fmt_seconds(result["build_s"]),
+                format_bytes(result["file_bytes"]),
+                format_bytes(result["rss_growth"]),
+                f"{knob} {default}" if knob else "—",
+                str(result["threads"]),
+            ]
+        )
+    return markdown_table(
+        [
+            "vectors",
+            "retriever",
+            "index (default build options)",
+            "build s",
+            "index file",
+            "RSS growth",
+            "default search setting",
+            "search threads",
+        ],
+        rows,
+    )
+
+
+def best_at_recall(
+    points: list[dict[str, Any]], level: float, rate: str = "qps"
+) -> dict[str, Any] | None:
+    """The fastest point (by ``rate``: "qps" or "cpu_qps") whose recall reaches ``level``."""
+    good = [p for p in points if p["recall"] is not None and p["recall"] >= level and p[rate]]
+    return max(good, key=lambda p: p[rate], default=None)
+
+
+def sweep_summary_table(results: list[dict[str, Any]], rate: str = "qps") -> str:
+    """The fastest point of each retriever at each of :data:`RECALL_LEVELS`, by wall clock
+    (``rate="qps"``) or by the worker's CPU time (``"cpu_qps"``)."""
+    rows = []
+    for result in results:
+        if result.get("status") != "ok":
+            continue
+        by_series: dict[str, list[dict[str, Any]]] = {}
+        for point in sweep_points(result):
+            by_series.setdefault(point["series"], []).append(point)
+        for series, points in by_series.items():
+            cells = []
+            for level in RECALL_LEVELS:
+                best = best_at_recall(points, level, rate)
+                cells.append(
+                    "not reached"
+                    if best is None
+                    else f"{fmt_number(best[rate], digits=0)} ({best['label']}, "
+                    f"{best['recall']:.3f})"
+                )
+            top = max((p["recall"] for p in points if p["recall"] is not None), default=None)
+            rows.append(
+                [
+                    dataset_label(result["dataset"], result),
+                    series,
+                    *cells,
+                    "—" if top is None else f"{top:.3f}",
+                ]
+            )
+    return markdown_table(
+        [
+            "vectors",
+            "retriever",
+            *(
+                f"best {'q/s' if rate == 'qps' else 'queries per CPU-s'} at recall ≥ {level}"
+                for level in RECALL_LEVELS
+            ),
+            "highest recall",
+        ],
+        rows,
+    )
+
+
+def plot_recall_vs_qps(results: dict[str, Any], path: Any) -> None:
+    """Item 6's figure: a panel per dataset, recall@10 on x, queries/s (log) on y, a line per
+    retriever through its Pareto front and a marker for every point (ann-benchmarks' style)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = [r for r in results.get("sweep") or [] if r.get("status") == "ok"]
+    datasets = list(dict.fromkeys(r["dataset"] for r in sweep))
+    if not datasets:
+        return
+    figure, axes = plt.subplots(1, len(datasets), figsize=(6.4 * len(datasets), 4.8), squeeze=False)
+    styles = {
+        "faiss-flat": ("black", "*"),
+        "faiss-ivfpq": ("tab:blue", "s"),
+        "faiss-hnsw": ("tab:green", "^"),
+        "scann": ("tab:red", "o"),
+    }
+    for axis, dataset in zip(axes[0], datasets, strict=True):
+        for result in (r for r in sweep if r["dataset"] == dataset):
+            by_series: dict[str, list[dict[str, Any]]] = {}
+            for point in sweep_points(result):
+                by_series.setdefault(point["series"], []).append(point)
+            for series, points in by_series.items():
+                colour, marker = styles.get(result["retriever"], ("grey", "x"))
+                dashed = series != result["retriever"]
+                front = pareto(points)
+                axis.plot(
+                    [p["recall"] for p in front],
+                    [p["qps"] for p in front],
+                    linestyle="--" if dashed else "-",
+                    color=colour,
+                    marker=marker,
+                    markerfacecolor="none" if dashed else colour,
+                    label=series,
+                )
+                rest = [p for p in points if p not in front and p["recall"] is not None]
+                axis.scatter(
+                    [p["recall"] for p in rest],
+                    [p["qps"] for p in rest],
+                    color=colour,
+                    marker=marker,
+                    alpha=0.3,
+                )
+            label = dataset_label(dataset, result)
+        axis.set_yscale("log")
+        axis.set_xlabel(f"recall@{SWEEP_K} (tie-aware, against faiss-flat)")
+        axis.set_ylabel(f"queries/s ({result['queries']:,} queries per call, median)")
+        axis.set_title(f"{label} vectors")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize="small")
+    threads = results["machine"].get("affinity")
+    figure.suptitle(
+        f"Recall@{SWEEP_K} against queries/s on {threads} shared cores (up and right: better)"
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 # ---------------------------------------------------------------------------------------------

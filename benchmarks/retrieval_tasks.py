@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -27,7 +28,7 @@ from _common import (
 from _tasks import TaskRunner, Worker, child_env, log_tail, run_watched
 
 SEED = 0
-ITEMS = (1, 2, 3, 4, 5)
+ITEMS = (1, 2, 3, 4, 5, 6)
 DATASETS = ("stdlib", "synthetic")
 RETRIEVERS = ("faiss-flat", "faiss-ivfpq", "faiss-hnsw")
 KS = (2, 10)
@@ -47,6 +48,26 @@ SLOW_REPEATS = 3
 #: other work on the machine lands on all of them alike.
 EMBED_SLICE = 500
 
+
+#: Item 6: recall@10 against queries/s. Each retriever is built once at its default options
+#: and searched again for every value of its search-time knob (no rebuild); faiss-flat is exact
+#: (one point, the reference). ScaNN's leaves go up to all of its leaves (known after build).
+SWEEP_K = 10
+SWEEP_RETRIEVERS = ("faiss-flat", "faiss-ivfpq", "faiss-hnsw", "scann")
+SWEEPS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "faiss-flat": ("", ()),
+    "faiss-ivfpq": ("nprobe", (1, 2, 4, 8, 16, 32, 64, 128)),
+    "faiss-hnsw": ("efSearch", (10, 16, 32, 64, 128, 256, 512)),
+    "scann": ("leaves_to_search", (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)),
+}
+#: ScaNN is swept at its default ``reorder`` (100) and at this larger one as a second line.
+SCANN_EXTRA_REORDER = 400
+#: The third-party plugin item 6 needs, and how to get it.
+SCANN_DISTRIBUTION = "retro-platform-scann"
+SCANN_HINT = (
+    f"item 6 needs the scann retriever plugin: pip install ./plugins/{SCANN_DISTRIBUTION} "
+    "(or leave item 6 out: --only 1,2,3,4,5)"
+)
 
 #: Synthetic vectors: a two-level Gaussian mixture on the unit sphere (see synthetic_task).
 SYNTHETIC_DIM = 384
@@ -334,6 +355,91 @@ def run_index_measurements(
     return results
 
 
+def allow_scann() -> str | None:
+    """Let the scann plugin load in this process even under an allow-list that leaves it out
+    (the project's tests set ``RETRO_PLATFORM_LOAD_PLUGINS=""``), then look it up through the
+    plugin registry as the CLI does. Returns None, or why it is not available."""
+    ensure_repo_on_path()
+    from retro_platform.errors import UnknownPluginError
+    from retro_platform.plugins import (
+        LOAD_PLUGINS_ENV,
+        get_registration,
+        normalize,
+        reset_plugins,
+    )
+
+    allowed = os.environ.get(LOAD_PLUGINS_ENV)
+    names = {normalize(name) for name in (allowed or "").split(",") if name.strip()}
+    if allowed is not None and not names & {"scann", normalize(SCANN_DISTRIBUTION)}:
+        os.environ[LOAD_PLUGINS_ENV] = ",".join(filter(None, [allowed, SCANN_DISTRIBUTION]))
+        reset_plugins()
+    try:
+        get_registration("retrievers", "scann")
+    except UnknownPluginError as error:
+        return f"{SCANN_HINT}; {error}"
+    return None
+
+
+def run_recall_sweep(
+    datasets: dict[str, dict[str, Any]],
+    folder: Path,
+    runner: TaskRunner,
+    repeats: int,
+    min_timed_s: float,
+    one_worker: bool = False,
+) -> list[dict[str, Any]]:
+    """Item 6: one worker per retriever and dataset, faiss-flat first (the exact answers);
+    with ``one_worker`` (--quick) one worker per dataset runs all four, which saves three
+    start-ups of torch and Faiss."""
+    folder.mkdir(parents=True, exist_ok=True)
+    results = []
+    for dataset, data in datasets.items():
+        if "db" not in data:
+            for retriever in SWEEP_RETRIEVERS:
+                results.append(
+                    {
+                        "dataset": dataset,
+                        "retriever": retriever,
+                        "status": data.get("status", "error"),
+                        "detail": data.get("detail", "no vectors"),
+                    }
+                )
+            continue
+        gt_path = folder / f"{dataset}-sweep-exact-top{SWEEP_K}.npy"
+        gt_path.unlink(missing_ok=True)
+        groups = [SWEEP_RETRIEVERS] if one_worker else [(name,) for name in SWEEP_RETRIEVERS]
+        for group in groups:
+            log(f"item 6: {', '.join(group)} on {dataset} ({data['n']:,} vectors), sweeping")
+            outcome = runner.run(
+                {
+                    "kind": "sweep",
+                    "retrievers": list(group),
+                    "db": data["db"],
+                    "queries": data["queries"],
+                    "k": SWEEP_K,
+                    "repeats": repeats,
+                    "min_timed_s": min_timed_s,
+                    "gt_path": str(gt_path),
+                    "index_folder": str(folder),
+                }
+            )
+            found = {r["retriever"]: r for r in outcome.pop("results", [])}
+            for retriever in group:  # a failed worker fails each of its retrievers
+                result = {**outcome, **found.get(retriever, {})}
+                result.update(dataset=dataset, retriever=retriever)
+                results.append(result)
+                if result.get("status") == "ok":
+                    best = max(result["points"], key=lambda point: point["recall"])
+                    log(
+                        f"    {retriever} built in {result['build_s']:.1f} s; "
+                        f"{len(result['points'])} points, best recall@{SWEEP_K} "
+                        f"{best['recall']:.3f}"
+                    )
+                else:
+                    log(f"    {retriever} {result.get('status')}: {result.get('detail')}")
+    return results
+
+
 # --- item 5: a million chunks ------------------------------------------------------------------
 
 
@@ -589,6 +695,144 @@ def describe_index(index: Any) -> str:
     return type(inner).__name__.replace("Index", "")
 
 
+# --- item 6: one retriever on one dataset, its search-time knob swept ----------------------
+
+
+def sweep_settings(retriever: str, num_leaves: int | None) -> list[dict[str, int]]:
+    """The search-time options of each point of ``retriever``'s curve ([{}] for exact search)."""
+    knob, values = SWEEPS[retriever]
+    if retriever == "scann":
+        if not num_leaves:  # too few vectors for a tree: ScaNN searches exactly
+            return [{}]
+        leaves = [v for v in values if v < num_leaves] + [num_leaves]
+        return [{knob: v} for v in leaves] + [
+            {knob: v, "reorder": SCANN_EXTRA_REORDER} for v in leaves if v >= 4
+        ]
+    return [{knob: v} for v in values] if knob else [{}]
+
+
+def sweep_task(task: dict[str, Any], _worker: Worker) -> dict[str, Any]:
+    """:func:`sweep_one` for each of the task's retrievers, in order, removing each index file."""
+    results = []
+    for name in task["retrievers"]:
+        path = Path(task["index_folder"]) / f"sweep-{name}.index"
+        try:
+            results.append(sweep_one(name, task, path))
+        finally:
+            path.unlink(missing_ok=True)
+    return {"results": results}
+
+
+def sweep_one(name: str, task: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Build the retriever plugin's index once at default options and save it; then, for each
+    value of its search-time knob, load that file into a plugin configured with the value (what
+    a user's changed experiment file does) and time a search of all queries, k = 10."""
+    import numpy as np
+
+    if name == "scann":
+        problem = allow_scann()
+        if problem:
+            raise RuntimeError(problem)
+    ensure_repo_on_path()
+    from retro_platform.plugins import build_plugin
+
+    vectors = np.load(task["db"])
+    queries = np.ascontiguousarray(np.load(task["queries"]), dtype=np.float32)
+    n, d = vectors.shape
+    k = task["k"]
+    built = build_plugin("retrievers", {"name": name}, d)
+    gc.collect()
+    rss_before = current_rss_bytes()
+    started = time.perf_counter()
+    built.build(vectors, np.arange(n, dtype=np.int64))
+    build_s = time.perf_counter() - started
+    rss_growth = current_rss_bytes() - rss_before
+    built.save(path)
+    options = built.options.model_dump(mode="json")
+    num_leaves = getattr(built, "num_leaves", None)
+    index = describe_index(built.index) if name != "scann" else describe_scann(built)
+    del built, vectors
+    gc.collect()
+
+    mapped = np.load(task["db"], mmap_mode="r")
+    gt_path = Path(task["gt_path"])
+    exact = np.load(gt_path) if gt_path.exists() else None
+    points = []
+    for setting in sweep_settings(name, num_leaves):
+        searcher = build_plugin("retrievers", {"name": name, **setting}, d)
+        searcher.load(path)
+        timing = time_search(searcher.search, queries, k, task["repeats"], task["min_timed_s"])
+        ids = timing.pop("ids")
+        if name == "faiss-flat":
+            np.save(gt_path, ids)
+            exact = ids
+        recall = missed = None
+        if exact is not None:
+            recall, missed = tie_aware_recall(mapped, queries, ids, exact, k)
+        points.append({"setting": setting, "recall": recall, "missed": missed, **timing})
+        del searcher
+        gc.collect()
+    return {
+        "retriever": name,
+        "n": n,
+        "dimension": d,
+        "queries": len(queries),
+        "k": k,
+        "options": options,
+        "index": index,
+        "num_leaves": num_leaves,
+        "build_s": build_s,
+        "rss_growth": rss_growth,
+        "file_bytes": path.stat().st_size,
+        "threads": search_threads(name),
+        "points": points,
+    }
+
+
+def time_search(
+    search: Callable[[Any, int], tuple[Any, Any]],
+    queries: Any,
+    k: int,
+    repeats: int,
+    min_timed_s: float,
+) -> dict[str, Any]:
+    """Seconds per ``search(queries, k)`` call: one warm-up call, then ``repeats`` timed runs
+    (:data:`SLOW_REPEATS` at most where a call takes over :data:`SLOW_CALL_S`), each repeating
+    the call until it has run ``min_timed_s``."""
+    started = time.perf_counter()
+    _scores, ids = search(queries, k)
+    elapsed = time.perf_counter() - started
+    calls = max(1, math.ceil(min_timed_s / max(elapsed, 1e-6)))
+    runs = repeats if elapsed < SLOW_CALL_S else min(repeats, SLOW_REPEATS)
+    times, cpu_times = [], []
+    for _ in range(runs):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        for _ in range(calls):
+            _scores, ids = search(queries, k)
+        times.append((time.perf_counter() - started) / calls)
+        cpu_times.append((time.process_time() - cpu_started) / calls)
+    return {"times": times, "cpu_times": cpu_times, "calls": calls, "ids": ids}
+
+
+def search_threads(retriever: str) -> int | str:
+    """The threads a search may use: Faiss's OpenMP setting; ScaNN's own choice (every core)."""
+    if retriever == "scann":
+        return "ScaNN's choice"
+    import faiss
+
+    return int(faiss.omp_get_max_threads())
+
+
+def describe_scann(retriever: Any) -> str:
+    options = retriever.options
+    if not retriever.num_leaves:
+        return "brute force (too few vectors for a tree)"
+    return (
+        f"tree of {retriever.num_leaves} leaves, AH {options.dimensions_per_block} dims/block, "
+        f"exact reorder"
+    )
+
+
 # --- item 3: embedding throughput --------------------------------------------------------------
 
 
@@ -724,4 +968,9 @@ def read_chunk_texts(database: Path, count: int) -> list[str]:
 
 
 #: What ``--worker`` runs, by the task's kind.
-WORKER_TASKS = {"synthetic": synthetic_task, "index": index_task, "embed": embed_task}
+WORKER_TASKS = {
+    "synthetic": synthetic_task,
+    "index": index_task,
+    "embed": embed_task,
+    "sweep": sweep_task,
+}
