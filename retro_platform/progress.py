@@ -22,6 +22,10 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tqdm import tqdm
@@ -75,6 +79,33 @@ def progress(
         miniters=1,  # no adaptive skipping: the clock alone decides
         leave=False,  # close() prints the last line itself and erases nothing
     )
+
+
+@contextmanager
+def heartbeat(desc: str, enabled: bool | None = None) -> Iterator[None]:
+    """Around one long call that reports nothing itself (a Faiss ``train``): in a log, a line
+    ``desc: still running, 1:30 elapsed`` every interval until it returns, from a thread (the
+    libraries such calls spend their time in release the GIL). Nothing on a terminal, where
+    the silence is visible anyway and a line would break the bars."""
+    if use_bar(enabled):
+        yield
+        return
+    done = threading.Event()
+    started = time.monotonic()
+
+    def beat() -> None:
+        while not done.wait(every()):
+            elapsed = tqdm.format_interval(time.monotonic() - started)
+            sys.stderr.write(f"{desc}: still running, {elapsed} elapsed\n")
+            sys.stderr.flush()
+
+    thread = threading.Thread(target=beat, name=f"heartbeat: {desc}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def note(bar: tqdm, line: str) -> None:

@@ -14,7 +14,15 @@ from click.testing import CliRunner
 
 from retro_platform import progress as progress_module
 from retro_platform.cli import cli
-from retro_platform.progress import EVERY_VARIABLE, LogLines, every, note, progress, use_bar
+from retro_platform.progress import (
+    EVERY_VARIABLE,
+    LogLines,
+    every,
+    heartbeat,
+    note,
+    progress,
+    use_bar,
+)
 from tests.runner.helpers import tiny_experiment
 
 
@@ -96,3 +104,20 @@ def test_progress_asks_for_bars_even_in_a_log(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     assert "\r" in result.stderr and "ingest: 100%|" in result.stderr
     assert progress_module.DEFAULT_EVERY == 30
+
+
+def test_a_long_single_call_beats_in_a_log_and_stays_quiet_on_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RETRO_PLATFORM_PROGRESS_EVERY", "0.05")
+    with heartbeat("building faiss-ivfpq index"):
+        time.sleep(0.4)  # a Faiss train: one call, nothing reported from inside
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) >= 3
+    assert all(
+        re.fullmatch(r"building faiss-ivfpq index: still running, 00:0\d elapsed", line)
+        for line in lines
+    ), lines
+    with heartbeat("building faiss-ivfpq index", enabled=True):
+        time.sleep(0.2)
+    assert capsys.readouterr().err == ""

@@ -28,6 +28,7 @@ from retro_platform.corpus.chunk_table import ChunkTable, load_chunk_table, vali
 from retro_platform.embeddings.embed import EmbeddingFile, embedding_lineage
 from retro_platform.errors import IndexFileError
 from retro_platform.plugins import build_plugin
+from retro_platform.progress import heartbeat
 from retro_platform.protocols import Retriever
 from retro_platform.store.fingerprints import fingerprint
 from retro_platform.store.models import VectorIndex
@@ -147,7 +148,8 @@ def build_index(
             f"({len(table) - len(rows)} held out, {embeddings.dimension} dimensions)"
         )
         vectors = np.ascontiguousarray(embeddings.open()[rows])
-        retriever.build(vectors, table.chunk_ids[rows])
+        with heartbeat(f"building {plugin.name} index"):  # one call: training says nothing
+            retriever.build(vectors, table.chunk_ids[rows])
         updated = retriever
         log(f"built {plugin.name} index over {len(rows)} chunks in {_seconds(started)}")
     then = "it resumes: the embeddings are kept, the index is built again"
