@@ -309,6 +309,15 @@ def prepare_synthetic_vectors(folder: Path, sizes: Sizes, runner: TaskRunner) ->
     return {"db": str(db), "queries": str(query_path), "n": n, "seconds": result["seconds"]}
 
 
+def unmeasured(dataset: str, data: dict[str, Any], retrievers: Any) -> list[dict[str, Any]]:
+    """A row per retriever for a dataset whose vectors could not be made, saying why."""
+    status, detail = data.get("status", "error"), data.get("detail", "no vectors")
+    return [
+        {"dataset": dataset, "retriever": name, "status": status, "detail": detail}
+        for name in retrievers
+    ]
+
+
 def run_index_measurements(
     datasets: dict[str, dict[str, Any]], folder: Path, runner: TaskRunner, repeats: int
 ) -> list[dict[str, Any]]:
@@ -316,15 +325,7 @@ def run_index_measurements(
     results = []
     for dataset, data in datasets.items():
         if "db" not in data:
-            for retriever in RETRIEVERS:
-                results.append(
-                    {
-                        "dataset": dataset,
-                        "retriever": retriever,
-                        "status": data.get("status", "error"),
-                        "detail": data.get("detail", "no vectors"),
-                    }
-                )
+            results += unmeasured(dataset, data, RETRIEVERS)
             continue
         gt_path = folder / f"{dataset}-exact-top{max(KS)}.npy"
         gt_path.unlink(missing_ok=True)
@@ -395,15 +396,7 @@ def run_recall_sweep(
     results = []
     for dataset, data in datasets.items():
         if "db" not in data:
-            for retriever in SWEEP_RETRIEVERS:
-                results.append(
-                    {
-                        "dataset": dataset,
-                        "retriever": retriever,
-                        "status": data.get("status", "error"),
-                        "detail": data.get("detail", "no vectors"),
-                    }
-                )
+            results += unmeasured(dataset, data, SWEEP_RETRIEVERS)
             continue
         gt_path = folder / f"{dataset}-sweep-exact-top{SWEEP_K}.npy"
         gt_path.unlink(missing_ok=True)

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_copy_alignment_prints_both_tables(tmp_path: Path) -> None:
     corpus = write_stdlib_corpus(tmp_path / "corpus")
     path = write_experiment(

@@ -26,6 +26,7 @@ SCRIPT = ROOT / "benchmarks" / "generate.py"
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_quick_benchmark_prints_its_tables(tmp_path: Path) -> None:
     experiment = tiny_experiment(tmp_path / "tiny")
     out = tmp_path / "results.json"

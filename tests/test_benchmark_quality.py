@@ -52,6 +52,7 @@ def bpb(runs: dict[tuple[str, int], Any], arm: str, seed: int) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_quick_benchmark_prints_its_tables_and_reuses_its_runs(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     command = [

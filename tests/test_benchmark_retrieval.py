@@ -26,6 +26,7 @@ SCRIPT = ROOT / "benchmarks" / "retrieval.py"
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_quick_benchmark_prints_its_tables(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     plot = tmp_path / "recall_vs_qps.png"

@@ -21,7 +21,7 @@ import pytest
 from tests.limits import HANG_S
 from tests.runner.helpers import runs_of, tiny_experiment
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parents[1]
 SCANN = ROOT / "plugins" / "retro-platform-scann"
