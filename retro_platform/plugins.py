@@ -451,10 +451,8 @@ def _unavailable(state: _State, family: str, name: str) -> str | None:
     plugin fits when its entry-point name or its distribution name (``retro-platform-``
     prefix removed) is ``name``, as with ``scann`` from ``retro-platform-scann``.
     """
-    wanted = normalize(name)
     for plugin in state.skipped:
-        names = {normalize(plugin.name), normalize(plugin.distribution or "")}
-        if wanted in names | {n.removeprefix("retro-platform-") for n in names}:
+        if _fits(name, plugin.name, plugin.distribution):
             source = (
                 f" (from {plugin.distribution} {plugin.version})" if plugin.distribution else ""
             )
@@ -466,10 +464,16 @@ def _unavailable(state: _State, family: str, name: str) -> str | None:
             )
     for plugin in state.plugins:
         hook_failed = plugin.problem is not None and f"register_{family}" in plugin.problem
-        names = {normalize(plugin.name), normalize(plugin.distribution)}
-        if hook_failed and wanted in names | {n.removeprefix("retro-platform-") for n in names}:
+        if hook_failed and _fits(name, plugin.name, plugin.distribution):
             return f"plugin {plugin.name!r} (from {plugin.distribution}) {plugin.problem}"
     return None
+
+
+def _fits(name: str, plugin: str, distribution: str | None) -> bool:
+    """Whether ``name`` is the plugin's entry-point name or its distribution's, with or
+    without the ``retro-platform-`` prefix."""
+    names = {normalize(plugin), normalize(distribution or "")}
+    return normalize(name) in names | {n.removeprefix("retro-platform-") for n in names}
 
 
 def get_positional_encoding(name: str) -> Registration:

@@ -160,8 +160,7 @@ def embed_corpus(
                 f"has {count}; the store was changed outside retro-platform"
             )
         if reembed:
-            restart(row)
-            row.plugin = table.source  # what writes the file from now on
+            restart(row, table.source)
             row.dimension, row.normalized = embedder.dimension, embedder.normalized
 
     if embedder.dimension != row.dimension:

@@ -132,8 +132,7 @@ def compute_neighbours(
             plugin=source,
         )
         if rebuild:
-            restart(row)
-            row.plugin = source  # what writes the file from now on
+            restart(row, source)
         table = load_chunk_table(session, corpus_id)
 
     path = store.path(row.file)

@@ -56,9 +56,11 @@ def is_ready(store: Any, row: StageRecord) -> bool:
     return row.status == READY and store.path(row.file).exists()
 
 
-def restart(row: StageRecord) -> None:
-    """Have the row's result built again, from its first row for a resumable stage."""
+def restart(row: StageRecord, plugin: dict[str, str]) -> None:
+    """Have the row's result built again, from its first row for a resumable stage, by
+    ``plugin`` (``{name, distribution, version}``), which the row then records."""
     row.status = BUILDING
+    row.plugin = plugin
     if isinstance(row, ResumableStageRecord):
         row.done = 0
 

@@ -118,8 +118,9 @@ def test_progress_commits_rows_done_after_the_file_then_ready(store: Store) -> N
     with store.session() as session:
         row = session.get(EmbeddingSet, row.id)
         assert (row.done, row.status) == (6, READY) and is_ready(store, row)
-        restart(row)
-        assert (row.done, row.status) == (0, BUILDING)
+        maker = {"name": "hashing", "distribution": "retro-platform", "version": "9.9"}
+        restart(row, maker)
+        assert (row.done, row.status, row.plugin) == (0, BUILDING, maker)
 
 
 def test_finish_sets_the_values_and_marks_the_row_ready(store: Store) -> None:
