@@ -84,4 +84,3 @@ def test_two_runs_from_two_processes_share_one_experiment(
     listed_runs = json.loads(as_json.output)
     assert sorted(run["params"]["experiment.seed"] for run in listed_runs) == ["1", "2"]
     assert {run["run_id"] for run in listed_runs} == {run.info.run_id for run in runs}
-
