@@ -24,7 +24,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from retro_platform.atomic import atomic_destination
 from retro_platform.config import Experiment
@@ -32,17 +33,16 @@ from retro_platform.corpus.chunking import ChunkSpan, iter_chunks
 from retro_platform.errors import CorpusError, StoreError
 from retro_platform.progress import progress as progress_bar
 from retro_platform.protocols import CorpusReader, SourceDocument, Tokenizer
+from retro_platform.store.bulk import insert_chunks, insert_documents
 from retro_platform.store.chunks import count_chunks
 from retro_platform.store.documents import delete_documents
 from retro_platform.store.fingerprints import fingerprint, short
-from retro_platform.store.models import Chunk, Corpus, Document
+from retro_platform.store.locks import lock_corpus
+from retro_platform.store.models import Corpus, Document
 
 #: A batch is committed when it holds this many documents or this many bytes, whichever first.
 BATCH_DOCUMENTS = 256
 BATCH_BYTES = 8 * 2**20
-
-#: Chunk rows per INSERT: a large document's chunks go in in slices, never all held at once.
-INSERT_CHUNKS = 4096
 
 #: How many skipped documents a report names (the counts cover all of them).
 EXAMPLES = 5
@@ -102,15 +102,25 @@ class IngestReport:
 
 
 def ingest(
-    experiment: Experiment, store: Any, *, prune: bool = False, progress: bool | None = None
+    experiment: Experiment,
+    store: Any,
+    *,
+    prune: bool = False,
+    progress: bool | None = None,
+    copy: bool = True,
 ) -> IngestReport:
     """Ingest the experiment's corpus into ``store``; return what was done.
+
+    Several ingests may write one store at once: each batch's decision and writes hold the
+    corpus's lock (:mod:`retro_platform.store.locks`), so every document is stored once.
 
     Args:
         prune: also remove the stored documents that the reader no longer yields as usable
             documents (never when it yields none: that is an error).
         progress: a progress bar (True), plain progress lines (False), or a bar only on a
             terminal (None; :mod:`retro_platform.progress`).
+        copy: on PostgreSQL, write rows with ``COPY`` (False: row inserts, as on SQLite; for
+            the benchmark and the tests that compare the two, :mod:`retro_platform.store.bulk`).
     """
     started = time.perf_counter()
     reader: CorpusReader = experiment.plugin_table("corpus").build()
@@ -127,7 +137,16 @@ def ingest(
     with bar:
         for batch in _batches(reader.documents()):
             changed = _ingest_batch(
-                store, corpus_id, batch, tokenizer, chunk_size, report, bumped, seen, max_bytes
+                store,
+                corpus_id,
+                batch,
+                tokenizer,
+                chunk_size,
+                report,
+                bumped,
+                seen,
+                max_bytes,
+                copy,
             )
             bumped = bumped or changed
             bar.update(len(batch))
@@ -155,6 +174,7 @@ def ingest(
 def _prune(store: Any, corpus_id: int, seen: set[str], report: IngestReport, bumped: bool) -> None:
     """Remove the corpus's stored documents whose external ids are not in ``seen``."""
     with store.session() as session:
+        lock_corpus(session, corpus_id)
         stored = session.scalars(
             select(Document.external_id).where(Document.corpus_id == corpus_id)
         ).all()
@@ -174,7 +194,6 @@ def prepare_corpus(
     A tokenizer that learns from the corpus is trained once, on the corpus's usable texts, and
     saved in the store folder; every later stage (and run) loads that file.
     """
-    reader_table = experiment.plugin_table("corpus")
     tokenizer_table = experiment.plugin_table("tokenizer")
     key = corpus_fingerprint(experiment)
     tokenizer_file = None
@@ -193,6 +212,18 @@ def prepare_corpus(
                 tokenizer.train(itertools.chain([first], texts), partial)
         tokenizer.load(path)
 
+    try:
+        return _corpus_row(experiment, store, key, tokenizer, tokenizer_file)
+    except IntegrityError:  # another ingest created it at the same moment: use that one
+        return _corpus_row(experiment, store, key, tokenizer, tokenizer_file)
+
+
+def _corpus_row(
+    experiment: Experiment, store: Any, key: str, tokenizer: Tokenizer, tokenizer_file: str | None
+) -> int:
+    """The id of the corpus row with fingerprint ``key``, created if there is none."""
+    reader_table = experiment.plugin_table("corpus")
+    tokenizer_table = experiment.plugin_table("tokenizer")
     with store.session() as session:
         corpus = session.scalar(select(Corpus).where(Corpus.fingerprint == key))
         if corpus is None:
@@ -265,9 +296,16 @@ def _ingest_batch(
     bumped: bool,
     seen: set[str],
     max_bytes: int,
+    copy: bool = True,
 ) -> bool:
     """Store a batch's new and changed documents in one transaction; True if any. The
-    external ids of its usable documents are added to ``seen``."""
+    external ids of its usable documents are added to ``seen``.
+
+    What to store is decided under the corpus's lock (:func:`lock_corpus`), so that another
+    ingest of the same corpus at the same moment never stores a document twice; the batch is
+    tokenized before, outside it, from what was stored then (a document that another ingest
+    changed in between is tokenized under the lock), so the lock is held only for writing.
+    """
     report.read += len(batch)
     candidates: dict[str, _Candidate] = {}
     for document in batch:
@@ -289,25 +327,21 @@ def _ingest_batch(
         return False
 
     with store.session() as session:
-        stored = {
-            external_id: (checksum, meta)
-            for external_id, checksum, meta in session.execute(
-                select(Document.external_id, Document.checksum, Document.meta).where(
-                    Document.corpus_id == corpus_id,
-                    Document.external_id.in_(list(candidates)),
-                )
-            )
-        }
+        stored = _stored(session, corpus_id, candidates)
+    encodings = _encode(tokenizer, candidates, _changed(candidates, stored))
+
+    with store.session() as session:
+        lock_corpus(session, corpus_id)
+        stored = _stored(session, corpus_id, candidates)
         fresh = {}
-        for external_id, candidate in candidates.items():
-            _, checksum, _, meta = candidate
-            stored_checksum, stored_meta = stored.get(external_id, (None, None))
-            if stored_checksum != checksum:
-                fresh[external_id] = candidate
+        for external_id in _changed(candidates, stored):
+            fresh[external_id] = candidates[external_id]
+        for external_id, (_, _, _, meta) in candidates.items():
+            if external_id in fresh:
                 continue
             report.unchanged += 1
-            if stored_meta != meta:  # the same text, newer metadata (a package's new version):
-                session.execute(  # no chunk changes, so derived data is not stale
+            if stored[external_id][1] != meta:  # the same text, newer metadata (a package's
+                session.execute(  # new version): no chunk changes, so derived data is not stale
                     update(Document)
                     .where(Document.corpus_id == corpus_id, Document.external_id == external_id)
                     .values(meta=meta)
@@ -320,13 +354,11 @@ def _ingest_batch(
             delete_documents(session, corpus_id, replaced)
             report.replaced += len(replaced)
 
-        texts = [text for text, _, _, _ in fresh.values()]
-        encodings = tokenizer.encode_batch(texts)
-        del texts
+        late = [external_id for external_id in fresh if external_id not in encodings]
+        encodings.update(_encode(tokenizer, candidates, late))  # changed by another ingest
         document_rows, encoded = [], []
-        for (external_id, (text, checksum, size, meta)), encoding in zip(
-            fresh.items(), encodings, strict=True
-        ):
+        for external_id, (text, checksum, size, meta) in fresh.items():
+            encoding = encodings.pop(external_id)
             tokens = len(encoding.ids)
             if not tokens:
                 _skip(report, external_id, "no tokens")
@@ -346,19 +378,10 @@ def _ingest_batch(
         del encodings
         if not document_rows:
             return False
-        ids = session.scalars(
-            insert(Document).returning(Document.id, sort_by_parameter_order=True), document_rows
-        ).all()
-        encoded.reverse()  # popped in order, so that each document's memory goes when it is done
-        for document_id in ids:
-            text, encoding = encoded.pop()
-            spans = iter_chunks(text, encoding, chunk_size)
-            while rows := [
-                _chunk_row(document_id, span) for span in itertools.islice(spans, INSERT_CHUNKS)
-            ]:
-                session.execute(insert(Chunk), rows)
-                report.chunks_added += len(rows)
-            del text, encoding, spans
+        ids = insert_documents(session, document_rows, copy=copy)
+        report.chunks_added += insert_chunks(
+            session, _chunk_rows(ids, encoded, chunk_size), copy=copy
+        )
         if not bumped:  # derived data built from the old version is now stale
             corpus = session.get(Corpus, corpus_id)
             corpus.version += 1
@@ -366,6 +389,55 @@ def _ingest_batch(
             [row for row in document_rows if row["external_id"] in replaced]
         )
     return True
+
+
+def _stored(
+    session: Any, corpus_id: int, candidates: dict[str, _Candidate]
+) -> dict[str, tuple[str, dict[str, str] | None]]:
+    """external_id -> (checksum, metadata) of the candidates already stored."""
+    return {
+        external_id: (checksum, meta)
+        for external_id, checksum, meta in session.execute(
+            select(Document.external_id, Document.checksum, Document.meta).where(
+                Document.corpus_id == corpus_id,
+                Document.external_id.in_(list(candidates)),
+            )
+        )
+    }
+
+
+def _changed(
+    candidates: dict[str, _Candidate], stored: dict[str, tuple[str, dict[str, str] | None]]
+) -> list[str]:
+    """The candidates whose text is not stored as it is: new or changed, in batch order."""
+    return [
+        external_id
+        for external_id, (_, checksum, _, _) in candidates.items()
+        if stored.get(external_id, (None, None))[0] != checksum
+    ]
+
+
+def _encode(
+    tokenizer: Tokenizer, candidates: dict[str, _Candidate], external_ids: list[str]
+) -> dict[str, Any]:
+    """external_id -> the tokenizer's encoding of that candidate's text."""
+    if not external_ids:
+        return {}
+    encodings = tokenizer.encode_batch([candidates[external_id][0] for external_id in external_ids])
+    return dict(zip(external_ids, encodings, strict=True))
+
+
+def _chunk_rows(
+    ids: list[int], encoded: list[tuple[str, Any]], chunk_size: int
+) -> Iterator[dict[str, Any]]:
+    """Every chunk row of the documents, in id then position order; each document's text and
+    encoding are let go as soon as its chunks are out."""
+    encoded.reverse()  # popped in order, so that each document's memory goes when it is done
+    for document_id in ids:
+        text, encoding = encoded.pop()
+        for span in iter_chunks(text, encoding, chunk_size):
+            yield _chunk_row(document_id, span)
+        del text, encoding
 
 
 def _chunk_row(document_id: int, span: ChunkSpan) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from retro_platform.corpus.ingest import find_corpus_id
 from retro_platform.errors import CorpusError, did_you_mean
 from retro_platform.store.chunks import count_chunks
 from retro_platform.store.documents import delete_documents
+from retro_platform.store.locks import lock_corpus
 from retro_platform.store.models import Corpus, Document
 
 
@@ -52,6 +53,7 @@ def remove_documents(
     if not wanted:
         raise CorpusError("--remove needs at least one document id")
     with store.session() as session:
+        lock_corpus(session, corpus_id)  # against an ingest of the same corpus at this moment
         stored = set(
             session.scalars(select(Document.external_id).where(Document.corpus_id == corpus_id))
         )

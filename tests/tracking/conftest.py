@@ -1,4 +1,5 @@
-"""Fixtures of the tracking tests: experiment files and a real MLflow SQLite tracking store."""
+"""Fixtures of the tracking tests: experiment files and a real MLflow SQLite tracking store;
+``mlflow_server``, a real ``mlflow server`` (``tests/mlflow_server.py``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 from retro_platform.tracking.client import open_client
+from tests.mlflow_server import mlflow_server  # noqa: F401  (a fixture)
 from tests.pipeline.helpers import write_experiment
 
 
