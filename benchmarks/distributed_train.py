@@ -99,6 +99,7 @@ def main() -> None:
     if args.repeats:
         config["repeats"] = args.repeats
     counts = [int(n) for n in args.processes.split(",")]
+    load_before = os.getloadavg()[0]
     rows = []
     for count in counts:
         log(f"{count} process(es): {config['batch']} x {config['seq_len']} tokens per step")
@@ -107,7 +108,12 @@ def main() -> None:
             rows.append(measure({**config, "threads": 1}, 1))
     results = {
         "quick": args.quick,
-        "machine": {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0))},
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": len(os.sched_getaffinity(0)),
+            # other work on the cores slows a 2-thread process most: compare rows of one run
+            "load_1min": [load_before, os.getloadavg()[0]],
+        },
         "config": {**config, "model": dict(config["model"])},
         "rows": rows,
         "projection": projection(rows),
@@ -230,10 +236,17 @@ def worker(config: dict[str, Any], out: Path) -> None:
     }
     row["tokens_per_s"] = row["tokens_per_step"] / row["median_step_s"]
     if wrapped is not None:
-        logged = wrapped._get_ddp_logging_data()  # DDP's own record of its buckets
-        row["ddp_buckets_bytes"] = [int(b) for b in str(logged.get("bucket_sizes", "")).split(",")
-                                    if b]  # fmt: skip
-        row["ddp_bucket_cap_bytes"] = int(logged.get("bucket_cap_bytes", 0))
+        # DDP starts with one bucket and, after the first step, rebuilds them in the order the
+        # gradients became ready (about the reverse of the parameters'), capped at 1 MiB for
+        # the first and 25 MiB for the others: the buckets of every later step
+        cap = int(wrapped._get_ddp_logging_data().get("bucket_cap_bytes", 25 * 2**20))
+        order = list(reversed(trainable))
+        limits = [dist._DEFAULT_FIRST_BUCKET_BYTES, cap]
+        groups, _ = dist._compute_bucket_assignment_by_size(order, limits)
+        row["ddp_buckets_bytes"] = [
+            sum(order[i].numel() * order[i].element_size() for i in group) for group in groups
+        ]
+        row["ddp_bucket_cap_bytes"] = cap
         flat = torch.ones(gradient_bytes // 4, dtype=torch.float32)
         spans = []
         for _ in range(1 + config["repeats"]):
@@ -257,7 +270,9 @@ def print_report(results: dict[str, Any]) -> None:
     mode = " (--quick: a tiny model, a smoke test)" if results["quick"] else ""
     machine = results["machine"]
     print(f"# Distributed training benchmark{mode}\n")
-    print(f"{machine['cpu']}, {machine['cores']} cores; global batch {config['batch']} x "
+    load = machine["load_1min"]
+    print(f"{machine['cpu']}, {machine['cores']} cores (1-minute load {load[0]:.1f} before, "
+          f"{load[1]:.1f} after); global batch {config['batch']} x "
           f"{config['seq_len']} tokens, {NEIGHBOURS} neighbours per chunk; median of "
           f"{config['repeats']} steps after a warm-up\n")  # fmt: skip
     base = rows[0] if rows and rows[0]["status"] == "ok" else None
@@ -291,7 +306,9 @@ def print_report(results: dict[str, Any]) -> None:
           f"{_mb(projected['gradient_bytes'])} of fp32 gradients all-reduced per "
           "optimizer step (bf16 autocast leaves the gradients fp32)")  # fmt: skip
     if buckets:
-        print(f"DDP buckets: {len(buckets)} ({', '.join(_mb(b) for b in buckets)})")
+        print(f"DDP buckets after the first step: {len(buckets)} "
+              f"({', '.join(_mb(b) for b in buckets)}), each all-reduced as soon as its "
+              "gradients are ready, overlapping the rest of the backward pass")  # fmt: skip
     print("\n## Projection (not measured): ring all-reduce of that volume per step\n")
     print(
         "2 (N - 1) / N x bytes / link bandwidth; a lower bound: no latency, no overlap with "
