@@ -9,13 +9,17 @@ for 1, ``python -m torch.distributed.run --standalone --nproc-per-node N`` for m
 builds the RETRO of the configuration (seeded, identical in every process), cuts every rank's
 contiguous slice of one random global batch (random token ids, two neighbours of 128 tokens
 per 64-token chunk, as ``train_step.py``), and times ``train_step`` exactly as the training
-loop calls it: under DDP with the target-token counts summed over the processes first. Torch
-threads per process are the cores divided among the processes (what ``retro-platform run``
+loop calls it: under DDP with the target-token counts summed over the processes first.
+Wall time and the CPU seconds of all processes' threads are both recorded: on shared cores
+the wall time depends on what else runs, the CPU time less (OpenMP threads that spin while
+waiting for a descheduled sibling count too). Torch threads per process
+are the cores divided among the processes (what ``retro-platform run``
 does), and one process is also run on one thread, the share each of 2 processes gets on 2
 cores; one warm-up step, then ``--repeats`` timed steps, median.
 
 Communication: DDP all-reduces every trainable parameter's fp32 gradient once per step
-(``parameters × 4`` bytes, in DDP's buckets, whose sizes the worker reads from DDP itself), and
+(``parameters × 4`` bytes, in DDP's buckets, assigned with DDP's own function as its rebuild
+after the first step does), and
 the worker times a lone ``all_reduce`` of that many bytes on the same group. From that volume
 the report *projects* (does not measure) the time of a ring all-reduce, ``2 (N - 1) / N ×
 bytes / bandwidth``, on N GPUs over NVLink, 100 Gb/s and 25 Gb/s Ethernet: a lower bound that
@@ -179,8 +183,11 @@ def worker(config: dict[str, Any], out: Path) -> None:
     from retro_platform.training.optim import build_optimizer, build_scheduler
     from retro_platform.training.step import StepOptions, TrainState, train_step
 
-    # threads: this node's cores shared out among its processes, unless the row sets them
-    processes = distributed.start("cpu", threads=config.get("threads"))
+    processes = distributed.start("cpu")
+    # this node's cores shared out among its processes, as training does, unless the row says
+    threads = distributed.threads_per_process(processes, config.get("threads"))
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = RETRO(**config["model"])
     settings = TrainTable(steps=100, lr=1e-4, warmup_steps=0, batch_size=config["batch"])
@@ -208,16 +215,20 @@ def worker(config: dict[str, Any], out: Path) -> None:
         chunk_bytes=torch.zeros(share, n // CHUNK, dtype=torch.long),
     )
 
-    times, losses = [], []
+    times, cpu, losses = [], [], []
     for _ in range(1 + config["repeats"]):
-        started = time.perf_counter()
+        started, used = time.perf_counter(), time.process_time()
         totals = None
         if processes.distributed:
             totals = distributed.sum_counts(processes, [mine.targets(model.pad_id)])
         done = train_step(state, [mine], options, token_totals=totals)
-        (loss,) = distributed.sum_over_processes(processes, [float(done.loss)])
         times.append(time.perf_counter() - started)
+        # CPU seconds of every thread of every process: the cost, whatever else the cores run
+        loss, seconds = distributed.sum_over_processes(
+            processes, [float(done.loss), time.process_time() - used]
+        )
         losses.append(loss)
+        cpu.append(seconds)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     gradient_bytes = sum(p.numel() * p.element_size() for p in trainable)
@@ -231,6 +242,8 @@ def worker(config: dict[str, Any], out: Path) -> None:
         "warmup_s": times[0],
         "step_s": times[1:],
         "median_step_s": statistics.median(times[1:]),
+        "cpu_s": cpu[1:],
+        "median_cpu_s": statistics.median(cpu[1:]),
         "losses": losses,
         "status": "ok",
     }
@@ -279,7 +292,7 @@ def print_report(results: dict[str, Any]) -> None:
     table = []
     for row in rows:
         if row["status"] != "ok":
-            table.append([str(row["processes"]), "", "", "", "", "", row["status"]])
+            table.append([str(row["processes"]), "", "", "", "", "", "", row["status"]])
             continue
         ratio = f"{row['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else ""
         reduce = f"{row['allreduce_s']:.3f}" if "allreduce_s" in row else "-"
@@ -289,12 +302,13 @@ def print_report(results: dict[str, Any]) -> None:
             f"{row['median_step_s']:.3f}",
             f"{row['tokens_per_s']:,.0f}",
             ratio,
+            f"{row['median_cpu_s']:.2f}",
             reduce,
             " ".join(f"{loss:.5f}" for loss in row["losses"]),
         ])  # fmt: skip
     print("## Throughput, same global batch\n")
     headers = ["processes", "threads each", "median s/step", "tokens/s", "vs 1 process",
-               "all-reduce s (measured)", "loss per step"]  # fmt: skip
+               "CPU s/step, all processes", "all-reduce s (measured)", "loss per step"]  # fmt: skip
     print(markdown_table(headers, table))
     projected = results["projection"]
     if not projected:

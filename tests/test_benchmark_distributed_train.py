@@ -41,7 +41,7 @@ def test_quick_benchmark_prints_its_tables(tmp_path: Path) -> None:
             for r in rows] == [(1, None), (1, None), (2, 1)]  # fmt: skip
     assert rows[1]["threads_per_process"] == 1
     for row in rows:
-        assert row["status"] == "ok" and row["tokens_per_s"] > 0
+        assert row["status"] == "ok" and row["tokens_per_s"] > 0 and row["median_cpu_s"] > 0
         assert row["losses"] == pytest.approx(rows[0]["losses"], rel=1e-5)  # the same steps
         assert row["gradient_bytes"] == row["parameters"] * 4
     ddp = rows[2]

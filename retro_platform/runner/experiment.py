@@ -73,7 +73,7 @@ def run_experiment(
     place = distributed.from_environment()
     for point in points:  # before joining: a bad size stops every process at once
         distributed.check_batch_size(point.experiment.train.batch_size, place.world_size)
-    processes = distributed.start(choose_device(experiment).type, threads=experiment.train.threads)
+    processes = distributed.start(choose_device(experiment).type)
     try:
         if not processes.is_main:
             store = _open_store(experiment, processes)

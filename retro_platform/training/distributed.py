@@ -99,17 +99,12 @@ def threads_per_process(processes: Processes, configured: int | None) -> int | N
     return max(1, (cores or 1) // processes.local_world_size)
 
 
-def start(device_type: str, *, threads: int | None = None) -> Processes:
-    """Join the training processes that ``torchrun`` started (nothing to join when it did not).
-
-    Sets torch's CPU threads (:func:`threads_per_process`), the process's GPU on CUDA, and
-    joins the default group (NCCL on CUDA, gloo on the CPU) and the host group.
-    """
+def start(device_type: str) -> Processes:
+    """Join the training processes that ``torchrun`` started (nothing to join when it did not):
+    on CUDA, set the process's GPU; join the default group (NCCL on CUDA, gloo on the CPU) and
+    the host group."""
     global _host_group
     place = from_environment()
-    count = threads_per_process(place, threads)
-    if count:
-        torch.set_num_threads(count)
     if not place.distributed:
         return place
     backend = "nccl" if device_type == "cuda" else "gloo"

@@ -137,8 +137,9 @@ def train(
     """
     train_cfg = experiment.train
     distributed.check_batch_size(train_cfg.batch_size, processes.world_size)
-    if train_cfg.threads:
-        torch.set_num_threads(train_cfg.threads)
+    threads = distributed.threads_per_process(processes, train_cfg.threads)
+    if threads:  # [train] threads, or under torchrun this process's share of the cores
+        torch.set_num_threads(threads)
     device = torch.device(device)
     path = checkpoint_path(Path(run_dir))
     settings = run_settings(experiment, data, device)

@@ -24,7 +24,8 @@ from tests.training.helpers import prepare
 
 
 def main(path: str, out: str, start: int, steps: int) -> None:
-    processes = distributed.start("cpu", threads=1)
+    processes = distributed.start("cpu")
+    torch.set_num_threads(1)
     if not processes.is_main:  # one process at a time opens the store, as the runner does
         distributed.wait_for_main(processes)
     s = prepare(Path(path))

@@ -109,6 +109,7 @@ def _unequal_step(s) -> int:
     return imbalance.index(max(imbalance))
 
 
+@pytest.mark.slow  # two processes under torchrun: about 10 s on 2 quiet cores
 def test_ddp_steps_on_two_processes_equal_one_process_on_the_whole_batches(
     make_file, tmp_path: Path
 ) -> None:
