@@ -56,6 +56,14 @@ def test_a_batch_size_the_processes_cannot_share_is_one_line_and_exit_2(tmp_path
     assert refused.exit_code == 2 and len(refused.stderr.strip().splitlines()) == 1
     assert "batch_size (4) must divide" in refused.stderr
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "store").exists()
+    # --nproc starts torchrun: not from inside it
+    nested = CliRunner(env={"WORLD_SIZE": "2", "RANK": "1"}).invoke(
+        cli, ["run", str(path), "--nproc", "2"]
+    )
+    assert nested.exit_code == 2
+    assert nested.stderr.strip() == (
+        "Error: --nproc starts torchrun itself: leave it out under torchrun"
+    )
 
 
 @pytest.mark.e2e
