@@ -119,7 +119,10 @@ class TrainTable(_Table):
         "auto", description='"auto": bf16 autocast on CUDA, fp32 on the CPU'
     )
     threads: int | None = Field(
-        None, ge=1, description="torch CPU threads; default: torch's choice (one per core)"
+        None,
+        ge=1,
+        description="torch CPU threads; default: torch's choice (one per core), or under "
+        "torchrun the cores shared out among the processes of a machine",
     )
     checkpoint_every: int = Field(
         50, ge=1, description="steps between checkpoints (and the last step always)"

@@ -4,6 +4,11 @@ All checking comes first, before any work: the tables, the plugins, the rules be
 every sweep point and the tracking server. A file without ``[sweep]`` is one run; with one,
 a parent run holds a nested child run per grid point. Points share what they can: the store's
 fingerprints make a stage that two points have in common (the corpus, its embeddings) run once.
+
+Under ``torchrun`` every process runs this: it joins the others
+(:func:`~retro_platform.training.distributed.start`), process 0 opens the store first (a new
+one is created and migrated once) and alone talks to MLflow; the others run each point
+alongside it, quietly (:func:`~retro_platform.runner.run.run_point`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from retro_platform.runner.ablation import log_comparison
 from retro_platform.runner.folder import RunOutcome
 from retro_platform.runner.results import log_sweep_result
 from retro_platform.runner.run import run_point
+from retro_platform.runner.steps import choose_device
 from retro_platform.store.database import open_store
 from retro_platform.store.fingerprints import fingerprint, short
 from retro_platform.store.urls import hide_passwords
@@ -29,6 +35,8 @@ from retro_platform.tracking.client import open_client, tracking_errors
 from retro_platform.tracking.params import tags_for
 from retro_platform.tracking.run import TrackedRun, load_run_id, save_run_id
 from retro_platform.tracking.uri import experiment_name, safe_uri, tracking_uri
+from retro_platform.training import distributed
+from retro_platform.training.distributed import Processes
 
 
 @dataclass(frozen=True)
@@ -59,14 +67,51 @@ def run_experiment(
     progress: bool | None = None,
     log: Callable[[str], None] = print,
 ) -> list[RunOutcome]:
-    """Run every point of ``experiment``; see the module docstring."""
+    """Run every point of ``experiment``; see the module docstring. Under ``torchrun``,
+    the processes other than 0 return an outcome without a run id or metrics per point."""
     points = check_experiment(experiment)  # every point in full, before any work
-    tracking = open_tracking(experiment)
-    store = open_store(experiment.store.database_url, experiment.store.path)
-    with tracking_errors(tracking.uri, "log to"):  # an MLflow failure is one line too
-        if not experiment.sweep.grid:
-            return [run_point(experiment, store, tracking, progress=progress, log=log)]
-        return _run_sweep(experiment, points, store, tracking, progress=progress, log=log)
+    place = distributed.from_environment()
+    for point in points:  # before joining: a bad size stops every process at once
+        distributed.check_batch_size(point.experiment.train.batch_size, place.world_size)
+    processes = distributed.start(choose_device(experiment).type)
+    try:
+        if not processes.is_main:
+            store = _open_store(experiment, processes)
+            each = [p.experiment for p in points] if experiment.sweep.grid else [experiment]
+            return [
+                run_point(one, store, None, progress=False, log=_quiet, processes=processes)
+                for one in each
+            ]
+        tracking = open_tracking(experiment)
+        store = _open_store(experiment, processes)
+        with tracking_errors(tracking.uri, "log to"):  # an MLflow failure is one line too
+            if not experiment.sweep.grid:
+                return [
+                    run_point(
+                        experiment, store, tracking, progress=progress, log=log, processes=processes
+                    )  # fmt: skip
+                ]
+            return _run_sweep(
+                experiment, points, store, tracking, progress=progress, log=log,
+                processes=processes,
+            )  # fmt: skip
+    finally:
+        distributed.stop(processes)
+
+
+def _open_store(experiment: Experiment, processes: Processes) -> Any:
+    """The experiment's store, opened by process 0 first: opening a new one creates and
+    migrates it, which one process must do alone."""
+    if processes.is_main:
+        store = open_store(experiment.store.database_url, experiment.store.path)
+        distributed.wait_for_main(processes)
+        return store
+    distributed.wait_for_main(processes)
+    return open_store(experiment.store.database_url, experiment.store.path)
+
+
+def _quiet(_: str) -> None:
+    """The log of a process other than 0: process 0 says it all."""
 
 
 def _run_sweep(
@@ -77,6 +122,7 @@ def _run_sweep(
     *,
     progress: bool | None,
     log: Callable[[str], None],
+    processes: Processes,
 ) -> list[RunOutcome]:
     grid = experiment.sweep.grid
     key = short(fingerprint(config=flatten_config(resolved_config(experiment)), grid=grid))
@@ -106,6 +152,7 @@ def _run_sweep(
                     run_name=point.label,
                     progress=progress,
                     log=log,
+                    processes=processes,
                 )
             )
         compared = log_comparison(

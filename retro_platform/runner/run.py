@@ -4,6 +4,12 @@ Everything a point produces lives in its run folder, ``[train] output/<name>-<ke
 key is a hash of the resolved configuration: the checkpoint, the MLflow run id and, once the
 run has finished, ``done.json``. Starting the same command again therefore resumes the same
 training from its last checkpoint into the same MLflow run, and a finished point is skipped.
+
+Under ``torchrun`` every process runs the point (``processes``): process 0 runs the retrieval
+stages while the others wait (:func:`_prepare_index`), then all of them train, each on its
+slice of every batch; process 0 alone holds the MLflow run, writes the run folder's files and
+evaluates and samples after training while the others wait, then all go on together. The run
+folder's path is a function of the configuration, so every process knows it without being told.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from retro_platform.runner import steps
 from retro_platform.runner.folder import DONE, RunOutcome, run_folder
 from retro_platform.runner.results import run_description
 from retro_platform.tracking.run import TrackedRun, load_run_id, save_run_id
+from retro_platform.training import distributed
+from retro_platform.training.distributed import SINGLE, Processes
 
 
 def run_point(
@@ -36,8 +44,10 @@ def run_point(
     run_name: str | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] = print,
+    processes: Processes = SINGLE,
 ) -> RunOutcome:
-    """Run (or resume, or skip when finished) one point: see the module docstring."""
+    """Run (or resume, or skip when finished) one point: see the module docstring.
+    ``tracking`` is None in every process but process 0."""
     resolved = resolved_config(experiment)
     params = flatten_config(resolved)
     run_dir = run_folder(experiment, params)
@@ -56,9 +66,10 @@ def run_point(
             neighbours=experiment.train.neighbours,
         )
 
-    ingest_report = ingest(experiment, store, progress=progress)
-    log(ingest_report.summary())
-    index = run_index(experiment, store, progress=progress, log=log)
+    index = _prepare_index(experiment, store, processes, progress=progress, log=log)
+    if not processes.is_main:
+        _train_alongside(experiment, store, index, run_dir, processes)
+        return RunOutcome(name, "", run_dir, neighbours=experiment.train.neighbours)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     run = TrackedRun.start(
@@ -74,7 +85,7 @@ def run_point(
     try:
         run.log_params(params)
         metrics = _train_and_evaluate(
-            experiment, store, index, run, run_dir, resolved, progress, log
+            experiment, store, index, run, run_dir, resolved, progress, log, processes
         )
     except BaseException as error:
         # a kill leaves the run RUNNING and the checkpoint in place: the same command resumes
@@ -86,7 +97,41 @@ def run_point(
         run.describe(description)
     run.finish("FINISHED")
     write_text_atomic(done, json.dumps({"run_id": run.run_id, "metrics": metrics}, indent=2))
+    distributed.wait_for_main(processes)  # the others waited for the evaluation and the files
     return outcome
+
+
+def _prepare_index(
+    experiment: Experiment,
+    store: Any,
+    processes: Processes,
+    *,
+    progress: bool | None,
+    log: Callable[[str], None],
+) -> Any:
+    """The retrieval stages (ingest, embeddings, index, neighbours) and their stored result.
+
+    One process at a time writes the store: process 0 runs the stages, the others wait for
+    it and then open what it stored (every stage is then found ready and reused).
+    """
+    if processes.is_main:
+        log(ingest(experiment, store, progress=progress).summary())
+        index = run_index(experiment, store, progress=progress, log=log)
+        distributed.wait_for_main(processes)
+        return index
+    distributed.wait_for_main(processes)
+    return run_index(experiment, store, progress=False, log=lambda _: None)
+
+
+def _train_alongside(
+    experiment: Experiment, store: Any, index: Any, run_dir: Path, processes: Processes
+) -> None:
+    """A process other than 0: train on its slices of the batches, then wait while process 0
+    evaluates, samples and logs."""
+    prepared = steps.prepare_training(experiment, store, index, log=lambda _: None,
+                                      processes=processes)  # fmt: skip
+    steps.train_model(experiment, prepared, None, run_dir, progress=False, processes=processes)
+    distributed.wait_for_main(processes)
 
 
 def _train_and_evaluate(
@@ -98,6 +143,7 @@ def _train_and_evaluate(
     resolved: dict[str, Any],
     progress: bool | None,
     log: Callable[[str], None],
+    processes: Processes,
 ) -> dict[str, float]:
     if experiment.source is not None:
         # the file as written but with its passwords masked, like every other record of the run
@@ -110,13 +156,13 @@ def _train_and_evaluate(
         else:
             run.log_text(text, f"config/{experiment.source.name}")
     run.log_text(json.dumps(resolved, indent=2, default=str), "config/resolved.json")
-    prepared = steps.prepare_training(experiment, store, index, log=log)
+    prepared = steps.prepare_training(experiment, store, index, log=log, processes=processes)
 
     def on_eval(step: int) -> None:
         run.log_metrics(step, steps.validation_metrics(steps.validate(experiment, prepared)))
 
     trained = steps.train_model(
-        experiment, prepared, run, run_dir, on_eval=on_eval, progress=progress
+        experiment, prepared, run, run_dir, on_eval=on_eval, progress=progress, processes=processes
     )
     metrics = steps.evaluate_and_log(
         experiment, store, index, prepared, run, run_dir, trained.step, log=log, progress=progress

@@ -33,6 +33,7 @@ from retro_platform.progress import progress as progress_bar
 from retro_platform.runner.folder import CHUNK_FIGURES, LEAKAGE_CSV
 from retro_platform.store.models import Corpus
 from retro_platform.tracking.listing import BPB_METRIC, BPB_OFF_METRIC
+from retro_platform.training.distributed import SINGLE, Processes
 from retro_platform.training.model_factory import build_model
 from retro_platform.training.sequences import load_sequence_data
 from retro_platform.training.trainer import train
@@ -48,17 +49,24 @@ class Prepared:
     device: torch.device
 
 
-def choose_device(experiment: Experiment) -> torch.device:
+def choose_device(experiment: Experiment, processes: Processes = SINGLE) -> torch.device:
+    """Where to train; on CUDA under ``torchrun``, this process's GPU (its local rank)."""
     wanted = experiment.train.device
     if wanted == "cuda" and not torch.cuda.is_available():
         raise ConfigError('[train] device = "cuda" but torch sees no GPU; use "auto" or "cpu"')
     if wanted == "auto":
         wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted == "cuda" and processes.distributed:
+        return torch.device("cuda", processes.local_rank)
     return torch.device(wanted)
 
 
 def prepare_training(
-    experiment: Experiment, store: Any, index: Any, log: Callable[[str], None] = print
+    experiment: Experiment,
+    store: Any,
+    index: Any,
+    log: Callable[[str], None] = print,
+    processes: Processes = SINGLE,
 ) -> Prepared:
     """Load the tokenizer and the sequences, and build the model (seeded)."""
     with store.session() as session:
@@ -72,7 +80,7 @@ def prepare_training(
         )
     torch.manual_seed(experiment.experiment.seed)
     model = build_model(experiment, tokenizer.vocab_size, tokenizer.pad_id)
-    return Prepared(tokenizer, data, model, choose_device(experiment))
+    return Prepared(tokenizer, data, model, choose_device(experiment, processes))
 
 
 def train_model(
@@ -83,18 +91,21 @@ def train_model(
     *,
     on_eval: Callable[[int], None] | None = None,
     progress: bool | None = None,
+    processes: Processes = SINGLE,
 ) -> Any:
-    """Train (or resume) with every logged metric sent to the MLflow run."""
+    """Train (or resume) with every logged metric sent to the MLflow run (None: a process
+    other than 0 under ``torchrun``, which logs nothing)."""
     return train(
         prepared.model,
         prepared.data,
         experiment,
         run_dir=run_dir,
         device=prepared.device,
-        on_log=run.log_metrics,
+        on_log=None if run is None else run.log_metrics,
         on_eval=on_eval,
         progress=progress,
         origin=checkpoint_origin(experiment, prepared.tokenizer),
+        processes=processes,
     )
 
 

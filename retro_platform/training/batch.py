@@ -41,6 +41,10 @@ class Batch:
     def size(self) -> int:
         return self.tokens.shape[0]
 
+    def targets(self, pad_id: int) -> int:
+        """Target tokens, the ones a loss counts: every token after the first, but padding."""
+        return int((self.tokens[:, 1:] != pad_id).sum())
+
     def to(self, device: torch.device | str) -> Batch:
         """The same batch on ``device`` (non-blocking where the source is pinned)."""
 

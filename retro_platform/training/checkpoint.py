@@ -150,7 +150,9 @@ def restore_rng(state: dict[str, Any]) -> None:
     """Put every random generator back to what :func:`rng_state` saved."""
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # a run resumed on a machine with fewer GPUs restores those it has
+        for device, generator in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(generator, device)
     saved = state["numpy"]
     np.random.set_state(
         (

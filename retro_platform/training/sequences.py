@@ -162,17 +162,27 @@ class SequenceData:
         seed: int = 0,
         start_step: int = 0,
         retrieval: bool = True,
+        part: tuple[int, int] = (0, 1),
     ) -> Iterator[Batch]:
         """Batches of ``batch_size`` sequences.
 
         ``"train"``: endless; batch ``s`` (counted from 0, ``start_step`` first) holds the
         sequences ``s * batch_size ...`` of the stream that concatenates one seeded
-        permutation per epoch. ``"val"``: the first ``[eval] sequences`` validation sequences
-        in a fixed order, once (the last batch may be smaller; none without held-out
-        documents). ``retrieval=False`` leaves ``Batch.retrieved`` None.
+        permutation per epoch. ``part=(i, n)``: only the ``i``-th of ``n`` equal, contiguous
+        slices of each such batch (training process ``i`` of ``n``), so the ``n`` processes
+        together see exactly the batches one process would. ``"val"``: the first
+        ``[eval] sequences`` validation sequences in a fixed order, once (the last batch may
+        be smaller; none without held-out documents). ``retrieval=False`` leaves
+        ``Batch.retrieved`` None.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        index, parts = part
+        if split != "train" and parts != 1:
+            raise ValueError("only training batches are sliced between processes")
+        if batch_size % parts or not 0 <= index < parts:
+            raise ValueError(f"cannot take slice {index} of {parts} of a batch of {batch_size}")
+        share = batch_size // parts
         windows = self.windows(split)
         if split == "val":
             order = windows.order[: self.eval_sequences]
@@ -188,7 +198,8 @@ class SequenceData:
         epochs = _Epochs(seed, len(windows))
         step = start_step
         while True:
-            positions = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)
+            first = step * batch_size + index * share
+            positions = np.arange(first, first + share, dtype=np.int64)
             yield self._batch(windows, epochs.take(positions), retrieval)
             step += 1
 

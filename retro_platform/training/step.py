@@ -1,14 +1,16 @@
 """One optimisation step, apart from the loop that drives it.
 
 The step does no I/O (no log line, no checkpoint, no progress bar) and reads no clock, so the
-loop in :mod:`~retro_platform.training.trainer` owns what a run reports and saves, and a
-distributed wrapper can call the same step in every process on that process's batches.
+loop in :mod:`~retro_platform.training.trainer` owns what a run reports and saves. Under
+``torchrun`` every process calls the same step on its slice of each batch, with the model
+wrapped in DistributedDataParallel (``TrainState.wrapped``), which averages the gradients over
+the processes in the last backward pass of the step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +34,10 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: LRScheduler
     step: int = 0  # optimizer steps done
-    tokens: int = 0  # target tokens trained on (padding excluded)
+    tokens: int = 0  # target tokens trained on (padding excluded), by every process
+    #: under DDP: ``model`` inside DistributedDataParallel, which the step runs forward so
+    #: that the backward pass averages the gradients over the processes; None: one process
+    wrapped: torch.nn.Module | None = None
 
     def checkpoint(self, settings: dict[str, Any]) -> dict[str, Any]:
         """What :func:`~retro_platform.training.checkpoint.save_checkpoint` writes; the model
@@ -65,6 +70,7 @@ class StepOptions:
     device: torch.device  # where the model is; the step moves each batch there
     grad_clip: float  # the largest global gradient norm; 0: no clipping
     bf16: bool  # forward passes under bf16 autocast (the weights and the optimizer stay fp32)
+    world_size: int = 1  # training processes (DDP), each on its slice of every batch
 
 
 @dataclass(frozen=True)
@@ -72,14 +78,20 @@ class StepMetrics:
     """What one step did. Loss and norm stay tensors on the device: reading them is a sync,
     which the loop does only when it logs."""
 
-    loss: torch.Tensor  # mean over the micro-batches, 0-dim
+    #: mean over the micro-batches, 0-dim; under DDP this process's part of it: the sum over
+    #: the processes is the mean of the whole batches
+    loss: torch.Tensor
     grad_norm: torch.Tensor  # global gradient norm before clipping, 0-dim
     lr: float  # the learning rate this step used
-    tokens: int  # target tokens trained on (padding excluded)
+    tokens: int  # target tokens trained on (padding excluded), by every process
 
 
 def train_step(
-    state: TrainState, micro_batches: Sequence[Batch], options: StepOptions
+    state: TrainState,
+    micro_batches: Sequence[Batch],
+    options: StepOptions,
+    *,
+    token_totals: Sequence[int] | None = None,
 ) -> StepMetrics:
     """One optimizer step on ``micro_batches`` (``[train] grad_accumulation`` of them).
 
@@ -89,24 +101,48 @@ def train_step(
     gradient is clipped, AdamW and the schedule step, and ``state.step`` and ``state.tokens``
     advance. Pass the batches on the host: their tokens are counted there, without waiting
     for the device.
+
+    Under DDP (``options.world_size`` processes, ``state.wrapped`` set) pass
+    ``token_totals``: the target tokens of each whole micro-batch, summed over the processes.
+    The model's loss is a mean over the target tokens it is given, and the slices of one batch
+    hold different numbers of them, so the mean of the processes' means is not the batch's
+    mean. Each process's loss is weighted by its share of the tokens (times the number of
+    processes, which DDP's average divides out): the averaged gradient is then exactly that of
+    the whole micro-batch's mean loss, as one process would compute it. DDP all-reduces the
+    gradients once per step, in the last micro-batch's backward pass.
     """
     if not micro_batches:
         raise ValueError("a step needs at least one micro-batch")
+    if options.world_size > 1 and (state.wrapped is None or token_totals is None):
+        raise ValueError("a step of several processes needs state.wrapped and token_totals")
     model = state.model
-    model.train()  # an evaluation between steps may have left it in eval mode
+    forward = state.wrapped or model
+    forward.train()  # an evaluation between steps may have left it in eval mode
     autocast = (
         torch.autocast(options.device.type, dtype=torch.bfloat16) if options.bf16 else nullcontext()
     )
     accumulation = len(micro_batches)
     tokens = 0
     loss_sum = torch.zeros((), device=options.device)
-    for batch in micro_batches:
-        tokens += int((batch.tokens[:, 1:] != model.pad_id).sum())  # the targets the loss uses
+    for position, batch in enumerate(micro_batches):
+        counted = batch.targets(model.pad_id)
+        tokens += counted
+        weight = 1.0
+        if token_totals is not None:
+            weight = counted / max(token_totals[position], 1)  # this process's share
         batch = batch.to(options.device)
-        with autocast:
-            loss = model(batch.tokens, batch.retrieved, return_loss=True)
-        (loss / accumulation).backward()
-        loss_sum += loss.detach()
+        with ExitStack() as stack:
+            if state.wrapped is not None and position < accumulation - 1:
+                stack.enter_context(state.wrapped.no_sync())  # all-reduce once, at the end
+            with autocast:
+                loss = forward(batch.tokens, batch.retrieved, return_loss=True)
+            if token_totals is None:
+                (loss / accumulation).backward()
+            else:
+                (loss * (weight * options.world_size / accumulation)).backward()
+        loss_sum += loss.detach() * weight
+    if token_totals is not None:
+        tokens = int(sum(token_totals))
     grad_norm = _clip([p for p in model.parameters() if p.requires_grad], options.grad_clip)
     lr = state.optimizer.param_groups[0]["lr"]
     state.optimizer.step()

@@ -8,6 +8,13 @@ weights, optimizer, schedule, random generators and the data position (a step nu
 ``s`` is a pure function of the seed and ``s``), so a run killed at any moment and started
 again ends with the same weights as one never interrupted (on the CPU, where torch's kernels
 are deterministic for a given thread count).
+
+Under ``torchrun`` (``processes``, :mod:`~retro_platform.training.distributed`) every process
+runs this loop on its slice of each batch, with the model in DistributedDataParallel. Process 0
+alone prints, calls ``on_log`` and ``on_eval`` and writes the checkpoint, while the others wait
+for it at an evaluation; the logged loss and tokens/s are those of the whole batches, summed
+over the processes. Every process reads the checkpoint when it starts, so the run folder must
+be one that they all see. The checkpoint holds no process count: a run resumes with any.
 """
 
 from __future__ import annotations
@@ -20,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from retro_platform.config import Experiment
 from retro_platform.errors import ConfigError
 from retro_platform.model.retro import RETRO
 from retro_platform.progress import note, use_bar
 from retro_platform.progress import progress as progress_bar
+from retro_platform.training import distributed
 from retro_platform.training.checkpoint import (
     check_compatible,
     checkpoint_path,
@@ -34,6 +43,7 @@ from retro_platform.training.checkpoint import (
     rng_state,
     save_checkpoint,
 )
+from retro_platform.training.distributed import SINGLE, Processes
 from retro_platform.training.optim import build_optimizer, build_scheduler
 from retro_platform.training.sequences import SequenceData
 from retro_platform.training.step import StepOptions, TrainState, train_step
@@ -52,7 +62,7 @@ class TrainResult:
     start_step: int  # where this call started: 0, or the step of the checkpoint it resumed
     finished: bool  # step == [train] steps
     checkpoint: Path | None  # the run's latest checkpoint (None when none was written yet)
-    tokens: int  # tokens (targets, padding excluded) trained on in this call
+    tokens: int  # tokens (targets, padding excluded) trained on in this call, by every process
     seconds: float  # wall time of this call's training steps
     loader_share: float  # share of that time spent building batches
     metrics: dict[str, float] = field(default_factory=dict)  # the last logged metrics
@@ -97,6 +107,7 @@ def train(
     progress: bool | None = None,
     stop_after: int | None = None,
     origin: dict[str, str] | None = None,
+    processes: Processes = SINGLE,
 ) -> TrainResult:
     """Train ``model`` for ``[train] steps`` optimizer steps, resuming from ``run_dir``.
 
@@ -120,14 +131,22 @@ def train(
             killed run would (for tests).
         origin: what the checkpoint records about the data it was trained on (the corpus and
             the tokenizer's signature), checked by generation, never by a resume.
+        processes: this process's place under ``torchrun``, joined by
+            :func:`~retro_platform.training.distributed.start` (on CUDA, ``device`` is this
+            process's GPU); the default is one process.
     """
     train_cfg = experiment.train
-    if train_cfg.threads:
-        torch.set_num_threads(train_cfg.threads)
+    distributed.check_batch_size(train_cfg.batch_size, processes.world_size)
+    threads = distributed.threads_per_process(processes, train_cfg.threads)
+    if threads:  # [train] threads, or under torchrun this process's share of the cores
+        torch.set_num_threads(threads)
     device = torch.device(device)
     path = checkpoint_path(Path(run_dir))
     settings = run_settings(experiment, data, device)
     state, resumed = _start(model, experiment, settings, path, device)
+    main = processes.is_main
+    if processes.distributed:
+        state.wrapped = _wrap(model, processes, device, unused=not train_cfg.retrieval)
     start_step, steps = state.step, train_cfg.steps
     end = steps if stop_after is None else min(steps, stop_after)
 
@@ -138,10 +157,18 @@ def train(
         seed=experiment.experiment.seed,
         start_step=state.step * accumulation,  # the loader counts forward passes
         retrieval=train_cfg.retrieval,
+        part=(processes.rank, processes.world_size),
     )
-    options = StepOptions(device, train_cfg.grad_clip, _bf16(experiment, device))
-    bar = progress_bar(total=steps, initial=state.step, unit="step", desc="train", enabled=progress)
-    lines = not use_bar(progress)
+    options = StepOptions(
+        device, train_cfg.grad_clip, _bf16(experiment, device), processes.world_size
+    )
+    if main:
+        bar = progress_bar(
+            total=steps, initial=state.step, unit="step", desc="train", enabled=progress
+        )
+    else:  # process 0 shows the progress of all
+        bar = tqdm(total=steps, initial=state.step, disable=True)
+    lines = main and not use_bar(progress)
     meter = _Meter()
     total = _Meter()
     saved = path if resumed else None
@@ -152,7 +179,14 @@ def train(
             started = time.perf_counter()
             micro_batches = [next(stream) for _ in range(accumulation)]
             loader_s = time.perf_counter() - started
-            done = train_step(state, micro_batches, options)
+            totals = None
+            if processes.distributed:
+                # dropout differs between processes and depends on nothing but the step
+                seed = distributed.step_seed(experiment.experiment.seed, state.step, processes.rank)
+                torch.manual_seed(seed)
+                counts = [batch.targets(model.pad_id) for batch in micro_batches]
+                totals = distributed.sum_counts(processes, counts)
+            done = train_step(state, micro_batches, options, token_totals=totals)
             elapsed = time.perf_counter() - started
             for m in (meter, total):
                 m.add(done.loss, elapsed, loader_s, done.tokens)
@@ -160,7 +194,8 @@ def train(
 
             step = state.step
             if step % train_cfg.log_every == 0 or step == steps:
-                metrics = meter.metrics(done.lr, float(done.grad_norm))
+                # every process takes part: the loss is summed over them
+                metrics = meter.metrics(done.lr, float(done.grad_norm), processes)
                 meter = _Meter()
                 bar.set_postfix(
                     loss=f"{metrics['train/loss']:.4f}",
@@ -168,14 +203,17 @@ def train(
                 )
                 if lines:
                     note(bar, _log_line(step, steps, metrics, total))
-                if on_log is not None:
+                if on_log is not None and main:
                     on_log(step, metrics)
-            if on_eval is not None and experiment.eval.every and step % experiment.eval.every == 0:
-                generators = rng_state()  # whatever the evaluation draws, training is unchanged
-                on_eval(step)
-                restore_rng(generators)
+            if experiment.eval.every and step % experiment.eval.every == 0:
+                if on_eval is not None and main:
+                    generators = rng_state()  # whatever the evaluation draws, training is unchanged
+                    on_eval(step)
+                    restore_rng(generators)
+                distributed.wait_for_main(processes)  # the others wait for process 0's evaluation
             if step % train_cfg.checkpoint_every == 0 or step == steps:
-                save_checkpoint(path, {**state.checkpoint(settings), "origin": origin or {}})
+                if main:
+                    save_checkpoint(path, {**state.checkpoint(settings), "origin": origin or {}})
                 saved = path
 
     return TrainResult(
@@ -214,6 +252,21 @@ def _start(
     return state, saved is not None
 
 
+def _wrap(
+    model: RETRO, processes: Processes, device: torch.device, *, unused: bool
+) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel (which makes every process start from process 0's
+    weights). ``unused``: some trainable parameters get no gradient (the encoder and the
+    cross-attention when training without neighbours), which DDP must be told."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=unused,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -238,9 +291,15 @@ class _Meter:
     def loader_share(self) -> float:
         return self.loader_seconds / self.seconds if self.seconds > 0 else 0.0
 
-    def metrics(self, lr: float, grad_norm: float) -> dict[str, float]:
+    def metrics(
+        self, lr: float, grad_norm: float, processes: Processes = SINGLE
+    ) -> dict[str, float]:
+        """The stretch's metrics; under DDP each process holds its part of each step's loss
+        (:class:`~retro_platform.training.step.StepMetrics`) and the sum is the loss, while
+        the tokens are already every process's."""
+        (loss,) = distributed.sum_over_processes(processes, [float(self.loss)])
         return {
-            "train/loss": float(self.loss) / max(self.steps, 1),
+            "train/loss": loss / max(self.steps, 1),
             "train/lr": lr,
             "train/tokens_per_s": self.tokens / self.seconds if self.seconds > 0 else 0.0,
             "train/grad_norm": grad_norm,
