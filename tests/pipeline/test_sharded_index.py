@@ -336,3 +336,27 @@ def test_a_shard_result_says_what_is_left(tmp_path: Path, corpus: Path) -> None:
     result = run_index(experiment, store, shard=Shard(0, 2), progress=False, log=messages.append)
     assert "split them into 3 shards; shard 0/2 builds those of them left: 0/3, 2/3" in messages[0]
     assert not isinstance(result, ShardResult) or result.neighbours is not None
+
+
+@pytest.mark.e2e
+def test_minilm_shards_equal_one_process(tmp_path: Path) -> None:
+    """The real embedding model: the shards embed the same 1,024-text calls as one process
+    (same runtime options), so the vectors are the same bytes (~1 min on 2 cores)."""
+    corpus = write_stdlib_corpus(tmp_path / "corpus", MODULES[:5])
+    minilm = {"name": "sentence-transformers"}
+    retrieval = {**RETRIEVAL, "chunk_size": 24}
+    (tmp_path / "one").mkdir()
+    (tmp_path / "sharded").mkdir()
+    one = write_experiment(tmp_path / "one", corpus, retrieval=retrieval, embedder=minilm)
+    experiment, store = open_experiment(one)
+    ingest(experiment, store, progress=False)
+    expected = stored(experiment, run_index(experiment, store, progress=False, log=print))
+    assert 1024 < len(expected["vectors"]) < 2048  # two embedder calls: one per shard
+
+    sharded = write_experiment(tmp_path / "sharded", corpus, retrieval=retrieval, embedder=minilm)
+    experiment, store = open_experiment(sharded)
+    ingest(experiment, store, progress=False)
+    for i in (1, 0, 1):
+        result = run_index(experiment, store, shard=Shard(i, 2), progress=False, log=print)
+    assert isinstance(result, IndexResult)
+    assert_same(stored(experiment, result), expected)
