@@ -342,9 +342,9 @@ def test_a_shard_result_says_what_is_left(tmp_path: Path, corpus: Path) -> None:
 def test_minilm_shards_equal_one_process(tmp_path: Path) -> None:
     """The real embedding model: the shards embed the same 1,024-text calls as one process
     (same runtime options), so the vectors are the same bytes (~1 min on 2 cores)."""
-    corpus = write_stdlib_corpus(tmp_path / "corpus", MODULES[:5])
+    corpus = write_stdlib_corpus(tmp_path / "corpus", MODULES[:6])
     minilm = {"name": "sentence-transformers"}
-    retrieval = {**RETRIEVAL, "chunk_size": 24}
+    retrieval = {**RETRIEVAL, "chunk_size": 32}
     (tmp_path / "one").mkdir()
     (tmp_path / "sharded").mkdir()
     one = write_experiment(tmp_path / "one", corpus, retrieval=retrieval, embedder=minilm)
