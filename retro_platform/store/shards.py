@@ -22,6 +22,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -226,7 +227,7 @@ class SliceProgress(Progress):
 def merge_slices(
     store: Any,
     slices: list[StageShard],
-    path: Any,
+    path: Path,
     shape: tuple[int, ...],
     dtype: type,
     what: str,
@@ -237,18 +238,16 @@ def merge_slices(
     again), then remove the slice files."""
     if not slices or sum(row.count for row in slices) != shape[0]:
         raise StoreError(f"the slices of {what} file {path} do not cover its rows; run: {fix}")
+    if path.exists() and any(not store.path(row.file).exists() for row in slices if row.count):
+        return  # another process merged them at the same moment (it removes slices last)
     then = "it resumes: the finished slices are kept"
     with atomic_destination(path, then) as partial:
         with disk_errors(path, then):
             merged = np.lib.format.open_memmap(partial, "w+", dtype, shape)
             reserve(partial, then)
         for row in slices:
-            part = (
-                open_array(store.path(row.file), (row.count, *shape[1:]), dtype, what, fix)
-                if row.count
-                else None
-            )
-            if part is not None:
+            if row.count:  # an empty slice has no file
+                part = open_array(store.path(row.file), (row.count, *shape[1:]), dtype, what, fix)
                 merged[row.start : row.start + row.count] = part
         with disk_errors(path, then):
             merged.flush()
