@@ -210,8 +210,8 @@ def embed_corpus(
             if row.done:
                 raise StoreError(
                     f"embeddings {row.id} were started without --shard ({row.done} of "
-                    f"{row.count} chunks done): finish them without --shard, or start again "
-                    f"in shards with: retro-platform index {experiment.hint_file} --reembed"
+                    f"{row.count} chunks done): finish them in one process with: "
+                    f"retro-platform index {experiment.hint_file}"
                 )
             # slices of whole embedder batches: each shard embeds exactly the batches that
             # one process would, so the merged file is byte for byte the one-process file

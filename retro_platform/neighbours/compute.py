@@ -195,9 +195,8 @@ def compute_neighbours(
             if row.done:
                 raise StoreError(
                     f"neighbours {row.id} were started without --shard ({row.done} of "
-                    f"{row.count} chunks done): finish them without --shard, or start again "
-                    f"in shards with: retro-platform index {experiment.hint_file} "
-                    "--recompute-neighbours"
+                    f"{row.count} chunks done): finish them in one process with: "
+                    f"retro-platform index {experiment.hint_file}"
                 )
             # slices of whole query blocks: each shard searches exactly the blocks that one
             # process would (a block's answers can depend on its size, e.g. Faiss's flat

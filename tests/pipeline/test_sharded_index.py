@@ -16,10 +16,10 @@ from sqlalchemy import select
 from retro_platform.cli import cli
 from retro_platform.cli.common import open_experiment
 from retro_platform.corpus.ingest import ingest
-from retro_platform.errors import ConfigError
+from retro_platform.errors import ConfigError, StoreError
 from retro_platform.index.build import open_run_index
 from retro_platform.pipeline import IndexResult, Shard, ShardResult, run_index
-from retro_platform.store.models import BUILDING, READY, StageShard
+from retro_platform.store.models import BUILDING, READY, EmbeddingSet, StageShard
 from retro_platform.store.shards import slice_bounds
 from tests.pipeline.helpers import write_experiment, write_stdlib_corpus
 
@@ -360,3 +360,21 @@ def test_minilm_shards_equal_one_process(tmp_path: Path) -> None:
         result = run_index(experiment, store, shard=Shard(i, 2), progress=False, log=print)
     assert isinstance(result, IndexResult)
     assert_same(stored(experiment, result), expected)
+
+
+def test_a_set_started_in_one_process_is_not_taken_over_by_shards(
+    tmp_path: Path, corpus: Path
+) -> None:
+    path = experiment_at(tmp_path, corpus)
+    experiment, store = open_experiment(path)
+    ingest(experiment, store, progress=False)
+    full = run_index(experiment, store, progress=False, log=lambda _: None)
+    with store.session() as session:  # the state a kill of a run without --shard leaves
+        embedding_set = session.get(EmbeddingSet, full.embeddings.id)
+        embedding_set.status, embedding_set.done = BUILDING, 4096
+    with pytest.raises(StoreError) as error:
+        run_index(experiment, store, shard=Shard(0, 2), progress=False, log=lambda _: None)
+    assert str(error.value) == (
+        f"embeddings 1 were started without --shard (4096 of {full.embeddings.count} chunks "
+        f"done): finish them in one process with: retro-platform index {experiment.hint_file}"
+    )
