@@ -378,3 +378,29 @@ def test_a_set_started_in_one_process_is_not_taken_over_by_shards(
         f"embeddings 1 were started without --shard (4096 of {full.embeddings.count} chunks "
         f"done): finish them in one process with: retro-platform index {experiment.hint_file}"
     )
+
+
+def test_shards_after_a_corpus_change_equal_one_process(tmp_path: Path) -> None:
+    """A new corpus version derived from the previous one (vectors copied, neighbours kept)
+    comes out the same whether its stages run in shards or in one process."""
+    results = []
+    for sharded in (False, True):
+        corpus = write_stdlib_corpus(tmp_path / f"corpus-{sharded}", MODULES[:-1])
+        path = experiment_at(tmp_path / f"store-{sharded}", corpus)
+        experiment, store = open_experiment(path)
+        ingest(experiment, store, progress=False)
+        run_index(experiment, store, progress=False, log=lambda _: None)
+        write_stdlib_corpus(corpus, MODULES[-1:])  # a new document: corpus version 2
+        ingest(experiment, store, progress=False)
+        messages: list[str] = []
+        if sharded:
+            for i in (1, 0, 1):
+                result = run_index(
+                    experiment, store, shard=Shard(i, 2), progress=False, log=messages.append
+                )
+        else:
+            result = run_index(experiment, store, progress=False, log=messages.append)
+        assert isinstance(result, IndexResult) and result.embeddings.id == 2
+        assert any("copied from embeddings 1" in line for line in messages)
+        results.append(stored(experiment, result))
+    assert_same(results[1], results[0])
