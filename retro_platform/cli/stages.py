@@ -83,6 +83,13 @@ def ingest(
     help="Search every chunk's neighbours again (after documents were added, existing chunks "
     "otherwise keep theirs).",
 )
+@click.option(
+    "--shard",
+    "shard_text",
+    metavar="I/N",
+    help="Build only slice I of N (0 <= I < N) of the embeddings and, once the index is "
+    "built, of the neighbours; run I = 0..N-1 on machines that share the store.",
+)
 def index(
     experiment_file: str,
     overrides: tuple[str, ...],
@@ -90,6 +97,7 @@ def index(
     rebuild: bool,
     reembed: bool,
     recompute_neighbours: bool,
+    shard_text: str | None,
 ) -> None:
     """Embed every chunk, build the vector index and every chunk's neighbours.
 
@@ -98,9 +106,18 @@ def index(
     neighbour searches resume where they stopped. After `ingest` added, changed or removed
     documents, only new chunks are embedded and the index is updated in place of a rebuild
     (vectors added and removed; an index type that cannot remove is rebuilt, and says so).
-    """
-    from retro_platform.pipeline import run_index
 
+    --shard I/N splits the work between N processes that share the store (a PostgreSQL URL
+    and one store folder): each embeds its slice of the chunks; the one that finishes last
+    merges them and builds the index; run each shard again to search its slice of the
+    neighbours. The merged results are those of one process. A run without --shard finishes
+    whatever slices are left and merges them.
+    """
+    from retro_platform.pipeline import IndexResult, Shard, refuse_rebuild_in_shards, run_index
+
+    shard = None if shard_text is None else Shard.parse(shard_text)
+    if shard is not None and (rebuild or reembed or recompute_neighbours):
+        refuse_rebuild_in_shards(experiment_file)
     experiment, store = open_experiment(experiment_file, overrides)
     result = run_index(
         experiment,
@@ -108,9 +125,13 @@ def index(
         rebuild=rebuild,
         reembed=reembed,
         recompute_neighbours=recompute_neighbours,
+        shard=shard,
         progress=progress,
         log=click.echo,
     )
+    if not isinstance(result, IndexResult):
+        click.echo(result.summary(experiment.hint_file))
+        return
     neighbours = result.neighbours
     click.echo(
         f"embeddings {result.embeddings.id}: {result.embeddings.count} chunks, "

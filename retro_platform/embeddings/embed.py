@@ -31,9 +31,21 @@ from retro_platform.protocols import Embedder
 from retro_platform.store.arrays import open_array, resume_array
 from retro_platform.store.chunks import count_chunks, read_chunks
 from retro_platform.store.fingerprints import fingerprint
-from retro_platform.store.models import READY, Corpus, EmbeddingSet
+from retro_platform.store.models import READY, Corpus, EmbeddingSet, StageShard
+from retro_platform.store.shards import (
+    WHOLE,
+    Shard,
+    ShardsLeft,
+    SliceProgress,
+    drop_slices,
+    lay_out_slices,
+    merge_slices,
+    run_slices,
+    stored_slices,
+)
 from retro_platform.store.stages import (
     Progress,
+    finish,
     get_or_create_stage,
     is_ready,
     restart,
@@ -124,18 +136,32 @@ def embed_corpus(
     *,
     embedder: Embedder | None = None,
     reembed: bool = False,
+    shard: Shard | None = None,
+    merge: bool = True,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
-) -> EmbeddingFile:
+) -> EmbeddingFile | ShardsLeft:
     """Embed the corpus's chunks with the experiment's embedder, or reuse a finished set.
 
     After the corpus changed, the chunks a finished set of an earlier version holds are copied
     from it and only the others are embedded (``log`` says how many of each). ``reembed``
     embeds every chunk again from the first, even when a finished set is stored (for a model
     whose files changed under the same options).
+
+    With ``shard`` (``i/N``) this process embeds only its slice of the chunks
+    (:mod:`retro_platform.store.shards`); the process whose slice completes the set merges the
+    slices into the set's file (``merge=False``: none does; a later call without ``shard``
+    merges, as rank 0 of ``torchrun`` does after a barrier). Until the set is merged the result
+    is a :class:`ShardsLeft`; without ``shard`` it is always the finished set (the slices a
+    sharded run left are finished here first).
     """
     table = experiment.plugin_table("embedder")
     embedder = embedder or table.build()
+    if shard is not None and reembed:
+        raise ConfigError(
+            "--reembed does not go with --shard: every shard would start the set again; "
+            f"run: retro-platform index {experiment.hint_file} --reembed (one process)"
+        )
     with store.session() as session:
         corpus = session.get(Corpus, corpus_id)
         key = embedding_fingerprint(experiment, corpus)
@@ -161,7 +187,9 @@ def embed_corpus(
             )
         if reembed:
             restart(row, table.source)
+            drop_slices(store, session, EmbeddingSet, row.id)
             row.dimension, row.normalized = embedder.dimension, embedder.normalized
+        slices = stored_slices(session, EmbeddingSet, row.id)
 
     if embedder.dimension != row.dimension:
         raise ConfigError(
@@ -175,8 +203,36 @@ def embed_corpus(
             _save_chunk_ids(store, row.corpus_id, result.ids_path)  # a set from before the file
         return result
     base = None if reembed else _base(experiment, store, corpus_id, row.dimension)
-    copied, embedded = _fill(store, row, embedder, base, progress)
+    if shard is None and not slices:
+        counts = _fill(store, row, embedder, base, progress)
+    else:
+        if not slices:
+            if row.done:
+                raise StoreError(
+                    f"embeddings {row.id} were started without --shard ({row.done} of "
+                    f"{row.count} chunks done): finish them in one process with: "
+                    f"retro-platform index {experiment.hint_file}"
+                )
+            # slices of whole embedder batches: each shard embeds exactly the batches that
+            # one process would, so the merged file is byte for byte the one-process file
+            slices = lay_out_slices(store, EmbeddingSet, row, embedder.batch_size, shard.count)
+
+        def fill_slice(piece: StageShard) -> tuple[tuple[int, int], bool]:
+            return _fill_slice(store, row, piece, embedder, base, progress)
+
+        counts, slices, merging = run_slices(
+            store, EmbeddingSet, row.id, slices, shard or WHOLE, fill_slice, "embeddings", log
+        )
+        if not (merge and merging):
+            return ShardsLeft(
+                "embeddings",
+                row.id,
+                slices[0].shards,
+                tuple(piece.shard for piece in slices if piece.status != READY),
+            )
+        _merge(store, row, slices)
     if log is not None and base is not None:
+        copied, embedded = counts or (0, 0)
         log(
             f"embeddings {row.id}: {copied} chunks copied from embeddings {base.id}, "
             f"{embedded} embedded (corpus version {row.corpus_version})"
@@ -212,17 +268,71 @@ def _fill(
     The chunk-id file is written before the row turns ready."""
     count, dimension = row.count, row.dimension
     path = store.path(row.file)
-    shape = (count, dimension)
-    vectors, done = resume_array(path, shape, np.float32, row.done, "embedding", _FIX)
+    vectors, done = resume_array(path, (count, dimension), np.float32, row.done, "embedding", _FIX)
     saved = Progress(store, EmbeddingSet, row.id, vectors)
+    bar = progress_bar(total=count, initial=done, unit="chunk", desc="embed", enabled=progress)
+    with bar:
+        copied, embedded = _embed_rows(store, row, embedder, base, vectors, 0, done, saved, bar)
+    _save_chunk_ids(store, row.corpus_id, chunk_ids_path(path), count)
+    saved.finish(count)
+    return copied, embedded
+
+
+def _fill_slice(
+    store: Any,
+    row: EmbeddingSet,
+    piece: StageShard,
+    embedder: Embedder,
+    base: EmbeddingFile | None,
+    progress: bool | None,
+) -> tuple[tuple[int, int], bool]:
+    """Write the rows of one slice into its own file, committing the slice's progress; returns
+    (copied, embedded) and whether finishing it completed the set."""
+    if piece.count == 0:
+        return (0, 0), SliceProgress(store, EmbeddingSet, row.id, piece.id, None).finish(0)
+    shape = (piece.count, row.dimension)
+    path = store.path(piece.file)
+    vectors, done = resume_array(path, shape, np.float32, piece.done, "embedding", _FIX)
+    saved = SliceProgress(store, EmbeddingSet, row.id, piece.id, vectors)
+    bar = progress_bar(
+        total=piece.count,
+        initial=done,
+        unit="chunk",
+        desc=f"embed {piece.shard}/{piece.shards}",
+        enabled=progress,
+    )
+    with bar:
+        counts = _embed_rows(store, row, embedder, base, vectors, piece.start, done, saved, bar)
+    return counts, saved.finish(piece.count)
+
+
+def _embed_rows(
+    store: Any,
+    row: EmbeddingSet,
+    embedder: Embedder,
+    base: EmbeddingFile | None,
+    vectors: np.ndarray,
+    first: int,
+    done: int,
+    saved: Progress,
+    bar: Any,
+) -> tuple[int, int]:
+    """Fill ``vectors`` (the set's rows from ``first`` on) from its row ``done`` to its end,
+    one embedder batch at a time: copied from ``base`` where it holds the chunk, else embedded.
+    Returns (copied, embedded)."""
+    total, dimension = len(vectors), row.dimension
     if base is not None:
         base_ids, base_vectors = base.chunk_ids(), base.open()
     copied = embedded_count = 0
-    bar = progress_bar(total=count, initial=done, unit="chunk", desc="embed", enabled=progress)
-    with bar, store.session() as reading:
+    with store.session() as reading:
         columns = ("id", "text") if base is not None else ("text",)
         blocks = read_chunks(
-            reading, row.corpus_id, *columns, block=embedder.batch_size, offset=done
+            reading,
+            row.corpus_id,
+            *columns,
+            block=embedder.batch_size,
+            offset=first + done,
+            limit=total - done,
         )
         for rows in blocks:
             target = vectors[done : done + len(rows)]
@@ -250,14 +360,27 @@ def _fill(
             done += len(rows)
             bar.update(len(rows))
             saved.update(done)
-    if done != count:
+    if done != total:
         raise StoreError(
-            f"embedding set {row.id}: {done} of {count} chunks found; "
+            f"embedding set {row.id}: {first + done} of {first + total} chunks found; "
             f"the store changed while embedding, run the command again"
         )
-    _save_chunk_ids(store, row.corpus_id, chunk_ids_path(path), count)
-    saved.finish(done)
     return copied, embedded_count
+
+
+def _merge(store: Any, row: EmbeddingSet, slices: list[StageShard]) -> None:
+    """Copy the finished slices into the set's file, write its chunk ids, mark it ready."""
+    path = store.path(row.file)
+    shape = (row.count, row.dimension)
+    merge_slices(store, slices, path, shape, np.float32, "embedding", _FIX)
+    _save_chunk_ids(store, row.corpus_id, chunk_ids_path(path), row.count)
+    finish(
+        store,
+        EmbeddingSet,
+        row.id,
+        done=row.count,
+        seconds=sum(piece.seconds or 0.0 for piece in slices),
+    )
 
 
 def _save_chunk_ids(store: Any, corpus_id: int, path: Path, count: int | None = None) -> None:

@@ -20,15 +20,28 @@ import numpy as np
 from retro_platform.config import Experiment
 from retro_platform.corpus.chunk_table import ChunkTable, load_chunk_table
 from retro_platform.embeddings.embed import EmbeddingFile
+from retro_platform.errors import ConfigError, StoreError
 from retro_platform.index.build import IndexRecord, index_lineage
 from retro_platform.progress import progress as progress_bar
 from retro_platform.protocols import MISSING, Retriever
 from retro_platform.store.arrays import open_array, resume_array
 from retro_platform.store.fingerprints import fingerprint
-from retro_platform.store.models import NeighbourSet
+from retro_platform.store.models import READY, NeighbourSet, StageShard
+from retro_platform.store.shards import (
+    WHOLE,
+    Shard,
+    ShardsLeft,
+    SliceProgress,
+    drop_slices,
+    lay_out_slices,
+    merge_slices,
+    run_slices,
+    stored_slices,
+)
 from retro_platform.store.stages import (
     Progress,
     find_stage,
+    finish,
     get_or_create_stage,
     is_ready,
     restart,
@@ -106,19 +119,32 @@ def compute_neighbours(
     retriever: Retriever,
     *,
     rebuild: bool = False,
+    shard: Shard | None = None,
+    merge: bool = True,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
-) -> NeighbourFile:
+) -> NeighbourFile | ShardsLeft:
     """Compute (or reuse) the neighbour set of every chunk of the corpus.
 
     A new set after a corpus change is derived from the set of an earlier version (see the
     module docstring; ``log`` says how many rows were kept and searched); ``rebuild``
     searches every chunk again.
+
+    With ``shard`` (``i/N``) this process searches only its slice of the queries, and the
+    slices are merged as :func:`~retro_platform.embeddings.embed.embed_corpus` merges its
+    (``merge=False``: by a later call without ``shard``); until then the result is a
+    :class:`ShardsLeft`. Without ``shard`` it is always the finished set.
     """
     k = experiment.retrieval.neighbours
     exclusion = "same-document" if experiment.retrieval.exclude_same_document else "none"
     key = neighbours_fingerprint(experiment, index)
     source = experiment.plugin_table("retriever").source
+    if shard is not None and rebuild:
+        raise ConfigError(
+            "--rebuild and --recompute-neighbours do not go with --shard: every shard would "
+            f"start the set again; run: retro-platform index {experiment.hint_file} --rebuild "
+            "(one process)"
+        )
     with store.session() as session:
         row = get_or_create_stage(
             session,
@@ -133,49 +159,141 @@ def compute_neighbours(
         )
         if rebuild:
             restart(row, source)
+            drop_slices(store, session, NeighbourSet, row.id)
         table = load_chunk_table(session, corpus_id)
+        slices = stored_slices(session, NeighbourSet, row.id)
 
     path = store.path(row.file)
     record = NeighbourFile(row.id, key, path, k, exclusion, embeddings.count)
     if is_ready(store, row):
         return record
-    shape = (embeddings.count, k)
-    out, done = resume_array(path, shape, np.int64, row.done, "neighbour", _FIX)
-    saved = Progress(store, NeighbourSet, row.id, out)
-
-    vectors = embeddings.open()
-    exclude = table.document_ids if exclusion == "same-document" else None
-    base = None if rebuild else _base(experiment, store, corpus_id, k, exclusion)
-    if base is not None:
-        base_ids, base_neighbours = base
-        kept_rows = _kept(base_ids, base_neighbours, table)
-    searched = 0
-    bar = progress_bar(
-        total=embeddings.count, initial=done, unit="chunk", desc="neighbours", enabled=progress
+    search = _Search(
+        retriever,
+        embeddings.open(),
+        table,
+        k,
+        table.document_ids if exclusion == "same-document" else None,
+        None if rebuild else _base(experiment, store, corpus_id, k, exclusion),
     )
-    with bar:
-        for start in range(done, embeddings.count, QUERY_BATCH):
-            stop = min(start + QUERY_BATCH, embeddings.count)
-            search = np.arange(start, stop)
-            if base is not None:
-                old = kept_rows[start:stop]
-                have = old >= 0
-                out[start:stop][have] = base_neighbours[old[have]]
-                search = search[~have]
-            if len(search):
-                documents = None if exclude is None else exclude[search]
-                out[search] = find_neighbours(retriever, vectors[search], documents, table, k)
-                searched += len(search)
-            bar.update(stop - start)
-            saved.update(stop)
-    saved.finish(embeddings.count)
-    if log is not None and base is not None:
+    shape = (embeddings.count, k)
+    if shard is None and not slices:
+        out, done = resume_array(path, shape, np.int64, row.done, "neighbour", _FIX)
+        saved = Progress(store, NeighbourSet, row.id, out)
+        bar = progress_bar(
+            total=embeddings.count,
+            initial=done,
+            unit="chunk",
+            desc="neighbours",
+            enabled=progress,
+        )
+        with bar:
+            searched = search.rows(out, 0, done, saved, bar)
+        saved.finish(embeddings.count)
+        kept = embeddings.count - searched - done
+    else:
+        if not slices:
+            if row.done:
+                raise StoreError(
+                    f"neighbours {row.id} were started without --shard ({row.done} of "
+                    f"{row.count} chunks done): finish them in one process with: "
+                    f"retro-platform index {experiment.hint_file}"
+                )
+            # slices of whole query blocks: each shard searches exactly the blocks that one
+            # process would (a block's answers can depend on its size, e.g. Faiss's flat
+            # search switches to BLAS from 20 queries), so the merged file is the same bytes
+            slices = lay_out_slices(store, NeighbourSet, row, QUERY_BATCH, shard.count)
+
+        def search_slice(piece: StageShard) -> tuple[tuple[int, ...], bool]:
+            return search.slice(store, row.id, piece, progress)
+
+        counts, slices, merging = run_slices(
+            store, NeighbourSet, row.id, slices, shard or WHOLE, search_slice, "neighbours", log
+        )
+        if not (merge and merging):
+            return ShardsLeft(
+                "neighbours",
+                row.id,
+                slices[0].shards,
+                tuple(piece.shard for piece in slices if piece.status != READY),
+            )
+        merge_slices(store, slices, path, shape, np.int64, "neighbour", _FIX)
+        finish(
+            store,
+            NeighbourSet,
+            row.id,
+            done=row.count,
+            seconds=sum(piece.seconds or 0.0 for piece in slices),
+        )
+        searched, kept = counts or (0, 0)
+    if log is not None and search.base is not None:
         log(
-            f"neighbours {row.id}: {embeddings.count - searched - done} chunks kept their "
+            f"neighbours {row.id}: {kept} chunks kept their "
             f"neighbours, {searched} searched (new chunks, or a neighbour was removed); "
             "--recompute-neighbours searches every chunk again"
         )
     return record
+
+
+@dataclass
+class _Search:
+    """The neighbour search of a set's rows, block by block, keeping rows of ``base`` (an
+    earlier version's chunk ids and neighbours) where they are still right."""
+
+    retriever: Retriever
+    vectors: np.ndarray
+    table: ChunkTable
+    k: int
+    exclude: np.ndarray | None
+    base: tuple[np.ndarray, np.ndarray] | None
+
+    def __post_init__(self) -> None:
+        self.kept_rows = None if self.base is None else _kept(*self.base, self.table)
+
+    def rows(self, out: np.ndarray, first: int, done: int, saved: Progress, bar: Any) -> int:
+        """Fill ``out`` (the set's rows from ``first`` on) from its row ``done`` to its end,
+        committing progress; returns how many rows were searched (the others were kept)."""
+        searched = 0
+        end = first + len(out)
+        for start in range(first + done, end, QUERY_BATCH):
+            stop = min(start + QUERY_BATCH, end)
+            search = np.arange(start, stop)
+            target = out[start - first : stop - first]
+            if self.base is not None:
+                old = self.kept_rows[start:stop]
+                have = old >= 0
+                target[have] = self.base[1][old[have]]
+                search = search[~have]
+            if len(search):
+                documents = None if self.exclude is None else self.exclude[search]
+                target[search - start] = find_neighbours(
+                    self.retriever, self.vectors[search], documents, self.table, self.k
+                )
+                searched += len(search)
+            bar.update(stop - start)
+            saved.update(stop - first)
+        return searched
+
+    def slice(
+        self, store: Any, set_id: int, piece: StageShard, progress: bool | None
+    ) -> tuple[tuple[int, ...], bool]:
+        """Search one slice into its own file: (searched, kept) rows of this call, and whether
+        finishing the slice completed the set."""
+        if piece.count == 0:
+            return (0, 0), SliceProgress(store, NeighbourSet, set_id, piece.id, None).finish(0)
+        shape = (piece.count, self.k)
+        path = store.path(piece.file)
+        out, done = resume_array(path, shape, np.int64, piece.done, "neighbour", _FIX)
+        saved = SliceProgress(store, NeighbourSet, set_id, piece.id, out)
+        bar = progress_bar(
+            total=piece.count,
+            initial=done,
+            unit="chunk",
+            desc=f"neighbours {piece.shard}/{piece.shards}",
+            enabled=progress,
+        )
+        with bar:
+            searched = self.rows(out, piece.start, done, saved, bar)
+        return (searched, piece.count - done - searched), saved.finish(piece.count)
 
 
 def neighbours_fingerprint(experiment: Experiment, index: IndexRecord) -> str:

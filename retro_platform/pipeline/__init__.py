@@ -13,13 +13,23 @@ from typing import Any
 from retro_platform.config import Experiment
 from retro_platform.corpus.ingest import find_corpus_id, ingest
 from retro_platform.embeddings.embed import EmbeddingFile, embed_corpus, embedding_fingerprint
-from retro_platform.errors import IndexFileError
+from retro_platform.errors import ConfigError, IndexFileError
 from retro_platform.index.build import IndexRecord, build_index, index_fingerprint, open_run_index
 from retro_platform.neighbours.compute import NeighbourFile, compute_neighbours
 from retro_platform.store.models import READY, Corpus, EmbeddingSet, VectorIndex
-from retro_platform.store.stages import find_stage
+from retro_platform.store.shards import Shard, ShardsLeft
+from retro_platform.store.stages import find_stage, is_ready
 
-__all__ = ["IndexResult", "ingest", "run_index", "stored_index"]
+__all__ = [
+    "IndexResult",
+    "Shard",
+    "ShardResult",
+    "ShardsLeft",
+    "ingest",
+    "refuse_rebuild_in_shards",
+    "run_index",
+    "stored_index",
+]
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,40 @@ class IndexResult:
     neighbours: NeighbourFile
 
 
+@dataclass(frozen=True)
+class ShardResult:
+    """What one shard's ``run_index`` left to others: the embeddings' slices, the index (built
+    by the shard that completed the embeddings) or the neighbours' slices."""
+
+    shard: Shard
+    embeddings: EmbeddingFile | ShardsLeft
+    neighbours: ShardsLeft | None = None
+
+    def summary(self, hint_file: str) -> str:
+        """What this shard did and what to run next, in a line or two."""
+        again = f"retro-platform index {hint_file} --shard {self.shard}"
+        plain = f"retro-platform index {hint_file}"
+        if isinstance(self.embeddings, ShardsLeft):
+            return self.embeddings.summary(
+                self.shard,
+                "the shard that finishes last merges them and builds the index; then run "
+                f"`{again}` again to search this shard's neighbours (or run `{plain}` once "
+                "every shard is done: it merges, builds the index and searches them all)",
+            )
+        if self.neighbours is None:
+            return (
+                f"embeddings {self.embeddings.id}: done; the index is not built yet (the shard "
+                "that completed the embeddings builds it; if that process is gone, "
+                f"`{plain}` builds it); run `{again}` again once it is, to search this "
+                "shard's neighbours"
+            )
+        return self.neighbours.summary(
+            self.shard,
+            "the shard that finishes last merges them (or, once no shard is running, "
+            f"`{plain}` finishes what is left and merges)",
+        )
+
+
 def run_index(
     experiment: Experiment,
     store: Any,
@@ -37,9 +81,11 @@ def run_index(
     rebuild: bool = False,
     reembed: bool = False,
     recompute_neighbours: bool = False,
+    shard: Shard | None = None,
+    barrier: Callable[[], None] | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] = print,
-) -> IndexResult:
+) -> IndexResult | ShardResult:
     """Embed the ingested corpus, build the vector index, compute every chunk's neighbours.
 
     After documents were added, replaced or removed (a new corpus version), each stage is
@@ -51,12 +97,37 @@ def run_index(
     even when they are stored; ``reembed`` also embeds every chunk again (embeddings are
     otherwise rebuilt only when their file is missing: an index problem never needs them
     redone).
+
+    With ``shard`` (``Shard(i, N)``, one of ``N`` processes on any machines sharing the store):
+    this process embeds its slice of the chunks; the process that completes the embeddings
+    merges them and builds the index (one process: Faiss trains and adds); a shard that finds
+    the index built searches its slice of the neighbours, and the one that completes them
+    merges them. The result is the finished :class:`IndexResult` once all of it is done, else
+    a :class:`ShardResult` that says what is left. The merged files are the bytes one process
+    writes (see :mod:`retro_platform.store.shards`).
+
+    With ``barrier`` as well (every rank of a ``torchrun`` job calls this with
+    ``Shard(rank, world_size)`` and a callable that returns once every rank has called it,
+    e.g. ``torch.distributed.barrier``): the ranks embed their slices, wait, rank 0 merges and
+    builds the index, wait, all search their slices of the neighbours, wait, rank 0 merges
+    them, wait; every rank returns the finished :class:`IndexResult`.
     """
+    if shard is not None and (rebuild or reembed or recompute_neighbours):
+        refuse_rebuild_in_shards(experiment.hint_file)
+    if barrier is not None:
+        if shard is None:
+            raise ValueError("run_index(barrier=...) needs shard=Shard(rank, world_size)")
+        return _run_index_in_ranks(experiment, store, shard, barrier, progress, log)
     rebuild = rebuild or reembed
     corpus_id = find_corpus_id(experiment, store)
+    ready_before = shard is not None and _embeddings_ready(experiment, store, corpus_id)
     embeddings = embed_corpus(
-        experiment, store, corpus_id, reembed=reembed, progress=progress, log=log
+        experiment, store, corpus_id, reembed=reembed, shard=shard, progress=progress, log=log
     )
+    if isinstance(embeddings, ShardsLeft):
+        return ShardResult(shard, embeddings)
+    if ready_before and _stored_index(experiment, store, embeddings) is None:
+        return ShardResult(shard, embeddings)  # the shard that merged them builds the index
     index = build_index(experiment, store, corpus_id, embeddings, rebuild=rebuild, log=log)
     retriever = open_run_index(experiment, index)
     neighbours = compute_neighbours(
@@ -67,10 +138,78 @@ def run_index(
         index,
         retriever,
         rebuild=rebuild or recompute_neighbours,
+        shard=shard,
         progress=progress,
         log=log,
     )
+    if isinstance(neighbours, ShardsLeft):
+        return ShardResult(shard, embeddings, neighbours)
     return IndexResult(corpus_id, embeddings, index, neighbours)
+
+
+def refuse_rebuild_in_shards(hint_file: str) -> None:
+    """The one-line error for ``--rebuild``, ``--reembed`` or ``--recompute-neighbours`` with
+    ``--shard``: each shard would start the set again, under the others' feet."""
+    raise ConfigError(
+        "--rebuild, --reembed and --recompute-neighbours do not go with --shard (each shard "
+        f"would start the set again): run retro-platform index {hint_file} with them in one "
+        "process"
+    )
+
+
+def _run_index_in_ranks(
+    experiment: Experiment,
+    store: Any,
+    shard: Shard,
+    barrier: Callable[[], None],
+    progress: bool | None,
+    log: Callable[[str], None],
+) -> IndexResult:
+    """:func:`run_index` in every rank of one job: slices in parallel, merges and the index on
+    rank 0, a barrier between the steps. Every rank calls ``barrier`` four times."""
+    first = shard.index == 0
+    quiet = log if first else (lambda _: None)  # one copy of each line, not one per rank
+    corpus_id = find_corpus_id(experiment, store)
+    embed_corpus(
+        experiment, store, corpus_id, shard=shard, merge=False, progress=progress, log=quiet
+    )
+    barrier()
+    if first:
+        embeddings = embed_corpus(experiment, store, corpus_id, progress=progress, log=log)
+        index = build_index(experiment, store, corpus_id, embeddings, log=log)
+    barrier()
+    if not first:  # rank 0 finished both: these read their records
+        embeddings = embed_corpus(experiment, store, corpus_id, progress=False)
+        index = build_index(experiment, store, corpus_id, embeddings, log=quiet)
+    retriever = open_run_index(experiment, index)
+    arguments = (experiment, store, corpus_id, embeddings, index, retriever)
+    compute_neighbours(*arguments, shard=shard, merge=False, progress=progress, log=quiet)
+    barrier()
+    if first:
+        neighbours = compute_neighbours(*arguments, progress=progress, log=log)
+    barrier()
+    if not first:
+        neighbours = compute_neighbours(*arguments, progress=False)
+    return IndexResult(corpus_id, embeddings, index, neighbours)
+
+
+def _embeddings_ready(experiment: Experiment, store: Any, corpus_id: int) -> bool:
+    """Whether the experiment's embeddings of the corpus's current version are finished."""
+    with store.session() as session:
+        corpus = session.get(Corpus, corpus_id)
+        row = find_stage(session, EmbeddingSet, embedding_fingerprint(experiment, corpus))
+        return row is not None and row.status == READY
+
+
+def _stored_index(
+    experiment: Experiment, store: Any, embeddings: EmbeddingFile
+) -> IndexRecord | None:
+    """The experiment's finished index over ``embeddings``, or None."""
+    with store.session() as session:
+        row = find_stage(session, VectorIndex, index_fingerprint(experiment, embeddings))
+        if row is None or not is_ready(store, row):
+            return None
+        return IndexRecord.from_row(row, store)
 
 
 def stored_index(experiment: Experiment, store: Any) -> IndexRecord:

@@ -21,15 +21,23 @@ BLOCK = 50_000
 
 
 def read_chunks(
-    session: Session, corpus_id: int, *columns: str, block: int = BLOCK, offset: int = 0
+    session: Session,
+    corpus_id: int,
+    *columns: str,
+    block: int = BLOCK,
+    offset: int = 0,
+    limit: int | None = None,
 ) -> Iterator[Sequence[Any]]:
     """The named columns of the chunks of ``corpus_id`` in chunk-id order, from the
-    ``offset``-th chunk on: blocks of at most ``block`` rows, each row a tuple of ``columns``
-    (names of :class:`~retro_platform.store.models.Chunk` columns, e.g. ``"token_ids"``)."""
+    ``offset``-th chunk on (``limit`` of them, or all): blocks of at most ``block`` rows, each
+    row a tuple of ``columns`` (names of :class:`~retro_platform.store.models.Chunk` columns,
+    e.g. ``"token_ids"``)."""
     query = _of_corpus(select(*(getattr(Chunk, name) for name in columns)), corpus_id)
     query = query.order_by(Chunk.id)
     if offset:
         query = query.offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
     yield from session.execute(query.execution_options(yield_per=block)).partitions()
 
 

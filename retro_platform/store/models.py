@@ -220,3 +220,32 @@ class NeighbourSet(ResumableStageRecord, Base):
     )
     k: Mapped[int] = mapped_column(Integer)
     exclusion: Mapped[str] = mapped_column(String(40))
+
+
+class StageShard(ResumableStageRecord, Base):
+    """One of ``shards`` contiguous slices of an embedding or neighbour set that separate
+    processes build at the same time (``retro-platform index --shard i/N``, or the ranks of a
+    ``torchrun`` job): rows ``start .. start + count`` of the set, written to a ``file`` of
+    its own and copied into the set's file once every slice is ``ready``.
+
+    Exactly one of ``embedding_set_id`` and ``neighbour_set_id`` is set. The slices of a set
+    are laid out by the first sharded run and kept until the set is built again.
+    """
+
+    __tablename__ = "stage_shards"
+    __table_args__ = (
+        UniqueConstraint("embedding_set_id", "shard"),
+        UniqueConstraint("neighbour_set_id", "shard"),
+    )
+
+    embedding_set_id: Mapped[int | None] = mapped_column(
+        ForeignKey("embedding_sets.id", ondelete="CASCADE"), nullable=True, sort_order=_PARENT
+    )
+    neighbour_set_id: Mapped[int | None] = mapped_column(
+        ForeignKey("neighbour_sets.id", ondelete="CASCADE"), nullable=True, sort_order=_PARENT
+    )
+    #: which slice (``0 .. shards - 1``) of how many
+    shard: Mapped[int] = mapped_column(Integer)
+    shards: Mapped[int] = mapped_column(Integer)
+    #: the set's row where the slice begins (a multiple of the batch it was laid out for)
+    start: Mapped[int] = mapped_column(BigInteger)

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from retro_platform.store.fingerprints import short
@@ -42,12 +43,18 @@ def get_or_create_stage(
     session: Session, model: type[Record], key: str, **new_values: Any
 ) -> Record:
     """The row of ``model`` whose fingerprint is ``key``; if there is none, a new ``building``
-    one made of ``new_values``, flushed so that it has its id."""
+    one made of ``new_values``, flushed so that it has its id. Of two processes that make it at
+    the same moment (the shards of one set), the second finds the first's row."""
     row = find_stage(session, model, key)
     if row is None:
-        row = model(fingerprint=key, status=BUILDING, **new_values)
-        session.add(row)
-        session.flush()
+        try:
+            with session.begin_nested():
+                row = model(fingerprint=key, status=BUILDING, **new_values)
+                session.add(row)
+        except IntegrityError:
+            row = find_stage(session, model, key)
+            if row is None:
+                raise
     return row
 
 

@@ -1,0 +1,406 @@
+"""``index --shard i/N`` and ``run_index(shard=..., barrier=...)``: embeddings and neighbours
+built in slices by separate processes equal, byte for byte, what one process builds."""
+
+from __future__ import annotations
+
+import multiprocessing
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from retro_platform.cli import cli
+from retro_platform.cli.common import open_experiment
+from retro_platform.corpus.ingest import ingest
+from retro_platform.errors import ConfigError, StoreError
+from retro_platform.index.build import open_run_index
+from retro_platform.pipeline import IndexResult, Shard, ShardResult, run_index
+from retro_platform.store.models import BUILDING, READY, EmbeddingSet, StageShard
+from retro_platform.store.shards import slice_bounds
+from tests.pipeline.helpers import write_experiment, write_stdlib_corpus
+
+#: Enough standard-library text for more than one hashing batch (4,096 chunks) of 8-byte
+#: chunks, so that both of two shards embed and search rows of their own; in 4-byte chunks
+#: (:data:`SMALL_CHUNKS`), more than two, so that the first shard's slice is two batches.
+MODULES = (
+    "bisect.py", "colorsys.py", "fnmatch.py", "keyword.py", "shlex.py", "glob.py", "stat.py",
+)  # fmt: skip
+RETRIEVAL = {"chunk_size": 8, "neighbours": 2, "validation_fraction": 0.1}
+SMALL_CHUNKS = {**RETRIEVAL, "chunk_size": 4}
+
+HANG_S = 300
+
+#: Runs the CLI after making progress commit after every batch and SIGKILL the process right
+#: after its first commit of rows that leave a slice unfinished: a kill midway, at a known row.
+KILLED_MIDWAY = """
+import os, signal, sys
+from retro_platform.store import stages
+stages.COMMIT_EVERY_S = 0.0
+commit = stages.Progress._commit
+def commit_then_die(self, done, status):
+    commit(self, done, status)
+    if status == stages.BUILDING and 0 < done < len(self.array):
+        os.kill(os.getpid(), signal.SIGKILL)
+stages.Progress._commit = commit_then_die
+from retro_platform.cli import cli
+cli(sys.argv[1:], prog_name="retro-platform")
+"""
+
+
+def experiment_at(
+    folder: Path, corpus: Path, url: str | None = None, retrieval: dict = RETRIEVAL
+) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_experiment(folder, corpus, url, retrieval=retrieval)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_stdlib_corpus(tmp_path_factory.mktemp("corpus"), MODULES)
+
+
+@pytest.fixture(scope="module")
+def one_process(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    """What one process stores: embeddings, neighbours, chunk ids, and its index's answers."""
+    return indexed_in_one_process(tmp_path_factory.mktemp("one-process"), corpus, RETRIEVAL)
+
+
+def indexed_in_one_process(folder: Path, corpus: Path, retrieval: dict) -> dict[str, np.ndarray]:
+    path = experiment_at(folder, corpus, retrieval=retrieval)
+    experiment, store = open_experiment(path)
+    ingest(experiment, store, progress=False)
+    result = run_index(experiment, store, progress=False, log=lambda _: None)
+    return stored(experiment, result)
+
+
+def stored(experiment, result: IndexResult) -> dict[str, np.ndarray]:
+    vectors = np.array(result.embeddings.open())
+    scores, ids = open_run_index(experiment, result.index).search(vectors[::97].copy(), 5)
+    return {
+        "vectors": vectors,
+        "chunk_ids": np.array(result.embeddings.chunk_ids()),
+        "neighbours": np.array(result.neighbours.open()),
+        "index_file": np.frombuffer(result.index.path.read_bytes(), np.uint8),
+        "scores": scores,
+        "ids": ids,
+    }
+
+
+def assert_same(result: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    for name, array in expected.items():
+        assert np.array_equal(result[name], array), name
+
+
+def index_command(path: Path, *options: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "retro_platform.cli",
+        "index",
+        str(path),
+        "--no-progress",
+        *options,
+    ]
+
+
+def shards_together(path: Path, shards: list[int]) -> list[subprocess.CompletedProcess]:
+    """Run ``index --shard i/2`` for each of ``shards`` at the same time; their results."""
+    processes = [
+        subprocess.Popen(
+            index_command(path, "--shard", f"{i}/2"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in shards
+    ]
+    finished = []
+    for process in processes:
+        out, err = process.communicate(timeout=HANG_S)
+        assert process.returncode == 0, err
+        finished.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return finished
+
+
+def finished_result(path: Path) -> tuple[dict[str, np.ndarray], object]:
+    """The store's finished results (``run_index`` then does no work) and the store."""
+    experiment, store = open_experiment(path)
+    result = run_index(experiment, store, progress=False, log=lambda _: None)
+    return stored(experiment, result), store
+
+
+# --- the shard itself --------------------------------------------------------------------------
+
+
+def test_shard_text_is_i_of_n() -> None:
+    assert Shard.parse("1/2") == Shard(1, 2) and str(Shard(1, 2)) == "1/2"
+    assert Shard.parse(" 0 / 1 ") == Shard(0, 1)
+    for text in ("3/2", "0/0", "a/b", "1", "-1/2", "1/2/3", ""):
+        with pytest.raises(ConfigError) as error:
+            Shard.parse(text)
+        assert "\n" not in str(error.value)
+    assert [i for i in range(5) if Shard(1, 2).takes(i)] == [1, 3]
+
+
+@pytest.mark.parametrize(
+    ("total", "unit", "count"), [(10_000, 4096, 2), (4097, 4096, 2), (5, 4096, 3), (0, 32, 2)]
+)
+def test_slices_are_whole_batches_that_cover_every_row(total: int, unit: int, count: int) -> None:
+    bounds = slice_bounds(total, unit, count)
+    assert len(bounds) == count
+    assert bounds[0][0] == 0 and bounds[-1][1] == total
+    for (_, stop), (start, _) in zip(bounds, bounds[1:], strict=False):
+        assert stop == start
+    assert all(start % unit == 0 or start == total for start, _ in bounds)
+
+
+def test_bad_shard_text_is_one_line_and_exit_2(tmp_path: Path, corpus: Path) -> None:
+    path = experiment_at(tmp_path, corpus)
+    for text in ("3/2", "0/0", "a/b"):
+        result = CliRunner().invoke(cli, ["index", str(path), "--shard", text])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+        assert "i/N" in result.output or "0 <= i < N" in result.output
+    assert not (tmp_path / "store").exists()  # refused before the store was opened
+
+
+def test_rebuild_flags_do_not_go_with_a_shard(tmp_path: Path, corpus: Path) -> None:
+    path = experiment_at(tmp_path, corpus)
+    result = CliRunner().invoke(cli, ["index", str(path), "--shard", "0/2", "--reembed"])
+    assert result.exit_code == 2 and "do not go with --shard" in result.output
+
+
+# --- the shards in turn, in one process -------------------------------------------------------
+
+
+def test_shards_in_turn_equal_one_process(
+    tmp_path: Path, corpus: Path, database_url: str, one_process: dict[str, np.ndarray]
+) -> None:
+    path = experiment_at(tmp_path, corpus, database_url)
+    experiment, store = open_experiment(path)
+    ingest(experiment, store, progress=False)
+
+    def shard(i: int) -> IndexResult | ShardResult:
+        return run_index(experiment, store, shard=Shard(i, 2), progress=False, log=lambda _: None)
+
+    first = shard(1)
+    assert isinstance(first, ShardResult) and first.neighbours is None
+    assert first.summary("e.toml").startswith("embeddings 1: shard 1/2 done; 1 shard left (0/2)")
+    second = shard(0)  # completes the embeddings: merges, builds the index, searches its half
+    assert isinstance(second, ShardResult) and second.neighbours is not None
+    assert second.summary("e.toml").startswith("neighbours 1: shard 0/2 done; 1 shard left (1/2)")
+    last = shard(1)
+    assert isinstance(last, IndexResult)
+    assert_same(stored(experiment, last), one_process)
+    assert shard(0) == last  # a finished set: nothing to do
+    with store.session() as session:
+        slices = session.scalars(select(StageShard)).all()
+    assert len(slices) == 4 and {row.status for row in slices} == {READY}
+    assert not list((tmp_path / "store").rglob("*.shard-*"))  # merged, then removed
+
+
+def test_a_run_without_shard_finishes_the_slices_left(
+    tmp_path: Path, corpus: Path, one_process: dict[str, np.ndarray]
+) -> None:
+    path = experiment_at(tmp_path, corpus)
+    experiment, store = open_experiment(path)
+    ingest(experiment, store, progress=False)
+    run_index(experiment, store, shard=Shard(0, 2), progress=False, log=lambda _: None)
+    messages: list[str] = []
+    result = run_index(experiment, store, progress=False, log=messages.append)
+    assert "this run builds those of them left: 1/2" in messages[0]
+    assert_same(stored(experiment, result), one_process)
+
+
+# --- separate processes --------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_two_shard_processes_equal_one_process(
+    tmp_path: Path, corpus: Path, database_url: str, one_process: dict[str, np.ndarray]
+) -> None:
+    """The CLI's shards at the same time against one store (each process ~10-20 s to start on
+    a busy 2-core machine, hence e2e)."""
+    path = experiment_at(tmp_path, corpus, database_url)
+    experiment, store = open_experiment(path)
+    ingest(experiment, store, progress=False)
+    store.close()
+
+    outputs = [result.stdout for result in shards_together(path, [0, 1])]
+    # the shard that finished its embeddings first has its neighbours still to search
+    waiting = [i for i, out in enumerate(outputs) if out.startswith("embeddings 1: shard")]
+    assert len(waiting) == 1, outputs
+    (again,) = shards_together(path, waiting)
+    assert "k=2, exclusion same-document" in again.stdout, again.stdout
+
+    result, store = finished_result(path)
+    assert_same(result, one_process)
+    assert not list((tmp_path / "store").rglob("*.shard-*"))
+
+
+@pytest.mark.e2e
+def test_ranks_with_a_barrier_equal_one_process(
+    tmp_path: Path, corpus: Path, one_process: dict[str, np.ndarray]
+) -> None:
+    path = experiment_at(tmp_path, corpus)
+    experiment, store = open_experiment(path)
+    ingest(experiment, store, progress=False)
+    store.close()
+
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2, timeout=HANG_S)
+    answers = context.Queue()
+    ranks = [
+        context.Process(target=index_as_rank, args=(path, rank, 2, barrier, answers))
+        for rank in range(2)
+    ]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(HANG_S)
+        assert process.exitcode == 0
+    first, second = answers.get(timeout=10), answers.get(timeout=10)
+    assert first[1:] == second[1:]  # every rank returns the same finished records
+
+    result, _ = finished_result(path)
+    assert_same(result, one_process)
+
+
+def index_as_rank(path: Path, rank: int, world_size: int, barrier, answers) -> None:
+    """One rank of a job: ``run_index`` with its shard and the job's barrier (spawned
+    processes that each start Python and open the experiment: ~30 s here, hence e2e)."""
+    experiment, store = open_experiment(path)
+    result = run_index(
+        experiment,
+        store,
+        shard=Shard(rank, world_size),
+        barrier=barrier.wait,
+        progress=False,
+        log=lambda _: None,
+    )
+    answers.put((rank, result.embeddings.id, result.index.id, result.neighbours.id))
+
+
+@pytest.mark.e2e
+def test_a_killed_shard_resumes_its_own_slice_only(tmp_path: Path, corpus: Path) -> None:
+    one_process = indexed_in_one_process(tmp_path / "one-process", corpus, SMALL_CHUNKS)
+    path = experiment_at(tmp_path / "shards", corpus, retrieval=SMALL_CHUNKS)
+    experiment, store = open_experiment(path)
+    ingest(experiment, store, progress=False)
+
+    killed_midway = [sys.executable, "-c", KILLED_MIDWAY, *index_command(path)[3:]]
+    first = subprocess.run([*killed_midway, "--shard", "0/2"], capture_output=True, timeout=HANG_S)
+    assert first.returncode == -9, first.stderr
+    with store.session() as session:
+        mine, other = session.scalars(select(StageShard).order_by(StageShard.shard)).all()
+    assert (mine.status, other.status) == (BUILDING, BUILDING)
+    assert 0 < mine.done < mine.count and other.done == 0  # killed midway through its slice
+
+    # the same kill again would strike at once if the slice started over; it resumes past it
+    again = subprocess.run(
+        [*killed_midway, "--shard", "0/2"], capture_output=True, text=True, timeout=HANG_S
+    )
+    assert again.returncode == 0, again.stderr
+    assert "embeddings 1: shard 0/2 done; 1 shard left (1/2)" in again.stdout
+    with store.session() as session:
+        mine, other = session.scalars(select(StageShard).order_by(StageShard.shard)).all()
+    assert (mine.status, mine.done) == (READY, mine.count)
+    assert (other.status, other.done) == (BUILDING, 0)  # left to its own shard
+    assert not store.path(other.file).exists()
+
+    last = subprocess.run(
+        index_command(path, "--shard", "1/2"), capture_output=True, text=True, timeout=HANG_S
+    )
+    assert last.returncode == 0, last.stderr  # it merges, builds the index, searches its half
+    assert "neighbours 1: shard 1/2 done; 1 shard left (0/2)" in last.stdout
+    result, _ = finished_result(path)  # a run without --shard finishes what is left
+    assert_same(result, one_process)
+
+
+def test_a_shard_result_says_what_is_left(tmp_path: Path, corpus: Path) -> None:
+    path = experiment_at(tmp_path, corpus)
+    experiment, store = open_experiment(path)
+    ingest(experiment, store, progress=False)
+    result = run_index(experiment, store, shard=Shard(1, 3), progress=False, log=lambda _: None)
+    assert isinstance(result, ShardResult)
+    line = result.summary("exp.toml")
+    assert line.startswith("embeddings 1: shard 1/3 done; 2 shards left (0/3, 2/3);")
+    assert "retro-platform index exp.toml --shard 1/3" in line
+
+    # another N takes over the stored slices by their number modulo N
+    messages: list[str] = []
+    result = run_index(experiment, store, shard=Shard(0, 2), progress=False, log=messages.append)
+    assert "split them into 3 shards; shard 0/2 builds those of them left: 0/3, 2/3" in messages[0]
+    assert not isinstance(result, ShardResult) or result.neighbours is not None
+
+
+@pytest.mark.e2e
+def test_minilm_shards_equal_one_process(tmp_path: Path) -> None:
+    """The real embedding model: the shards embed the same 1,024-text calls as one process
+    (same runtime options), so the vectors are the same bytes (~1 min on 2 cores)."""
+    corpus = write_stdlib_corpus(tmp_path / "corpus", MODULES[:6])
+    minilm = {"name": "sentence-transformers"}
+    retrieval = {**RETRIEVAL, "chunk_size": 32}
+    (tmp_path / "one").mkdir()
+    (tmp_path / "sharded").mkdir()
+    one = write_experiment(tmp_path / "one", corpus, retrieval=retrieval, embedder=minilm)
+    experiment, store = open_experiment(one)
+    ingest(experiment, store, progress=False)
+    expected = stored(experiment, run_index(experiment, store, progress=False, log=print))
+    assert 1024 < len(expected["vectors"]) < 2048  # two embedder calls: one per shard
+
+    sharded = write_experiment(tmp_path / "sharded", corpus, retrieval=retrieval, embedder=minilm)
+    experiment, store = open_experiment(sharded)
+    ingest(experiment, store, progress=False)
+    for i in (1, 0, 1):
+        result = run_index(experiment, store, shard=Shard(i, 2), progress=False, log=print)
+    assert isinstance(result, IndexResult)
+    assert_same(stored(experiment, result), expected)
+
+
+def test_a_set_started_in_one_process_is_not_taken_over_by_shards(
+    tmp_path: Path, corpus: Path
+) -> None:
+    path = experiment_at(tmp_path, corpus)
+    experiment, store = open_experiment(path)
+    ingest(experiment, store, progress=False)
+    full = run_index(experiment, store, progress=False, log=lambda _: None)
+    with store.session() as session:  # the state a kill of a run without --shard leaves
+        embedding_set = session.get(EmbeddingSet, full.embeddings.id)
+        embedding_set.status, embedding_set.done = BUILDING, 4096
+    with pytest.raises(StoreError) as error:
+        run_index(experiment, store, shard=Shard(0, 2), progress=False, log=lambda _: None)
+    assert str(error.value) == (
+        f"embeddings 1 were started without --shard (4096 of {full.embeddings.count} chunks "
+        f"done): finish them in one process with: retro-platform index {experiment.hint_file}"
+    )
+
+
+def test_shards_after_a_corpus_change_equal_one_process(tmp_path: Path) -> None:
+    """A new corpus version derived from the previous one (vectors copied, neighbours kept)
+    comes out the same whether its stages run in shards or in one process."""
+    results = []
+    for sharded in (False, True):
+        corpus = write_stdlib_corpus(tmp_path / f"corpus-{sharded}", MODULES[:-1])
+        path = experiment_at(tmp_path / f"store-{sharded}", corpus)
+        experiment, store = open_experiment(path)
+        ingest(experiment, store, progress=False)
+        run_index(experiment, store, progress=False, log=lambda _: None)
+        write_stdlib_corpus(corpus, MODULES[-1:])  # a new document: corpus version 2
+        ingest(experiment, store, progress=False)
+        messages: list[str] = []
+        if sharded:
+            for i in (1, 0, 1):
+                result = run_index(
+                    experiment, store, shard=Shard(i, 2), progress=False, log=messages.append
+                )
+        else:
+            result = run_index(experiment, store, progress=False, log=messages.append)
+        assert isinstance(result, IndexResult) and result.embeddings.id == 2
+        assert any("copied from embeddings 1" in line for line in messages)
+        results.append(stored(experiment, result))
+    assert_same(results[1], results[0])
