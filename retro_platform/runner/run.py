@@ -6,7 +6,7 @@ run has finished, ``done.json``. Starting the same command again therefore resum
 training from its last checkpoint into the same MLflow run, and a finished point is skipped.
 
 Under ``torchrun`` every process runs the point (``processes``): process 0 runs the retrieval
-stages while the others wait (:func:`_prepare_index`), then all of them train, each on its
+stages but the sharded ones while the others wait (:func:`_prepare_index`), then all of them train, each on its
 slice of every batch; process 0 alone holds the MLflow run, writes the run folder's files and
 evaluates and samples after training while the others wait, then all go on together. The run
 folder's path is a function of the configuration, so every process knows it without being told.
@@ -26,7 +26,7 @@ from retro_platform.config.resolved import (
     logged_experiment_file,
     resolved_config,
 )
-from retro_platform.pipeline import ingest, run_index
+from retro_platform.pipeline import Shard, ingest, run_index
 from retro_platform.runner import steps
 from retro_platform.runner.folder import DONE, RunOutcome, run_folder
 from retro_platform.runner.results import run_description
@@ -111,16 +111,26 @@ def _prepare_index(
 ) -> Any:
     """The retrieval stages (ingest, embeddings, index, neighbours) and their stored result.
 
-    One process at a time writes the store: process 0 runs the stages, the others wait for
-    it and then open what it stored (every stage is then found ready and reused).
+    Under ``torchrun`` process 0 ingests while the others wait (one tokenizing pass, not one
+    per process); then every process embeds its slice of the chunks and searches its slice of
+    the neighbours, and process 0 merges them and builds the index between the two
+    (:func:`~retro_platform.pipeline.run_index` with ``shard`` and ``barrier``): the files are
+    the bytes one process writes.
     """
+    if not processes.distributed:
+        log(ingest(experiment, store, progress=progress).summary())
+        return run_index(experiment, store, progress=progress, log=log)
     if processes.is_main:
         log(ingest(experiment, store, progress=progress).summary())
-        index = run_index(experiment, store, progress=progress, log=log)
-        distributed.wait_for_main(processes)
-        return index
     distributed.wait_for_main(processes)
-    return run_index(experiment, store, progress=False, log=lambda _: None)
+    return run_index(
+        experiment,
+        store,
+        shard=Shard(processes.rank, processes.world_size),
+        barrier=lambda: distributed.wait_for_main(processes),
+        progress=progress if processes.is_main else False,
+        log=log,
+    )
 
 
 def _train_alongside(
