@@ -19,6 +19,7 @@ from retro_platform.corpus.ingest import ingest
 from retro_platform.index.build import open_index
 from retro_platform.pipeline import run_index
 from retro_platform.pipeline.check import check_store
+from retro_platform.store.stats import store_stats
 from tests.limits import HANG_S
 from tests.pipeline.helpers import write_experiment, write_stdlib_corpus
 from tests.pipeline.test_incremental import add_module
@@ -63,6 +64,8 @@ def test_an_on_disk_index_is_built_updated_and_rebuilt_as_a_folder(tmp_path: Pat
     assert folder.is_dir() and folder.suffix == ".ivfdisk"
     assert {"manifest.json", "shard-001.ivfdata"} <= {file.name for file in folder.iterdir()}
     assert not list(folder.parent.glob(".*partial*"))  # the atomic write left nothing behind
+    [stats] = store_stats(store)["vector_indexes"]
+    assert stats["bytes"] == sum(file.stat().st_size for file in folder.iterdir())
     # every list probed: neighbours as near as exact search's (equal but for ties)
     np.testing.assert_allclose(
         neighbour_scores(store, first), neighbour_scores(flat_store, flat), atol=1e-5
