@@ -7,6 +7,7 @@ files in one folder that moves as a whole, and refuses a damaged lists file."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import shutil
@@ -214,3 +215,14 @@ def test_options_that_cannot_work_are_config_errors(data) -> None:
         ondisk(nlist=500).build(vectors, ids)
     with pytest.raises(ConfigError, match="codec"):
         ondisk(codec="pq")
+
+
+def test_lists_being_built_go_to_temp_dir_and_leave_with_the_retriever(data, tmp_path) -> None:
+    vectors, ids, _ = data
+    retriever = ondisk(nlist=16, shards=2, temp_dir=str(tmp_path / "work"))
+    retriever.build(vectors, ids)
+    [work] = (tmp_path / "work").iterdir()
+    assert len(list(work.glob("*.ivfdata"))) == 2
+    del retriever
+    gc.collect()
+    assert not work.exists()

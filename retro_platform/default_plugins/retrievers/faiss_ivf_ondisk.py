@@ -53,12 +53,11 @@ from retro_platform.default_plugins.retrievers._faiss import (
     _threads_for,
     configure_threads,
     list_count,
-    sample_rows,
 )
 from retro_platform.errors import ConfigError, IndexFileError
 from retro_platform.hookspecs import hookimpl
 from retro_platform.progress import progress
-from retro_platform.protocols import MISSING, PluginOptions, Retriever
+from retro_platform.protocols import MISSING, PluginOptions, RelativePath, Retriever
 
 PLUGIN = "faiss-ivf-ondisk"
 #: What manifest.json's ``format`` says; a folder of another format is refused.
@@ -73,6 +72,14 @@ _CODECS = {"flat": "Flat", "sq8": "SQ8"}
 _IDS_MODULUS = 2**64
 
 
+def training_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """The sorted positions of at most ``size`` of ``n`` vectors, chosen by ``seed`` (the rows
+    ``sample_rows`` of the other IVF retrievers picks), to read just those."""
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
 def shard_files(folder: Path, shard: int) -> tuple[Path, Path]:
     """The header and inverted-lists files of ``shard`` in an index folder."""
     return folder / f"shard-{shard:03d}.index", folder / f"shard-{shard:03d}.ivfdata"
@@ -84,7 +91,7 @@ class OnDiskOptions(FaissOptions):
     # a search-time setting: an index built earlier is searched with the current value
     search_options: ClassVar[frozenset[str]] = frozenset({"nprobe"})
     # changes only how much the build holds in memory, never the index it writes
-    runtime_options: ClassVar[frozenset[str]] = frozenset({"block_size"})
+    runtime_options: ClassVar[frozenset[str]] = frozenset({"block_size", "temp_dir"})
 
     nlist: int | Literal["auto"] = Field(
         "auto",
@@ -105,6 +112,11 @@ class OnDiskOptions(FaissOptions):
     seed: int = Field(0, description="seed of the training sample")
     block_size: int = Field(
         65_536, ge=1, description="vectors read and added at a time while building"
+    )
+    temp_dir: RelativePath | None = Field(
+        None,
+        description="where the lists are written while building or updating, before a save "
+        "copies them into the store (default: the system's temporary folder, $TMPDIR)",
     )
 
     @field_validator("nlist", mode="before")
@@ -158,7 +170,7 @@ class FaissIVFOnDiskRetriever(Retriever):
         trained = faiss.index_factory(
             self.dimension, f"IVF{nlist},{_CODECS[self.options.codec]}", _METRICS[self.metric]
         )
-        sample = self._matrix(sample_rows(vectors, self.options.train_size, self.options.seed))
+        sample = self._matrix(vectors[training_rows(n, self.options.train_size, self.options.seed)])
         with _threads_for(sample.size):
             trained.train(sample)
         del sample
@@ -365,7 +377,10 @@ class FaissIVFOnDiskRetriever(Retriever):
         """A new lists file in this instance's working folder (a temporary folder, removed
         with the instance)."""
         if self._work is None:
-            self._work = Path(tempfile.mkdtemp(prefix="retro-ivf-ondisk-"))
+            parent = self.options.temp_dir
+            if parent is not None:
+                parent.mkdir(parents=True, exist_ok=True)
+            self._work = Path(tempfile.mkdtemp(prefix="retro-ivf-ondisk-", dir=parent))
             weakref.finalize(self, shutil.rmtree, self._work, True)
         self._work_files += 1
         return self._work / f"lists-{self._work_files:05d}.ivfdata"
