@@ -75,6 +75,7 @@ QUICK = {
     "sharded_nprobe": 16,
 }
 SHARDS = 4
+BUILDS = ("build_ondisk", "build_memory", "build_sharded")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,6 +90,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--nprobe", default=None, help="comma-separated nprobe values")
     parser.add_argument("--json", type=Path, default=RESULTS, help="where the results go")
     parser.add_argument("--keep", type=Path, default=None, help="keep data and indexes here")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        help="search again the data and indexes that a --keep run left in this folder",
+    )
     parser.add_argument("--task", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--task-out", type=Path, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -108,12 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         sizes["vectors"] = args.vectors
     if args.nprobe:
         sizes["nprobe"] = [int(value) for value in args.nprobe.split(",")]
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="retro-ondisk-bench-"))
+    folder = args.reuse or args.keep or Path(tempfile.mkdtemp(prefix="retro-ondisk-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        results = run(folder, sizes)
+        results = run(folder, sizes, reuse=args.reuse is not None)
     finally:
-        if args.keep is None:
+        if args.keep is None and args.reuse is None:
             shutil.rmtree(folder, ignore_errors=True)
     results["quick"] = args.quick
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -123,13 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(folder: Path, sizes: dict[str, Any]) -> dict[str, Any]:
+def run(folder: Path, sizes: dict[str, Any], *, reuse: bool = False) -> dict[str, Any]:
     from _common import log
 
     vectors, queries = folder / "vectors.npy", folder / "queries.npy"
-    log(f"generating {sizes['vectors']:,} vectors into {vectors}")
-    generate(vectors, sizes["vectors"], seed=0)
-    generate(queries, sizes["queries"], seed=1)
+    builds = folder / "builds.json"
+    if reuse:  # the data, indexes and build figures of an earlier run: only the searches
+        built = json.loads(builds.read_text(encoding="utf-8"))
+        sizes = {**built["sizes"], "nprobe": sizes["nprobe"]}
+    else:
+        log(f"generating {sizes['vectors']:,} vectors into {vectors}")
+        generate(vectors, sizes["vectors"], seed=0)
+        generate(queries, sizes["queries"], seed=1)
     options = {
         "name": "faiss-ivf-ondisk",
         "metric": "l2",
@@ -145,21 +157,28 @@ def run(folder: Path, sizes: dict[str, Any]) -> dict[str, Any]:
     results: dict[str, Any] = {"sizes": sizes, "dimension": DIMENSION, "k": K, "batch": BATCH}
     tasks = Tasks(folder / "work")
     build = {"kind": "build_ondisk", "vectors": str(vectors), "options": options}
-    log("building the on-disk index")
-    results["build_ondisk"] = tasks.run({**build, "out": str(ondisk)})
-    log("building the same index in memory")
-    results["build_memory"] = tasks.run(
-        {
-            "kind": "build_memory",
-            "vectors": str(vectors),
-            "trained": str(ondisk / "trained.index"),
-            "block_size": sizes["block_size"],
-            "out": str(memory),
-        }
-    )
-    log(f"building the on-disk index in {SHARDS} shards")
     sharded_options = {**options, "shards": SHARDS}
-    results["build_sharded"] = tasks.run({**build, "options": sharded_options, "out": str(sharded)})
+    if reuse:
+        results.update({key: built[key] for key in BUILDS})
+    else:
+        log("building the on-disk index")
+        results["build_ondisk"] = tasks.run({**build, "out": str(ondisk)})
+        log("building the same index in memory")
+        results["build_memory"] = tasks.run(
+            {
+                "kind": "build_memory",
+                "vectors": str(vectors),
+                "trained": str(ondisk / "trained.index"),
+                "block_size": sizes["block_size"],
+                "out": str(memory),
+            }
+        )
+        log(f"building the on-disk index in {SHARDS} shards")
+        results["build_sharded"] = tasks.run(
+            {**build, "options": sharded_options, "out": str(sharded)}
+        )
+        built = {"sizes": sizes, **{key: results[key] for key in BUILDS}}
+        builds.write_text(json.dumps(built, indent=1), encoding="utf-8")
     searches = []
     plan = [("memory", memory, options, p) for p in sizes["nprobe"]]
     plan += [("on-disk", ondisk, options, p) for p in sizes["nprobe"]]
