@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -88,6 +89,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="20k vectors: a smoke test")
     parser.add_argument("--vectors", type=int, default=None, help="database size N")
     parser.add_argument("--nprobe", default=None, help="comma-separated nprobe values")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="searches of every row, medians reported"
+    )
     parser.add_argument("--json", type=Path, default=RESULTS, help="where the results go")
     parser.add_argument("--keep", type=Path, default=None, help="keep data and indexes here")
     parser.add_argument(
@@ -111,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     from _common import log
 
     sizes = dict(QUICK if args.quick else FULL)
+    if args.quick:
+        args.rounds = 1
     if args.vectors:
         sizes["vectors"] = args.vectors
     if args.nprobe:
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = args.reuse or args.keep or Path(tempfile.mkdtemp(prefix="retro-ondisk-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        results = run(folder, sizes, reuse=args.reuse is not None)
+        results = run(folder, sizes, reuse=args.reuse is not None, rounds=args.rounds)
     finally:
         if args.keep is None and args.reuse is None:
             shutil.rmtree(folder, ignore_errors=True)
@@ -130,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(folder: Path, sizes: dict[str, Any], *, reuse: bool = False) -> dict[str, Any]:
+def run(
+    folder: Path, sizes: dict[str, Any], *, reuse: bool = False, rounds: int = 1
+) -> dict[str, Any]:
     from _common import log
 
     vectors, queries = folder / "vectors.npy", folder / "queries.npy"
@@ -154,7 +162,13 @@ def run(folder: Path, sizes: dict[str, Any], *, reuse: bool = False) -> dict[str
         folder / "sharded.ivfdisk",
         folder / "memory.index",
     )
-    results: dict[str, Any] = {"sizes": sizes, "dimension": DIMENSION, "k": K, "batch": BATCH}
+    results: dict[str, Any] = {
+        "sizes": sizes,
+        "dimension": DIMENSION,
+        "k": K,
+        "batch": BATCH,
+        "rounds": rounds,
+    }
     tasks = Tasks(folder / "work")
     build = {"kind": "build_ondisk", "vectors": str(vectors), "options": options}
     sharded_options = {**options, "shards": SHARDS}
@@ -183,21 +197,31 @@ def run(folder: Path, sizes: dict[str, Any], *, reuse: bool = False) -> dict[str
     plan = [("memory", memory, options, p) for p in sizes["nprobe"]]
     plan += [("on-disk", ondisk, options, p) for p in sizes["nprobe"]]
     plan += [(f"on-disk, {SHARDS} shards", sharded, sharded_options, sizes["sharded_nprobe"])]
-    for mode, path, mode_options, nprobe in plan:
-        log(f"searching: {mode}, nprobe {nprobe}")
-        drop_from_page_cache(path)
-        answers = folder / f"answers-{len(searches)}.npy"
-        task = {
-            "kind": "search",
-            "mode": "memory" if mode == "memory" else "on-disk",
-            "path": str(path),
-            "options": {**mode_options, "nprobe": nprobe},
-            "queries": str(queries),
-            "answers": str(answers),
-        }
-        result = tasks.run(task)
-        result.update(mode=mode, nprobe=nprobe, answers=str(answers))
-        searches.append(result)
+    # rounds over the whole plan, each search in a fresh process, so that a busy spell of a
+    # shared machine does not fall on one row alone: the medians are reported
+    for round_number in range(rounds):
+        for number, (mode, path, mode_options, nprobe) in enumerate(plan):
+            log(f"searching (round {round_number + 1} of {rounds}): {mode}, nprobe {nprobe}")
+            drop_from_page_cache(path)
+            answers = folder / f"answers-{number}.npy"
+            task = {
+                "kind": "search",
+                "mode": "memory" if mode == "memory" else "on-disk",
+                "path": str(path),
+                "options": {**mode_options, "nprobe": nprobe},
+                "queries": str(queries),
+                "answers": str(answers),
+            }
+            result = tasks.run(task)
+            if round_number == 0:
+                result.update(mode=mode, nprobe=nprobe, answers=str(answers))
+                result.update(qps_cold_rounds=[], qps_warm_rounds=[])
+                searches.append(result)
+            searches[number]["qps_cold_rounds"].append(result["qps_cold"])
+            searches[number]["qps_warm_rounds"].append(result["qps_warm"])
+    for search in searches:
+        search["qps_cold"] = statistics.median(search["qps_cold_rounds"])
+        search["qps_warm"] = statistics.median(search["qps_warm_rounds"])
     reference = {s["nprobe"]: np.load(s["answers"]) for s in searches if s["mode"] == "memory"}
     for search in searches:
         same = reference.get(search["nprobe"])
@@ -400,7 +424,8 @@ def print_report(results: dict[str, Any]) -> None:
     print(
         f"{sizes['vectors']:,} synthetic vectors of {results['dimension']} dimensions "
         f"(memory-mapped .npy), IVF-Flat nlist {sizes['nlist']}, {sizes['queries']:,} queries "
-        f"in batches of {results['batch']}, k = {results['k']}. In-memory index: "
+        f"in batches of {results['batch']}, k = {results['k']}; queries/s are medians of "
+        f"{results['rounds']} rounds. In-memory index: "
         f"{format_bytes(index_bytes)}; on-disk index folder: "
         f"{format_bytes(results['ondisk_bytes'])}.\n"
     )
