@@ -16,7 +16,9 @@ The saved index is a folder (``<key>.ivfdisk/``)::
 
 Building reads the vectors in blocks of ``block_size`` (the core hands them as
 :class:`~retro_platform.protocols.VectorRows`, rows of the memory-mapped embedding file), so the
-build holds one block, the training sample and the quantizer, never every vector. With
+build holds one block, the training sample and the quantizer, never every vector: each block
+is filed under its lists by an in-memory copy of the trained index, whose lists are then
+appended to the shard's lists file (in ``temp_dir``, until :meth:`save` copies it). With
 ``shards = N`` the vectors are split into N consecutive ranges, each its own on-disk IVF over
 the one trained quantizer; a search asks every shard and merges their top k by score (Faiss
 ``IndexShards``), which gives what one unsharded index gives.
@@ -24,7 +26,8 @@ the one trained quantizer; a search asks every shard and merges their top k by s
 A loaded index is read-only: :meth:`add` and :meth:`remove` first copy its lists into a private
 working folder (Faiss ``merge_from``: disk, not memory), so the file they were read from, an
 earlier index version, never changes. :meth:`save` writes compact copies of the lists.
-``nprobe`` is a search-time setting, ``block_size`` a runtime one (it changes no result).
+``nprobe`` is a search-time setting; ``block_size``, ``temp_dir`` and ``prefetch_threads`` are
+runtime ones (they change no result).
 """
 
 from __future__ import annotations
