@@ -50,7 +50,6 @@ def indexed(path: Path, **flags):
     return experiment, store, result, "\n".join(lines)
 
 
-@pytest.mark.e2e  # about 25 s on 2 busy cores: three index builds of a small corpus
 def test_an_on_disk_index_is_built_updated_and_rebuilt_as_a_folder(tmp_path: Path) -> None:
     corpus = write_stdlib_corpus(tmp_path / "corpus")
     (tmp_path / "flat").mkdir()
@@ -90,7 +89,7 @@ def test_an_on_disk_index_is_built_updated_and_rebuilt_as_a_folder(tmp_path: Pat
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
 
 
-@pytest.mark.e2e  # two CLI processes
+@pytest.mark.e2e  # two CLI processes: 8 s on 2 quiet cores, 80 s on busy ones
 def test_the_cli_builds_an_on_disk_index(tmp_path: Path) -> None:
     corpus = write_stdlib_corpus(tmp_path / "corpus")
     path = write_experiment(tmp_path, corpus, retriever=ONDISK)
