@@ -7,11 +7,17 @@ target holds either its old content or all of the new one, never a mix. A disk t
 (or over a size limit, a quota, or read-only) is a one-line
 :class:`~retro_platform.errors.DiskError` naming the target; the target keeps its old content and
 the temporary file is removed.
+
+A writer may turn the temporary path into a folder (an index of several files): the folder's
+files and the folder are fsynced and it is renamed into place the same way. A folder cannot be
+renamed over an existing one, so an old one is first renamed aside and then removed: a kill
+between those two renames leaves no target at all (which reads as "not built"), never a mix.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +31,7 @@ def atomic_destination(path: str | Path, then: str = KEPT) -> Iterator[Path]:
     """A temporary path to write ``path``'s new content to; moved over ``path`` on success.
 
     The temporary file exists (empty) in ``path``'s folder and keeps its suffix (writers that
-    add a missing extension find it there). If the block raises, it is removed and ``path`` is
+    add a missing extension find it there); a writer may replace it by a folder. If the block raises, it is removed and ``path`` is
     untouched. A process killed inside the block leaves a hidden
     ``.<name>.<random>.partial<suffix>`` file and never a half-written ``path``. A disk's error
     (:func:`~retro_platform.disk.disk_errors`) is raised as a ``DiskError`` about ``path`` that
@@ -41,12 +47,34 @@ def atomic_destination(path: str | Path, then: str = KEPT) -> Iterator[Path]:
         temporary = Path(name)
         try:
             yield temporary
-            _fsync(temporary)
-            os.replace(temporary, target)
+            if temporary.is_dir():
+                _replace_folder(temporary, target)
+            else:
+                _fsync(temporary)
+                os.replace(temporary, target)
         except BaseException:
-            temporary.unlink(missing_ok=True)
+            if temporary.is_dir():
+                shutil.rmtree(temporary, ignore_errors=True)
+            else:
+                temporary.unlink(missing_ok=True)
             raise
         _fsync(target.parent)
+
+
+def _replace_folder(folder: Path, target: Path) -> None:
+    """Move the written ``folder`` to ``target`` (see the module docstring)."""
+    for file in folder.iterdir():
+        _fsync(file)
+    _fsync(folder)
+    old = None
+    if target.is_dir():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+        os.replace(target, old / target.name)
+    elif target.exists():
+        target.unlink()
+    os.replace(folder, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def stale_partials(path: str | Path) -> list[Path]:

@@ -84,6 +84,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "retro_platform.default_plugins.retrievers.faiss_flat",
     "retro_platform.default_plugins.retrievers.faiss_ivfpq",
     "retro_platform.default_plugins.retrievers.faiss_hnsw",
+    "retro_platform.default_plugins.retrievers.faiss_ivf_ondisk",
 )
 
 #: Registry families: family -> what one of its members is called in messages. The hook of a

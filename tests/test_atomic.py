@@ -36,6 +36,35 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_nothing(tmp_path: Path) ->
     assert list(tmp_path.iterdir()) == [path]
 
 
+def write_folder(temporary: Path, content: bytes) -> None:
+    """What an index of several files does with the temporary path: makes it a folder."""
+    temporary.unlink()
+    temporary.mkdir()
+    (temporary / "lists.ivfdata").write_bytes(content)
+    (temporary / "header.index").write_bytes(b"header")
+
+
+def test_a_folder_written_in_place_of_the_file_replaces_an_old_folder(tmp_path: Path) -> None:
+    path = tmp_path / "index.ivfdisk"
+    for content in (b"first", b"second"):
+        with atomic_destination(path) as temporary:
+            write_folder(temporary, content)
+        assert (path / "lists.ivfdata").read_bytes() == content
+        assert sorted(p.name for p in path.iterdir()) == ["header.index", "lists.ivfdata"]
+        assert list(tmp_path.iterdir()) == [path]  # the old folder went, nothing else is left
+
+
+def test_a_failed_folder_write_keeps_the_old_folder_and_leaves_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "index.ivfdisk"
+    with atomic_destination(path) as temporary:
+        write_folder(temporary, b"old")
+    with pytest.raises(RuntimeError), atomic_destination(path) as temporary:
+        write_folder(temporary, b"half")
+        raise RuntimeError("the writer failed")
+    assert (path / "lists.ivfdata").read_bytes() == b"old"
+    assert list(tmp_path.iterdir()) == [path]
+
+
 def test_a_killed_writer_leaves_the_old_file_and_a_partial_to_clean(tmp_path: Path) -> None:
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(b"old")

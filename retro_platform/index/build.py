@@ -29,7 +29,7 @@ from retro_platform.embeddings.embed import EmbeddingFile, embedding_lineage
 from retro_platform.errors import IndexFileError
 from retro_platform.plugins import build_plugin
 from retro_platform.progress import heartbeat
-from retro_platform.protocols import Retriever
+from retro_platform.protocols import Retriever, VectorRows
 from retro_platform.store.fingerprints import fingerprint
 from retro_platform.store.models import VectorIndex
 from retro_platform.store.stages import (
@@ -147,7 +147,11 @@ def build_index(
             f"building {plugin.name} index over {len(rows)} chunks "
             f"({len(table) - len(rows)} held out, {embeddings.dimension} dimensions)"
         )
-        vectors = np.ascontiguousarray(embeddings.open()[rows])
+        vectors: Any = embeddings.open()
+        if retriever.reads_in_blocks:  # it reads them in slices: memory stays bounded
+            vectors = VectorRows(vectors, rows)
+        else:
+            vectors = np.ascontiguousarray(vectors[rows])
         with heartbeat(f"building {plugin.name} index"):  # one call: training says nothing
             retriever.build(vectors, table.chunk_ids[rows])
         updated = retriever

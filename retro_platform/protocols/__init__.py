@@ -12,7 +12,7 @@ from retro_platform.protocols.options import (
     result_options,
     stored_options,
 )
-from retro_platform.protocols.retriever import MISSING, Retriever
+from retro_platform.protocols.retriever import MISSING, Retriever, VectorRows
 from retro_platform.protocols.tokenizer import Encoding, Tokenizer
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ __all__ = [
     "Retriever",
     "SourceDocument",
     "Tokenizer",
+    "VectorRows",
     "options_dict",
     "result_options",
     "stored_options",

@@ -7,6 +7,10 @@ Two methods are optional: :meth:`Retriever.add` and :meth:`Retriever.remove` let
 index`` bring a finished index up to date after documents were added or removed, without
 training it again. A retriever that cannot do one of them keeps the default, which raises
 ``NotImplementedError``; the core then rebuilds the index from the stored embeddings and says so.
+
+A retriever that builds in bounded memory sets :attr:`Retriever.reads_in_blocks`: its
+:meth:`Retriever.build` is then given :class:`VectorRows` (the embedding file's rows, read only
+when sliced) instead of one array of every vector.
 """
 
 from __future__ import annotations
@@ -23,6 +27,26 @@ from retro_platform.protocols.options import PluginOptions
 MISSING = -1
 
 
+class VectorRows:
+    """Rows ``rows`` of a (memory-mapped) ``(count, dimension)`` float32 array, read only when
+    indexed: ``vectors[start:stop]`` or ``vectors[index_array]`` is an array of just those rows.
+
+    What :meth:`Retriever.build` is given when the retriever :attr:`~Retriever.reads_in_blocks`,
+    so that an index over more vectors than fit in memory can be built block by block."""
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray) -> None:
+        self.array = array
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.shape = (len(self.rows), *array.shape[1:])
+        self.dtype = array.dtype
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: slice | np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self.array[self.rows[index]])
+
+
 class Retriever(ABC):
     """Base class of retrievers, registered with ``register_retrievers``.
 
@@ -35,8 +59,12 @@ class Retriever(ABC):
 
     Options: ClassVar[type[PluginOptions]] = PluginOptions
 
-    #: The file name extension of :meth:`save`'s file.
+    #: The file name extension of :meth:`save`'s file (or folder, for an index of several files).
     file_suffix: ClassVar[str] = ".index"
+
+    #: True: :meth:`build` reads its vectors in slices and is given :class:`VectorRows` rather
+    #: than an array, so the core never holds every vector in memory.
+    reads_in_blocks: ClassVar[bool] = False
 
     def __init__(self, options: PluginOptions, dimension: int) -> None:
         self.options = options
@@ -45,7 +73,7 @@ class Retriever(ABC):
     @abstractmethod
     def build(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         """Index ``vectors`` ``(n, dimension)`` float32 under ``ids`` ``(n,)`` int64 (training
-        first where the index needs it). Raises ``ConfigError`` when the options cannot work
+        first where the index needs it; :class:`VectorRows` if :attr:`reads_in_blocks`). Raises ``ConfigError`` when the options cannot work
         with ``n`` vectors (e.g. more IVF lists than vectors)."""
 
     @abstractmethod
@@ -61,7 +89,8 @@ class Retriever(ABC):
 
     @abstractmethod
     def save(self, path: Path) -> None:
-        """Write the index to ``path`` (the core renames it into place afterwards)."""
+        """Write the index to ``path`` (the core renames it into place afterwards). An index of
+        several files makes ``path`` a folder of them (the core gives an empty file there)."""
 
     @abstractmethod
     def load(self, path: Path) -> None:

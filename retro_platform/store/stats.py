@@ -18,8 +18,11 @@ from retro_platform.store.models import (
 
 
 def file_size(path: Path) -> int | None:
-    """Bytes of a file, or None when it does not exist."""
+    """Bytes of a file, or of the files in a folder (an index of several files), or None when
+    it does not exist."""
     try:
+        if path.is_dir():
+            return sum(file.stat().st_size for file in path.iterdir() if file.is_file())
         return path.stat().st_size
     except FileNotFoundError:
         return None

@@ -25,6 +25,7 @@ from retro_platform.default_plugins.positional_encodings.t5_relative_bias import
 )
 from retro_platform.default_plugins.retrievers.faiss_flat import FaissFlatRetriever
 from retro_platform.default_plugins.retrievers.faiss_hnsw import FaissHNSWRetriever
+from retro_platform.default_plugins.retrievers.faiss_ivf_ondisk import FaissIVFOnDiskRetriever
 from retro_platform.default_plugins.retrievers.faiss_ivfpq import FaissIVFPQRetriever
 from retro_platform.default_plugins.tokenizers.bpe import BpeTokenizer
 from retro_platform.default_plugins.tokenizers.byte_level import ByteTokenizer
@@ -61,6 +62,17 @@ class TestFaissHNSW(RetrieverContract):
     factory = FaissHNSWRetriever
     registered_as = "faiss-hnsw"
     min_recall = 0.9
+
+
+class TestFaissIVFOnDisk(RetrieverContract):
+    factory = FaissIVFOnDiskRetriever
+    registered_as = "faiss-ivf-ondisk"
+    options = {"nlist": 8, "nprobe": 8}  # every list probed: exact
+
+
+class TestFaissIVFOnDiskShardedL2(RetrieverContract):
+    factory = FaissIVFOnDiskRetriever
+    options = {"nlist": 8, "nprobe": 8, "shards": 3, "block_size": 64, "metric": "l2"}
 
 
 # --- embedders -------------------------------------------------------------------------------

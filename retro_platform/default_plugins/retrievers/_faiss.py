@@ -21,6 +21,7 @@ renumbers its lists; HNSW cannot remove at all), and then compacts the id map.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 from collections.abc import Iterator
@@ -278,6 +279,27 @@ def sample_rows(vectors: np.ndarray, size: int, seed: int) -> np.ndarray:
     rows = np.random.default_rng(seed).choice(len(vectors), size=size, replace=False)
     rows.sort()
     return vectors[rows]
+
+
+#: k-means wants at least this many training vectors per centroid (Faiss warns below it).
+MIN_POINTS_PER_LIST = 39
+
+
+def list_count(plugin: str, n: int, nlist: int | str, train_size: int) -> int:
+    """The number of IVF lists for ``n`` vectors: ``nlist``, or for ``"auto"`` about
+    ``4 * sqrt(n)``; ``ConfigError`` (naming ``plugin``) when too few vectors train them."""
+    trainable = min(n, train_size)
+    if nlist == "auto":
+        return max(1, min(round(4 * math.sqrt(n)), trainable // MIN_POINTS_PER_LIST))
+    assert isinstance(nlist, int)
+    needed = nlist * MIN_POINTS_PER_LIST
+    if needed > trainable:
+        what = f"train_size is {train_size:,}" if train_size < n else f"there are {n:,}"
+        raise ConfigError(
+            f"{plugin} option nlist = {nlist} needs at least {needed:,} vectors to train "
+            f'({MIN_POINTS_PER_LIST} per list) but {what}: lower nlist or use nlist = "auto"'
+        )
+    return nlist
 
 
 #: Vectors per Faiss ``add`` call: a graph index (HNSW) takes minutes to add a large database,

@@ -16,7 +16,6 @@ removed ones leave their lists (and the refine stage's exact vectors) with no re
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar, Literal
 
 import faiss
@@ -27,14 +26,12 @@ from pydantic_core import PydanticCustomError
 from retro_platform.default_plugins.retrievers._faiss import (
     FaissOptions,
     FaissRetriever,
+    list_count,
     sample_rows,
 )
 from retro_platform.errors import ConfigError
 from retro_platform.hookspecs import hookimpl
 from retro_platform.protocols import PluginOptions
-
-#: k-means wants at least this many training vectors per centroid (Faiss warns below it).
-MIN_POINTS_PER_LIST = 39
 
 
 class IVFPQOptions(FaissOptions):
@@ -97,22 +94,7 @@ class FaissIVFPQRetriever(FaissRetriever):
 
     def nlist_for(self, n: int) -> int:
         """The number of lists for ``n`` vectors (``ConfigError`` when too few to train them)."""
-        trainable = min(n, self.options.train_size)
-        nlist = self.options.nlist
-        if nlist == "auto":
-            return max(1, min(round(4 * math.sqrt(n)), trainable // MIN_POINTS_PER_LIST))
-        needed = nlist * MIN_POINTS_PER_LIST
-        if needed > trainable:
-            what = (
-                f"train_size is {self.options.train_size:,}"
-                if self.options.train_size < n
-                else f"there are {n:,}"
-            )
-            raise ConfigError(
-                f"faiss-ivfpq option nlist = {nlist} needs at least {needed:,} vectors to train "
-                f'({MIN_POINTS_PER_LIST} per list) but {what}: lower nlist or use nlist = "auto"'
-            )
-        return nlist
+        return list_count(self.plugin_name, n, self.options.nlist, self.options.train_size)
 
     def factory(self, n: int) -> str:
         trainable = min(n, self.options.train_size)

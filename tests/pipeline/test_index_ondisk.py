@@ -1,0 +1,110 @@
+"""``[retriever] name = "faiss-ivf-ondisk"`` through the pipeline: the index is a folder of
+files under the store, built from the memory-mapped embeddings, derived from an earlier version
+without changing it, replaced whole by ``--rebuild``, and built by the real CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retro_platform.cli.common import open_experiment
+from retro_platform.corpus.chunk_table import load_chunk_table
+from retro_platform.corpus.ingest import ingest
+from retro_platform.index.build import open_index
+from retro_platform.pipeline import run_index
+from retro_platform.pipeline.check import check_store
+from retro_platform.store.stats import store_stats
+from tests.limits import HANG_S
+from tests.pipeline.helpers import write_experiment, write_stdlib_corpus
+from tests.pipeline.test_incremental import add_module
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Every list probed (more than "auto" makes for this corpus): the search is exact.
+ONDISK = {"name": "faiss-ivf-ondisk", "nprobe": 4096, "shards": 2}
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in folder.iterdir()}
+
+
+def neighbour_scores(store, result) -> np.ndarray:
+    """The inner product of each chunk with each of its neighbours."""
+    with store.session() as session:
+        table = load_chunk_table(session, result.corpus_id)
+    vectors = np.asarray(result.embeddings.open())
+    rows = table.rows_of(np.asarray(result.neighbours.open()))
+    return np.einsum("qd,qkd->qk", vectors, vectors[rows])
+
+
+def indexed(path: Path, **flags):
+    experiment, store = open_experiment(path)
+    ingest(experiment, store, progress=False)
+    lines: list[str] = []
+    result = run_index(experiment, store, progress=False, log=lines.append, **flags)
+    return experiment, store, result, "\n".join(lines)
+
+
+def test_an_on_disk_index_is_built_updated_and_rebuilt_as_a_folder(tmp_path: Path) -> None:
+    corpus = write_stdlib_corpus(tmp_path / "corpus")
+    (tmp_path / "flat").mkdir()
+    _, flat_store, flat, _ = indexed(
+        write_experiment(tmp_path / "flat", corpus, retriever={"name": "faiss-flat"})
+    )
+    (tmp_path / "ondisk").mkdir()
+    path = write_experiment(tmp_path / "ondisk", corpus, retriever=ONDISK)
+    experiment, store, first, _ = indexed(path)
+    folder = first.index.path
+    assert folder.is_dir() and folder.suffix == ".ivfdisk"
+    assert {"manifest.json", "shard-001.ivfdata"} <= {file.name for file in folder.iterdir()}
+    assert not list(folder.parent.glob(".*partial*"))  # the atomic write left nothing behind
+    [stats] = store_stats(store)["vector_indexes"]
+    assert stats["bytes"] == sum(file.stat().st_size for file in folder.iterdir())
+    # every list probed: neighbours as near as exact search's (equal but for ties)
+    np.testing.assert_allclose(
+        neighbour_scores(store, first), neighbour_scores(flat_store, flat), atol=1e-5
+    )
+
+    # a new document: the index is derived from the first (add, no rebuild), which stays
+    before = digest(folder)
+    add_module(corpus)
+    _, _, second, log = indexed(path)
+    assert "no rebuild" in log and second.index.path != folder
+    assert digest(folder) == before
+    derived = open_index(second.index)
+    assert derived.size == second.index.count > first.index.count
+    assert check_store(store).ok
+
+    # --rebuild writes a new folder over the old one
+    stamp = second.index.path.stat().st_mtime_ns
+    _, _, third, log = indexed(path, rebuild=True)
+    assert third.index.path == second.index.path and "building faiss-ivf-ondisk" in log
+    assert third.index.path.stat().st_mtime_ns != stamp
+    assert open_index(third.index).size == second.index.count
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.e2e  # two CLI processes: 8 s on 2 quiet cores, 80 s on busy ones
+def test_the_cli_builds_an_on_disk_index(tmp_path: Path) -> None:
+    corpus = write_stdlib_corpus(tmp_path / "corpus")
+    path = write_experiment(tmp_path, corpus, retriever=ONDISK)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for stage in ("ingest", "index"):
+        done = subprocess.run(
+            [sys.executable, "-m", "retro_platform.cli", stage, str(path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=HANG_S,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert "built faiss-ivf-ondisk index" in done.stdout
+    assert "resizing" not in done.stdout + done.stderr  # Faiss's own lines are kept out
+    [folder] = (tmp_path / "store" / "indexes").iterdir()
+    assert folder.is_dir() and (folder / "shard-000.ivfdata").is_file()
