@@ -10,12 +10,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from click.testing import CliRunner
+from sqlalchemy import func, select
 
 from retro_platform.cli import cli
+from retro_platform.config import load_experiment
+from retro_platform.store.database import open_store
+from retro_platform.store.models import EmbeddingSet, NeighbourSet, StageShard
 from retro_platform.training.checkpoint import checkpoint_path, load_checkpoint
 from tests.limits import HANG_S
 from tests.runner.helpers import client_for, runs_of, tiny_experiment
@@ -91,6 +96,31 @@ def test_two_processes_train_as_one_and_process_0_alone_logs_one_mlflow_run(
     # tokens/s is the whole batch's: both processes' tokens
     tokens = load_checkpoint(checkpoint_path(folder_of(two)))["tokens"]
     assert tokens == load_checkpoint(checkpoint_path(folder_of(one)))["tokens"]
+    # the retrieval stages ran in 2 shards, merged into the bytes one process wrote
+    sharded, single = _stage_files(two), _stage_files(one)
+    assert sharded.pop("shards") == [(2, 2), (2, 2)] and single.pop("shards") == []
+    assert sharded.keys() == single.keys() == {"embeddings", "neighbours"}
+    for stage, data in sharded.items():
+        assert data == single[stage], f"{stage} differ between 2 shards and 1 process"
+
+
+def _stage_files(path: Path) -> dict[str, Any]:
+    """The bytes of the store's embedding and neighbour files, and (slices, of how many) of
+    the sets that were built in shards."""
+    experiment = load_experiment(path)
+    store = open_store(experiment.store.database_url, experiment.store.path, read_only=True)
+    with store.session() as session:
+        found: dict[str, Any] = {
+            "embeddings": store.path(session.scalars(select(EmbeddingSet.file)).one()).read_bytes(),
+            "neighbours": store.path(session.scalars(select(NeighbourSet.file)).one()).read_bytes(),
+        }
+        counts = session.execute(
+            select(func.count(), func.max(StageShard.shards)).group_by(
+                StageShard.embedding_set_id, StageShard.neighbour_set_id
+            )
+        ).all()
+    found["shards"] = sorted(tuple(row) for row in counts)
+    return found
 
 
 @pytest.mark.e2e
