@@ -59,9 +59,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="runs per kind (default 3)")
     parser.add_argument("--max-files", type=int, default=None, help="standard-library files read")
     parser.add_argument(
-        "--json", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "ingest.json"
+        "--json",
+        type=Path,
+        default=None,
+        help="default: benchmarks/results/ingest.json, "
+        "except with --quick (a smoke test does not replace the measured figures)",
     )
     args = parser.parse_args(argv)
+    if args.json is None and not args.quick:
+        args.json = REPO_ROOT / "benchmarks" / "results" / "ingest.json"
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.max_files = args.max_files or (QUICK_FILES if args.quick else None)
     return args
@@ -338,9 +344,10 @@ def main(argv: list[str] | None = None) -> None:
     results = run(args)
     results["summary"] = summarize(results)
     print(report(results))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    log(f"wrote {args.json}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        log(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -92,7 +92,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds", type=int, default=3, help="searches of every row, medians reported"
     )
-    parser.add_argument("--json", type=Path, default=RESULTS, help="where the results go")
+    parser.add_argument(
+        "--json", type=Path, default=None,
+        help=f"where the results go; default {RESULTS.name} in benchmarks/results, except with "
+        "--quick (a smoke test does not replace the measured figures)",
+    )  # fmt: skip
     parser.add_argument("--keep", type=Path, default=None, help="keep data and indexes here")
     parser.add_argument(
         "--reuse",
@@ -129,10 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep is None and args.reuse is None:
             shutil.rmtree(folder, ignore_errors=True)
     results["quick"] = args.quick
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     print_report(results)
-    log(f"results written to {args.json}")
+    target = args.json or (None if args.quick else RESULTS)
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+        log(f"results written to {target}")
     return 0
 
 

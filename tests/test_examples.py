@@ -57,6 +57,7 @@ def _fraction_holding_out_one(path: Path, max_files: int) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # 12-60 s each: out of the default suite's 15 minutes, run by CI after it
 @pytest.mark.parametrize("path", EXAMPLES, ids=[path.name for path in EXAMPLES])
 def test_example_runs_in_a_reduced_form(path: Path, tmp_path: Path) -> None:
     """Every example, every sweep point included, through ``retro-platform run`` with only

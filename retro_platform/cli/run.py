@@ -33,8 +33,8 @@ def run(
     one is not run again. With a [sweep] table, each grid point is a child run of one parent.
 
     Under torchrun (torchrun --nproc-per-node N -m retro_platform run EXPERIMENT.toml) each
-    process trains on its slice of every batch; process 0 alone runs the retrieval stages,
-    logs, checkpoints and evaluates.
+    process embeds and searches its slice of the chunks and trains on its slice of every
+    batch; process 0 alone ingests, builds the index, logs, checkpoints and evaluates.
     """
     from retro_platform.training.distributed import from_environment
 

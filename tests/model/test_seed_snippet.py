@@ -46,6 +46,7 @@ def test_the_seed_snippet_at_reduced_size_runs_unchanged_but_for_sizes():
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # about a minute at full size: run by CI after the default suite
 def test_the_seed_snippet_runs_unchanged_at_full_size():
     scope: dict = {}
     exec(compile(SEED_SNIPPET, "<seed snippet>", "exec"), scope)
