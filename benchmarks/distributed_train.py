@@ -44,32 +44,10 @@ from pathlib import Path
 from typing import Any
 
 from _common import cpu_model, ensure_repo_on_path, log, markdown_table
+from train_step import QUICK_SMALL_MODEL, SMALL_MODEL  # the same models as the step benchmark
 
-SMALL_MODEL: dict[str, Any] = {
-    "num_tokens": 30522,
-    "max_seq_len": 512,
-    "enc_dim": 384,
-    "enc_depth": 2,
-    "dec_dim": 384,
-    "dec_depth": 6,
-    "dec_cross_attn_layers": (3, 6),
-    "heads": 6,
-    "dim_head": 64,
-}
-QUICK_MODEL: dict[str, Any] = {
-    **SMALL_MODEL,
-    "num_tokens": 1000,
-    "max_seq_len": 128,
-    "enc_dim": 64,
-    "enc_depth": 1,
-    "dec_dim": 64,
-    "dec_depth": 2,
-    "dec_cross_attn_layers": (2,),
-    "heads": 2,
-    "dim_head": 32,
-}
 FULL = {"model": SMALL_MODEL, "batch": 4, "seq_len": 512, "repeats": 3}
-QUICK = {"model": QUICK_MODEL, "batch": 4, "seq_len": 128, "repeats": 2}
+QUICK = {"model": QUICK_SMALL_MODEL, "batch": 4, "seq_len": 128, "repeats": 2}
 
 #: Link bandwidths of the projection, bytes per second.
 LINKS = {

@@ -197,17 +197,7 @@ class FaissRetriever(Retriever):
             raise IndexFileError(
                 f"index file {path} holds a Faiss {found} index, not a {self.plugin_name} index"
             )
-        if index.d != self.dimension:
-            raise IndexFileError(
-                f"index file {path} holds {index.d}-dimensional vectors, "
-                f"but the embedder makes {self.dimension}-dimensional ones"
-            )
-        found_metric = _METRIC_NAMES.get(index.metric_type, str(index.metric_type))
-        if found_metric != self.metric:
-            raise IndexFileError(
-                f"index file {path} was built with metric {found_metric!r}, "
-                f"but the retriever is configured with metric {self.metric!r}"
-            )
+        check_vectors(index, f"index file {path}", self.dimension, self.metric)
         self.configure(inner)
         self._index = index
 
@@ -318,3 +308,19 @@ def _add(index: Any, vectors: np.ndarray, ids: np.ndarray) -> None:
             stop = start + ADD_BATCH
             index.add_with_ids(vectors[start:stop], ids[start:stop])
             bar.update(len(vectors[start:stop]))
+
+
+def check_vectors(index: Any, what: str, dimension: int, metric: str) -> None:
+    """Refuse a loaded Faiss ``index`` (``what``: how errors name it) whose vectors are not
+    ``dimension``-dimensional or were compared by another ``metric``."""
+    if index.d != dimension:
+        raise IndexFileError(
+            f"{what} holds {index.d}-dimensional vectors, "
+            f"but the embedder makes {dimension}-dimensional ones"
+        )
+    found = _METRIC_NAMES.get(index.metric_type, str(index.metric_type))
+    if found != metric:
+        raise IndexFileError(
+            f"{what} was built with metric {found!r}, "
+            f"but the retriever is configured with metric {metric!r}"
+        )

@@ -49,11 +49,11 @@ from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from retro_platform.default_plugins.retrievers._faiss import (
-    _METRIC_NAMES,
     _METRICS,
     ADD_BATCH,
     FaissOptions,
     _threads_for,
+    check_vectors,
     configure_threads,
     list_count,
 )
@@ -333,17 +333,7 @@ class FaissIVFOnDiskRetriever(Retriever):
     def _check_kind(self, folder: Path, index: Any) -> None:
         if not isinstance(index, faiss.IndexIVF):
             raise IndexFileError(f"index {folder} holds a Faiss {type(index).__name__} index")
-        if index.d != self.dimension:
-            raise IndexFileError(
-                f"index {folder} holds {index.d}-dimensional vectors, "
-                f"but the embedder makes {self.dimension}-dimensional ones"
-            )
-        found = _METRIC_NAMES.get(index.metric_type, str(index.metric_type))
-        if found != self.metric:
-            raise IndexFileError(
-                f"index {folder} was built with metric {found!r}, "
-                f"but the retriever is configured with metric {self.metric!r}"
-            )
+        check_vectors(index, f"index {folder}", self.dimension, self.metric)
 
     def _use(self, trained: Any, shards: list[Any]) -> None:
         self._trained = trained
