@@ -46,6 +46,7 @@ class Processes:
     local_rank: int = 0  # on this node: the GPU it trains on
     local_world_size: int = 1  # processes on this node, which share its CPU cores
     backend: str | None = None  # "nccl" or "gloo" once the group is joined; None: one process
+    cores: int | None = None  # on the CPU: the cores this process was pinned to (:func:`start`)
 
     @property
     def distributed(self) -> bool:
@@ -95,25 +96,53 @@ def threads_per_process(processes: Processes, configured: int | None) -> int | N
         return configured
     if not processes.distributed:
         return None
+    if processes.cores:  # already its share: pinned to it
+        return processes.cores
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, (cores or 1) // processes.local_world_size)
 
 
+def core_share(cores: list[int], local_rank: int, local_world_size: int) -> list[int]:
+    """The cores of ``cores`` that process ``local_rank`` of ``local_world_size`` on one
+    machine gets: equal, disjoint, consecutive shares (the remainder left out, so that no core
+    serves two processes); all of them when there are fewer cores than processes."""
+    share = len(cores) // local_world_size
+    if share == 0:
+        return list(cores)
+    return sorted(cores)[local_rank * share : (local_rank + 1) * share]
+
+
+def _pin_to_share(place: Processes) -> int | None:
+    """On the CPU, pin this process to its share of the machine's cores, and return how many.
+
+    Every process runs the sharded retrieval stages at once, and a plugin sizes its work to the
+    cores it may use (the MiniLM embedder starts a worker per core, up to 4): pinned, N
+    processes on one machine use its cores once instead of N times over."""
+    if place.local_world_size < 2 or not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = core_share(sorted(os.sched_getaffinity(0)), place.local_rank, place.local_world_size)
+    os.sched_setaffinity(0, cores)
+    return len(cores)
+
+
 def start(device_type: str) -> Processes:
     """Join the training processes that ``torchrun`` started (nothing to join when it did not):
-    on CUDA, set the process's GPU; join the default group (NCCL on CUDA, gloo on the CPU) and
-    the host group."""
+    on CUDA, set the process's GPU; on the CPU, pin the process to its share of the cores;
+    join the default group (NCCL on CUDA, gloo on the CPU) and the host group."""
     global _host_group
     place = from_environment()
     if not place.distributed:
         return place
     backend = "nccl" if device_type == "cuda" else "gloo"
+    cores = None
     if device_type == "cuda":
         torch.cuda.set_device(place.local_rank)
+    else:
+        cores = _pin_to_share(place)
     if not dist.is_initialized():
         dist.init_process_group(backend)  # env://: the rendezvous torchrun set up
     _host_group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
-    return replace(place, backend=backend)
+    return replace(place, backend=backend, cores=cores)
 
 
 def stop(processes: Processes) -> None:

@@ -7,11 +7,13 @@ steps did (the summed losses, the gradient norms, the weights).
 
 Twice from the same start: ``weighted`` as the training loop does it, then ``equal``, where
 every process claims an equal share of each micro-batch's target tokens, as averaging the
-processes' mean losses would (the control that shows the token weighting matters).
+processes' mean losses would (the control that shows the token weighting matters). Also
+saved: the cores each process was pinned to.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -32,6 +34,9 @@ def main(path: str, out: str, start: int, steps: int) -> None:
     if processes.is_main:
         distributed.wait_for_main(processes)
     results = {mode: run(s, processes, start, steps, mode) for mode in ("weighted", "equal")}
+    pinned = [None] * processes.world_size  # each process's cores, as start() pinned them
+    torch.distributed.all_gather_object(pinned, (sorted(os.sched_getaffinity(0)), processes.cores))
+    results["cores"] = pinned
     if processes.is_main:
         torch.save(results, out)
     distributed.stop(processes)

@@ -18,6 +18,7 @@ from retro_platform.training.distributed import (
     SINGLE,
     Processes,
     check_batch_size,
+    core_share,
     from_environment,
     step_seed,
     threads_per_process,
@@ -58,6 +59,16 @@ def test_a_process_knows_its_place_and_its_share_of_the_cores() -> None:
     assert threads_per_process(SINGLE, None) is None  # one process: torch's own choice
     crowded = Processes(rank=0, world_size=64, local_rank=0, local_world_size=64)
     assert threads_per_process(crowded, None) == 1
+    pinned = Processes(rank=1, world_size=2, local_rank=1, local_world_size=2, cores=8)
+    assert threads_per_process(pinned, None) == 8  # pinned: its share already
+
+
+def test_the_processes_of_one_machine_get_disjoint_equal_shares_of_its_cores() -> None:
+    cores = [0, 1, 2, 3, 4, 5, 6, 8, 9]  # 9 usable cores, not numbered 0..8
+    shares = [core_share(cores, rank, 4) for rank in range(4)]
+    assert shares == [[0, 1], [2, 3], [4, 5], [6, 8]]  # the remainder (9) serves no process
+    assert core_share(cores, 0, 1) == cores
+    assert core_share([0, 1], 2, 3) == [0, 1]  # fewer cores than processes: all of them
 
 
 def test_a_batch_size_the_processes_cannot_share_is_refused_in_one_line() -> None:
@@ -137,6 +148,11 @@ def test_ddp_steps_on_two_processes_equal_one_process_on_the_whole_batches(
     assert two["norms"] == pytest.approx(one["norms"], rel=1e-5)
     for name, tensor in one["weights"].items():
         torch.testing.assert_close(two["weights"][name], tensor, rtol=0, atol=2e-5, msg=name)
+    # each process was pinned to its own half of the cores (all of them on a 1-core machine)
+    cores = sorted(os.sched_getaffinity(0))
+    (first, count), (second, count_too) = results["cores"]
+    assert (first, second) == (core_share(cores, 0, 2), core_share(cores, 1, 2))
+    assert count == len(first) and count_too == len(second)
     equal = results["equal"]
     assert equal["norms"][0] != pytest.approx(one["norms"][0], rel=1e-4)
     assert equal["losses"][0] != pytest.approx(one["losses"][0], rel=1e-5)
