@@ -164,16 +164,7 @@ class FaissRetriever(Retriever):
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         index = self._require_index()
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        queries = self._as_matrix(queries, "queries")
-        scores, ids = index.search(queries, int(k))
-        if self.metric == "l2":
-            np.negative(scores, out=scores)  # higher is nearer
-        missing = ids == MISSING
-        if missing.any():
-            scores[missing] = -np.inf
-        return scores, ids
+        return search_index(index, self._as_matrix(queries, "queries"), k, self.metric)
 
     def save(self, path: Path) -> None:
         faiss.write_index(self._require_index(), str(path))
@@ -252,13 +243,31 @@ class FaissRetriever(Retriever):
         return self._index
 
     def _as_matrix(self, array: np.ndarray, what: str) -> np.ndarray:
-        """``array`` as C-contiguous float32 ``(n, dimension)``, copied only when it must be."""
-        array = np.ascontiguousarray(array, dtype=np.float32)
-        if array.ndim != 2 or array.shape[1] != self.dimension:
-            raise ValueError(
-                f"{what} must have shape (n, {self.dimension}), got {tuple(array.shape)}"
-            )
-        return array
+        return as_matrix(array, self.dimension, what)
+
+
+def as_matrix(array: Any, dimension: int, what: str) -> np.ndarray:
+    """``array`` as C-contiguous float32 ``(n, dimension)``, copied only when it must be."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if array.ndim != 2 or array.shape[1] != dimension:
+        raise ValueError(f"{what} must have shape (n, {dimension}), got {tuple(array.shape)}")
+    return array
+
+
+def search_index(
+    index: Any, queries: np.ndarray, k: int, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search`` as the Retriever protocol answers: higher scores nearer (l2 distances
+    negated), ``-inf`` beside a missing (-1) id; ``k`` checked first."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    scores, ids = index.search(queries, int(k))
+    if metric == "l2":
+        np.negative(scores, out=scores)  # higher is nearer
+    missing = ids == MISSING
+    if missing.any():
+        scores[missing] = -np.inf
+    return scores, ids
 
 
 def sample_rows(vectors: np.ndarray, size: int, seed: int) -> np.ndarray:

@@ -53,14 +53,16 @@ from retro_platform.default_plugins.retrievers._faiss import (
     ADD_BATCH,
     FaissOptions,
     _threads_for,
+    as_matrix,
     check_vectors,
     configure_threads,
     list_count,
+    search_index,
 )
 from retro_platform.errors import ConfigError, IndexFileError
 from retro_platform.hookspecs import hookimpl
 from retro_platform.progress import progress
-from retro_platform.protocols import MISSING, PluginOptions, RelativePath, Retriever
+from retro_platform.protocols import PluginOptions, RelativePath, Retriever
 
 PLUGIN = "faiss-ivf-ondisk"
 #: What manifest.json's ``format`` says; a folder of another format is refused.
@@ -244,17 +246,8 @@ class FaissIVFOnDiskRetriever(Retriever):
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         self._require_shards()
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        queries = self._matrix(queries)
         searcher = self._merged if self._merged is not None else self._shards[0]
-        scores, found = searcher.search(queries, int(k))
-        if self.metric == "l2":
-            np.negative(scores, out=scores)  # higher is nearer
-        missing = found == MISSING
-        if missing.any():
-            scores[missing] = -np.inf
-        return scores, found
+        return search_index(searcher, self._matrix(queries, "queries"), k, self.metric)
 
     @property
     def size(self) -> int:
@@ -392,14 +385,8 @@ class FaissIVFOnDiskRetriever(Retriever):
             raise RuntimeError(f"the {PLUGIN} index is empty: call build() or load() first")
         return self._shards
 
-    def _matrix(self, array: Any) -> np.ndarray:
-        """``array`` as C-contiguous float32 ``(n, dimension)``, copied only when it must be."""
-        array = np.ascontiguousarray(array, dtype=np.float32)
-        if array.ndim != 2 or array.shape[1] != self.dimension:
-            raise ValueError(
-                f"vectors must have shape (n, {self.dimension}), got {tuple(array.shape)}"
-            )
-        return array
+    def _matrix(self, array: Any, what: str = "vectors") -> np.ndarray:
+        return as_matrix(array, self.dimension, what)
 
 
 def _on_disk(trained: Any, lists_file: Path, sources: list[Any]) -> Any:
