@@ -38,6 +38,7 @@ from retro_platform.store.shards import (
     ShardsLeft,
     SliceProgress,
     drop_slices,
+    fill_slice,
     lay_out_slices,
     merge_slices,
     run_slices,
@@ -288,22 +289,14 @@ def _fill_slice(
 ) -> tuple[tuple[int, int], bool]:
     """Write the rows of one slice into its own file, committing the slice's progress; returns
     (copied, embedded) and whether finishing it completed the set."""
-    if piece.count == 0:
-        return (0, 0), SliceProgress(store, EmbeddingSet, row.id, piece.id, None).finish(0)
-    shape = (piece.count, row.dimension)
-    path = store.path(piece.file)
-    vectors, done = resume_array(path, shape, np.float32, piece.done, "embedding", _FIX)
-    saved = SliceProgress(store, EmbeddingSet, row.id, piece.id, vectors)
-    bar = progress_bar(
-        total=piece.count,
-        initial=done,
-        unit="chunk",
-        desc=f"embed {piece.shard}/{piece.shards}",
-        enabled=progress,
-    )
-    with bar:
-        counts = _embed_rows(store, row, embedder, base, vectors, piece.start, done, saved, bar)
-    return counts, saved.finish(piece.count)
+
+    def fill(vectors: np.ndarray, done: int, saved: SliceProgress, bar: Any) -> tuple[int, int]:
+        return _embed_rows(store, row, embedder, base, vectors, piece.start, done, saved, bar)
+
+    shape = (row.dimension,)
+    counts, completed = fill_slice(store, EmbeddingSet, row.id, piece, shape, np.float32,
+                                   "embedding", _FIX, "embed", progress, fill)  # fmt: skip
+    return counts or (0, 0), completed
 
 
 def _embed_rows(

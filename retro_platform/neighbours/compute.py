@@ -33,6 +33,7 @@ from retro_platform.store.shards import (
     ShardsLeft,
     SliceProgress,
     drop_slices,
+    fill_slice,
     lay_out_slices,
     merge_slices,
     run_slices,
@@ -278,22 +279,14 @@ class _Search:
     ) -> tuple[tuple[int, ...], bool]:
         """Search one slice into its own file: (searched, kept) rows of this call, and whether
         finishing the slice completed the set."""
-        if piece.count == 0:
-            return (0, 0), SliceProgress(store, NeighbourSet, set_id, piece.id, None).finish(0)
-        shape = (piece.count, self.k)
-        path = store.path(piece.file)
-        out, done = resume_array(path, shape, np.int64, piece.done, "neighbour", _FIX)
-        saved = SliceProgress(store, NeighbourSet, set_id, piece.id, out)
-        bar = progress_bar(
-            total=piece.count,
-            initial=done,
-            unit="chunk",
-            desc=f"neighbours {piece.shard}/{piece.shards}",
-            enabled=progress,
-        )
-        with bar:
+
+        def fill(out: np.ndarray, done: int, saved: SliceProgress, bar: Any) -> tuple[int, int]:
             searched = self.rows(out, piece.start, done, saved, bar)
-        return (searched, piece.count - done - searched), saved.finish(piece.count)
+            return searched, piece.count - done - searched
+
+        counts, completed = fill_slice(store, NeighbourSet, set_id, piece, (self.k,), np.int64,
+                                       "neighbour", _FIX, "neighbours", progress, fill)  # fmt: skip
+        return counts or (0, 0), completed
 
 
 def neighbours_fingerprint(experiment: Experiment, index: IndexRecord) -> str:

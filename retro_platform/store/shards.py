@@ -33,7 +33,8 @@ from sqlalchemy.orm import Session
 from retro_platform.atomic import atomic_destination
 from retro_platform.disk import disk_errors, reserve
 from retro_platform.errors import ConfigError, StoreError
-from retro_platform.store.arrays import open_array
+from retro_platform.progress import progress as progress_bar
+from retro_platform.store.arrays import open_array, resume_array
 from retro_platform.store.fingerprints import fingerprint
 from retro_platform.store.models import (
     BUILDING,
@@ -222,6 +223,46 @@ class SliceProgress(Progress):
             )
         self.last_commit = now
         return unfinished == 0
+
+
+#: ``fill(out, done, saved, bar)``: write a slice's rows ``done ..`` into ``out``, committing
+#: ``saved`` and advancing ``bar`` as it goes; what it returns, :func:`fill_slice` returns.
+SliceFiller = Callable[[np.ndarray, int, SliceProgress, Any], Any]
+
+
+def fill_slice(
+    store: Any,
+    model: type[ResumableStageRecord],
+    set_id: int,
+    piece: StageShard,
+    row_shape: tuple[int, ...],
+    dtype: Any,
+    what: str,
+    fix: str,
+    desc: str,
+    progress: bool | None,
+    fill: SliceFiller,
+) -> tuple[Any, bool]:
+    """Build one slice into its own file: open it (resuming at its committed ``done``), run
+    ``fill`` under a progress bar, and mark the slice ready. Returns what ``fill`` returned
+    (None for an empty slice, which has no file) and whether finishing the slice completed the
+    set. ``row_shape``, ``dtype``, ``what`` and ``fix`` are the set file's, as
+    :func:`~retro_platform.store.arrays.resume_array` takes them."""
+    if piece.count == 0:
+        return None, SliceProgress(store, model, set_id, piece.id, None).finish(0)
+    shape = (piece.count, *row_shape)
+    out, done = resume_array(store.path(piece.file), shape, dtype, piece.done, what, fix)
+    saved = SliceProgress(store, model, set_id, piece.id, out)
+    bar = progress_bar(
+        total=piece.count,
+        initial=done,
+        unit="chunk",
+        desc=f"{desc} {piece.shard}/{piece.shards}",
+        enabled=progress,
+    )
+    with bar:
+        result = fill(out, done, saved, bar)
+    return result, saved.finish(piece.count)
 
 
 def merge_slices(
