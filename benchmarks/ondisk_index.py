@@ -2,7 +2,7 @@
 same IVF index held in memory, in one run.
 
     python benchmarks/ondisk_index.py [--quick] [--vectors N] [--nprobe 8,32,128]
-                                      [--json out.json] [--keep DIR]
+                                      [--resident-mib 128] [--json out.json] [--keep DIR]
 
 1. Synthetic data: N clustered float32 vectors of 128 dimensions (1,000 Gaussian clusters),
    generated block by block into a memory-mapped ``.npy`` on disk, and 10,000 queries drawn
@@ -17,7 +17,9 @@ same IVF index held in memory, in one run.
    batches of 1,000, twice: first with the index's files dropped from the page cache
    (``posix_fadvise(DONTNEED)`` beforehand: "cold"), then again ("warm"). Queries/s of each
    pass; ``VmHWM``, ``RssAnon`` and ``RssFile`` after loading, after the first 100 queries and
-   at the end; whether the answers (ids) equal the in-memory index's.
+   at the end; whether the answers (ids) equal the in-memory index's. The on-disk index is
+   searched twice per nprobe: as it maps its lists by default, and with ``resident_mib`` set
+   (``--resident-mib``), which drops each block of queries' mapped pages after the block.
 
 Every build and search runs in a process of its own (``_tasks.TaskRunner``), so every memory
 figure belongs to one task. ``RssFile`` counts the pages of the memory-mapped lists a search has
@@ -65,6 +67,7 @@ FULL = {
     "block_size": 65_536,
     "nprobe": [8, 32, 128],
     "sharded_nprobe": 32,
+    "resident_mib": 128,
 }
 QUICK = {
     "vectors": 20_000,
@@ -74,6 +77,7 @@ QUICK = {
     "block_size": 4_096,
     "nprobe": [4, 16],
     "sharded_nprobe": 16,
+    "resident_mib": 2,
 }
 SHARDS = 4
 BUILDS = ("build_ondisk", "build_memory", "build_sharded")
@@ -89,6 +93,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="20k vectors: a smoke test")
     parser.add_argument("--vectors", type=int, default=None, help="database size N")
     parser.add_argument("--nprobe", default=None, help="comma-separated nprobe values")
+    parser.add_argument(
+        "--resident-mib", type=int, default=None,
+        help="the on-disk index's resident_mib in its bounded rows (default 128; --quick 2)",
+    )  # fmt: skip
     parser.add_argument(
         "--rounds", type=int, default=3, help="searches of every row, medians reported"
     )
@@ -125,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes["vectors"] = args.vectors
     if args.nprobe:
         sizes["nprobe"] = [int(value) for value in args.nprobe.split(",")]
+    if args.resident_mib:
+        sizes["resident_mib"] = args.resident_mib
     folder = args.reuse or args.keep or Path(tempfile.mkdtemp(prefix="retro-ondisk-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -151,7 +161,7 @@ def run(
     builds = folder / "builds.json"
     if reuse:  # the data, indexes and build figures of an earlier run: only the searches
         built = json.loads(builds.read_text(encoding="utf-8"))
-        sizes = {**built["sizes"], "nprobe": sizes["nprobe"]}
+        sizes = {**built["sizes"], "nprobe": sizes["nprobe"], "resident_mib": sizes["resident_mib"]}
     else:
         log(f"generating {sizes['vectors']:,} vectors into {vectors}")
         generate(vectors, sizes["vectors"], seed=0)
@@ -202,6 +212,11 @@ def run(
     searches = []
     plan = [("memory", memory, options, p) for p in sizes["nprobe"]]
     plan += [("on-disk", ondisk, options, p) for p in sizes["nprobe"]]
+    resident = {**options, "resident_mib": sizes["resident_mib"]}
+    plan += [
+        (f"on-disk, resident_mib {sizes['resident_mib']}", ondisk, resident, p)
+        for p in sizes["nprobe"]
+    ]
     plan += [(f"on-disk, {SHARDS} shards", sharded, sharded_options, sizes["sharded_nprobe"])]
     # rounds over the whole plan, each search in a fresh process, so that a busy spell of a
     # shared machine does not fall on one row alone: the medians are reported

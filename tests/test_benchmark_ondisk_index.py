@@ -38,7 +38,9 @@ def test_quick_benchmark_prints_its_tables(tmp_path: Path) -> None:
 
     results = json.loads(out.read_text())
     searches = results["search"]
-    assert [s["mode"] for s in searches] == ["memory"] * 2 + ["on-disk"] * 2 + ["on-disk, 4 shards"]
+    assert [s["mode"] for s in searches] == ["memory"] * 2 + ["on-disk"] * 2 + [
+        "on-disk, resident_mib 2"
+    ] * 2 + ["on-disk, 4 shards"]
     assert all(s["same_ids_as_memory"] for s in searches)  # every mode answers as in memory
     for search in searches:
         memory = search["memory"]["end"]

@@ -75,6 +75,11 @@ class TestFaissIVFOnDiskShardedL2(RetrieverContract):
     options = {"nlist": 8, "nprobe": 8, "shards": 3, "block_size": 64, "metric": "l2"}
 
 
+class TestFaissIVFOnDiskResident(RetrieverContract):
+    factory = FaissIVFOnDiskRetriever
+    options = {"nlist": 8, "nprobe": 8, "shards": 2, "resident_mib": 1}  # bounded searches
+
+
 # --- embedders -------------------------------------------------------------------------------
 
 

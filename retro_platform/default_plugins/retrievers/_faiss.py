@@ -68,10 +68,15 @@ def configure_threads() -> None:
 SMALL_TRAINING_FLOATS = 8_000_000
 
 
-@contextlib.contextmanager
-def _threads_for(floats: int) -> Iterator[None]:
+def _threads_for(floats: int) -> contextlib.AbstractContextManager[None]:
     """One OpenMP thread while training on fewer than :data:`SMALL_TRAINING_FLOATS` floats."""
-    if floats >= SMALL_TRAINING_FLOATS:
+    return one_thread(floats < SMALL_TRAINING_FLOATS)
+
+
+@contextlib.contextmanager
+def one_thread(when: bool = True) -> Iterator[None]:
+    """Faiss on one OpenMP thread inside (if ``when``), for work too short for threads to pay."""
+    if not when:
         yield
         return
     before = faiss.omp_get_max_threads()
@@ -259,11 +264,24 @@ def search_index(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``index.search`` as the Retriever protocol answers: higher scores nearer (l2 distances
     negated), ``-inf`` beside a missing (-1) id; ``k`` checked first."""
+    scores, ids = index.search(queries, check_k(k))
+    return protocol_scores(scores, ids, metric)
+
+
+def check_k(k: Any) -> int:
+    """``k`` as an int (``ValueError`` unless a positive integer)."""
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    scores, ids = index.search(queries, int(k))
+    return int(k)
+
+
+def protocol_scores(
+    scores: np.ndarray, ids: np.ndarray, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Faiss's answer as the protocol's, in place: l2 distances negated (higher is nearer) and
+    ``-inf`` beside a missing (-1) id."""
     if metric == "l2":
-        np.negative(scores, out=scores)  # higher is nearer
+        np.negative(scores, out=scores)
     missing = ids == MISSING
     if missing.any():
         scores[missing] = -np.inf
