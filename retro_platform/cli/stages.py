@@ -14,6 +14,7 @@ from retro_platform.cli.common import (
     set_option,
 )
 from retro_platform.cli.group import cli
+from retro_platform.errors import ConfigError
 
 
 @cli.command()
@@ -90,6 +91,19 @@ def ingest(
     help="Build only slice I of N (0 <= I < N) of the embeddings and, once the index is "
     "built, of the neighbours; run I = 0..N-1 on machines that share the store.",
 )
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="With --shard: wait (polling the store) for the index and the other shards' "
+    "neighbours instead of exiting, so that one command per machine builds everything.",
+)
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    default=None,
+    help="With --wait: give up after this long (exit 2; what is built stays). Default: no limit.",
+)
 def index(
     experiment_file: str,
     overrides: tuple[str, ...],
@@ -98,6 +112,8 @@ def index(
     reembed: bool,
     recompute_neighbours: bool,
     shard_text: str | None,
+    wait: bool,
+    wait_timeout: float | None,
 ) -> None:
     """Embed every chunk, build the vector index and every chunk's neighbours.
 
@@ -110,25 +126,40 @@ def index(
     --shard I/N splits the work between N processes that share the store (a PostgreSQL URL
     and one store folder): each embeds its slice of the chunks; the one that finishes last
     merges them and builds the index; run each shard again to search its slice of the
-    neighbours. The merged results are those of one process. A run without --shard finishes
-    whatever slices are left and merges them.
+    neighbours (or give every shard --wait: it waits for the index and the others, then
+    ends with the finished result). The merged results are those of one process. A run without
+    --shard finishes whatever slices are left and merges them.
     """
     from retro_platform.pipeline import IndexResult, Shard, refuse_rebuild_in_shards, run_index
+    from retro_platform.pipeline.shard_wait import run_index_waiting
 
     shard = None if shard_text is None else Shard.parse(shard_text)
     if shard is not None and (rebuild or reembed or recompute_neighbours):
         refuse_rebuild_in_shards(experiment_file)
+    if (wait or wait_timeout is not None) and shard is None:
+        raise ConfigError(
+            "--wait and --wait-timeout go with --shard I/N (a run without --shard does "
+            "everything itself and waits for nothing)"
+        )
+    if wait_timeout is not None and not wait:
+        raise ConfigError("--wait-timeout goes with --wait: add --wait")
     experiment, store = open_experiment(experiment_file, overrides)
-    result = run_index(
-        experiment,
-        store,
-        rebuild=rebuild,
-        reembed=reembed,
-        recompute_neighbours=recompute_neighbours,
-        shard=shard,
-        progress=progress,
-        log=click.echo,
-    )
+    if wait:
+        assert shard is not None
+        result = run_index_waiting(
+            experiment, store, shard, timeout_s=wait_timeout, progress=progress, log=click.echo
+        )
+    else:
+        result = run_index(
+            experiment,
+            store,
+            rebuild=rebuild,
+            reembed=reembed,
+            recompute_neighbours=recompute_neighbours,
+            shard=shard,
+            progress=progress,
+            log=click.echo,
+        )
     if not isinstance(result, IndexResult):
         click.echo(result.summary(experiment.hint_file))
         return

@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from retro_platform.corpus.ingest import ingest
 from retro_platform.errors import ConfigError, StoreError
 from retro_platform.index.build import open_run_index
 from retro_platform.pipeline import IndexResult, Shard, ShardResult, run_index
+from retro_platform.pipeline.shard_wait import run_index_waiting
 from retro_platform.store.models import BUILDING, READY, EmbeddingSet, StageShard
 from retro_platform.store.shards import slice_bounds
 from tests.pipeline.helpers import write_experiment, write_stdlib_corpus
@@ -404,3 +406,99 @@ def test_shards_after_a_corpus_change_equal_one_process(tmp_path: Path) -> None:
         assert any("copied from embeddings 1" in line for line in messages)
         results.append(stored(experiment, result))
     assert_same(results[1], results[0])
+
+
+# --- shards that wait for each other (--wait) ----------------------------------------------------
+
+
+def test_waiting_shards_both_end_with_the_finished_index(
+    tmp_path: Path, corpus: Path, one_process: dict[str, np.ndarray]
+) -> None:
+    """Two shards started together with ``--wait`` (threads, each with its own store): neither
+    exits early, both return the finished result, and it is the one-process result."""
+    path = experiment_at(tmp_path, corpus)
+    experiment, store = open_experiment(path)
+    ingest(experiment, store, progress=False)
+    store.close()
+    results: dict[int, object] = {}
+    logs: dict[int, list[str]] = {0: [], 1: []}
+
+    def shard(i: int) -> None:
+        experiment, store = open_experiment(path)
+        try:
+            results[i] = run_index_waiting(
+                experiment, store, Shard(i, 2), poll_s=0.05, timeout_s=HANG_S, progress=False,
+                log=logs[i].append,
+            )  # fmt: skip
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=shard, args=(i,)) for i in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(HANG_S)
+    assert all(isinstance(results.get(i), IndexResult) for i in (0, 1)), (results, logs)
+    assert results[0] == results[1]
+    waited = [line for lines in logs.values() for line in lines if "waiting for the" in line]
+    assert waited, logs  # one of them finished a slice before the other and waited
+    result, _ = finished_result(path)
+    assert_same(result, one_process)
+
+
+def test_a_waiting_shard_gives_up_after_its_timeout(tmp_path: Path, corpus: Path) -> None:
+    path = experiment_at(tmp_path, corpus)
+    experiment, store = open_experiment(path)
+    ingest(experiment, store, progress=False)
+    store.close()
+    result = CliRunner().invoke(
+        cli, ["index", str(path), "--no-progress", "--shard", "1/2", "--wait",
+              "--wait-timeout", "0.2"],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "waiting for the index (the shard that completes the embeddings builds it)" in (
+        result.output
+    )
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("Error: shard 1/2 gave up after waiting 0.2 s for the index")
+    assert last.endswith(f"run: retro-platform index {path}")
+    # what it built stays: shard 0 alone now completes the embeddings and builds the index
+    experiment, store = open_experiment(path)
+    first = run_index(experiment, store, shard=Shard(0, 2), progress=False, log=lambda _: None)
+    assert isinstance(first, ShardResult) and first.neighbours is not None
+
+
+def test_wait_goes_with_a_shard(tmp_path: Path, corpus: Path) -> None:
+    path = experiment_at(tmp_path, corpus)
+    for options in (["--wait"], ["--shard", "0/2", "--wait-timeout", "5"]):
+        result = CliRunner().invoke(cli, ["index", str(path), *options])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith("Error: --wait") and result.output.count("\n") == 1
+    assert not (tmp_path / "store").exists()  # refused before the store was opened
+
+
+@pytest.mark.e2e
+def test_two_waiting_shard_processes_finish_the_index(
+    tmp_path: Path, corpus: Path, database_url: str, one_process: dict[str, np.ndarray]
+) -> None:
+    """``index --shard i/2 --wait`` on two processes at once: one command each, both exit 0
+    with the finished index's summary."""
+    path = experiment_at(tmp_path, corpus, database_url)
+    experiment, store = open_experiment(path)
+    ingest(experiment, store, progress=False)
+    store.close()
+    processes = [
+        subprocess.Popen(
+            index_command(path, "--shard", f"{i}/2", "--wait"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in (0, 1)
+    ]
+    for process in processes:
+        out, err = process.communicate(timeout=HANG_S)
+        assert process.returncode == 0, err
+        assert "k=2, exclusion same-document" in out.splitlines()[-1], out
+    result, _ = finished_result(path)
+    assert_same(result, one_process)
