@@ -16,7 +16,7 @@ import pytest
 from retro_platform.cli.common import open_experiment
 from retro_platform.corpus.chunk_table import load_chunk_table
 from retro_platform.corpus.ingest import ingest
-from retro_platform.index.build import open_index
+from retro_platform.index.build import open_index, open_run_index
 from retro_platform.pipeline import run_index
 from retro_platform.pipeline.check import check_store
 from retro_platform.store.stats import store_stats
@@ -108,3 +108,23 @@ def test_the_cli_builds_an_on_disk_index(tmp_path: Path) -> None:
     assert "resizing" not in done.stdout + done.stderr  # Faiss's own lines are kept out
     [folder] = (tmp_path / "store" / "indexes").iterdir()
     assert folder.is_dir() and (folder / "shard-000.ivfdata").is_file()
+
+
+def test_resident_mib_changes_no_result_and_rebuilds_nothing(tmp_path: Path) -> None:
+    """``resident_mib`` is a runtime option: setting it reuses the stored index and neighbours,
+    and neighbours searched again under the bound are the same bytes."""
+    corpus = write_stdlib_corpus(tmp_path / "corpus")
+    path = write_experiment(tmp_path, corpus, retriever={**ONDISK, "nprobe": 8})
+    _, _, plain, _ = indexed(path)
+    expected = np.array(plain.neighbours.open())
+
+    experiment, store = open_experiment(path, ["retriever.resident_mib=1"])
+    lines: list[str] = []
+    reused = run_index(experiment, store, progress=False, log=lines.append)
+    assert (reused.index.id, reused.neighbours.id) == (plain.index.id, plain.neighbours.id)
+    assert not any("building" in line for line in lines), lines
+    assert open_run_index(experiment, reused.index).options.resident_mib == 1  # in effect
+    again = run_index(
+        experiment, store, recompute_neighbours=True, progress=False, log=lambda _: None
+    )
+    assert np.array_equal(np.array(again.neighbours.open()), expected)
