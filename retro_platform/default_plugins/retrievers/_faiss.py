@@ -176,17 +176,7 @@ class FaissRetriever(Retriever):
 
     def load(self, path: Path) -> None:
         path = Path(path)
-        if not path.is_file():
-            raise IndexFileError(f"index file {path} does not exist")
-        try:
-            index = faiss.read_index(str(path))
-        except (RuntimeError, MemoryError, OSError) as error:
-            reason = " ".join(str(error).split()) or type(error).__name__
-            if len(reason) > 160:
-                reason = reason[:157] + "..."
-            raise IndexFileError(
-                f"index file {path} is not a readable Faiss index ({reason})"
-            ) from None
+        index = read_index_file(path)
         inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else None
         if inner is None or not isinstance(inner, self.inner_types):
             found = type(inner if inner is not None else index).__name__
@@ -266,6 +256,22 @@ def search_index(
     negated), ``-inf`` beside a missing (-1) id; ``k`` checked first."""
     scores, ids = index.search(queries, check_k(k))
     return protocol_scores(scores, ids, metric)
+
+
+def read_index_file(path: Path, flags: int = 0) -> Any:
+    """``faiss.read_index`` of ``path`` with Faiss's IO ``flags``; ``IndexFileError`` (one line,
+    Faiss's reason shortened) when the file is missing or not a readable Faiss index."""
+    if not path.is_file():
+        raise IndexFileError(f"index file {path} does not exist")
+    try:
+        return faiss.read_index(str(path), flags)
+    except (RuntimeError, MemoryError, OSError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        if len(reason) > 160:
+            reason = reason[:157] + "..."
+        raise IndexFileError(
+            f"index file {path} is not a readable Faiss index ({reason})"
+        ) from None
 
 
 def check_k(k: Any) -> int:

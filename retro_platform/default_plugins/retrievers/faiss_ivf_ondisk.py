@@ -62,6 +62,7 @@ from retro_platform.default_plugins.retrievers._faiss import (
     list_count,
     one_thread,
     protocol_scores,
+    read_index_file,
     search_index,
 )
 from retro_platform.errors import ConfigError, IndexFileError
@@ -562,18 +563,8 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def _read_index(path: Path, flags: int) -> Any:
-    if not path.is_file():
-        raise IndexFileError(f"index file {path} does not exist")
-    try:
-        with _quiet_stdout():  # Faiss prints where it found the lists file
-            return faiss.read_index(str(path), flags)
-    except (RuntimeError, MemoryError, OSError) as error:
-        reason = " ".join(str(error).split()) or type(error).__name__
-        if len(reason) > 160:
-            reason = reason[:157] + "..."
-        raise IndexFileError(
-            f"index file {path} is not a readable Faiss index ({reason})"
-        ) from None
+    with _quiet_stdout():  # Faiss prints where it found the lists file
+        return read_index_file(path, flags)
 
 
 @hookimpl
