@@ -27,6 +27,7 @@ __all__ = [
     "ShardsLeft",
     "ingest",
     "refuse_rebuild_in_shards",
+    "finished_index",
     "run_index",
     "stored_index",
 ]
@@ -196,9 +197,14 @@ def _run_index_in_ranks(
 def _embeddings_ready(experiment: Experiment, store: Any, corpus_id: int) -> bool:
     """Whether the experiment's embeddings of the corpus's current version are finished."""
     with store.session() as session:
-        corpus = session.get(Corpus, corpus_id)
-        row = find_stage(session, EmbeddingSet, embedding_fingerprint(experiment, corpus))
-        return row is not None and row.status == READY
+        return _ready_embeddings(session, experiment, corpus_id) is not None
+
+
+def _ready_embeddings(session: Any, experiment: Experiment, corpus_id: int) -> Any:
+    """The experiment's finished embedding set of the corpus's current version, or None."""
+    corpus = session.get(Corpus, corpus_id)
+    row = find_stage(session, EmbeddingSet, embedding_fingerprint(experiment, corpus))
+    return row if row is not None and row.status == READY else None
 
 
 def _stored_index(
@@ -212,15 +218,24 @@ def _stored_index(
         return IndexRecord.from_row(row, store)
 
 
+def finished_index(experiment: Experiment, store: Any) -> IndexRecord | None:
+    """The finished index (its file there) of the experiment's current corpus, embedder and
+    retriever, or None. Reads only."""
+    corpus_id = find_corpus_id(experiment, store)
+    with store.session() as session:
+        embedding_set = _ready_embeddings(session, experiment, corpus_id)
+    if embedding_set is None:
+        return None
+    return _stored_index(experiment, store, EmbeddingFile.from_row(embedding_set, store))
+
+
 def stored_index(experiment: Experiment, store: Any) -> IndexRecord:
     """The finished index of the experiment's current corpus, embedder and retriever."""
     corpus_id = find_corpus_id(experiment, store)
     with store.session() as session:
-        corpus = session.get(Corpus, corpus_id)
-        key = embedding_fingerprint(experiment, corpus)
-        embedding_set = find_stage(session, EmbeddingSet, key)
+        embedding_set = _ready_embeddings(session, experiment, corpus_id)
         row = None
-        if embedding_set is not None and embedding_set.status == READY:
+        if embedding_set is not None:
             embeddings = EmbeddingFile.from_row(embedding_set, store)
             index_key = index_fingerprint(experiment, embeddings)
             row = find_stage(session, VectorIndex, index_key)

@@ -16,13 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from retro_platform.config import Experiment
-from retro_platform.corpus.ingest import find_corpus_id
-from retro_platform.embeddings.embed import EmbeddingFile, embedding_fingerprint
 from retro_platform.errors import StoreError
-from retro_platform.index.build import IndexRecord, index_fingerprint
 from retro_platform.neighbours.compute import neighbours_fingerprint
-from retro_platform.pipeline import IndexResult, Shard, ShardResult, run_index
-from retro_platform.store.models import READY, Corpus, EmbeddingSet, NeighbourSet, VectorIndex
+from retro_platform.pipeline import IndexResult, Shard, ShardResult, finished_index, run_index
+from retro_platform.store.models import NeighbourSet
 from retro_platform.store.stages import find_stage, is_ready
 
 #: Seconds between two looks at the store while waiting.
@@ -75,24 +72,9 @@ def _waiting_line(shard: Shard, awaited: str, poll_s: float) -> str:
 def _ready(experiment: Experiment, store: Any, awaited: str) -> bool:
     """Whether what a waiting shard needs is stored: the index (and so the embeddings), or the
     merged neighbours as well. Reads only."""
-    index = _finished_index(experiment, store)
+    index = finished_index(experiment, store)
     if awaited == "index" or index is None:
         return index is not None
     with store.session() as session:
         row = find_stage(session, NeighbourSet, neighbours_fingerprint(experiment, index))
-        return row is not None and row.status == READY and is_ready(store, row)
-
-
-def _finished_index(experiment: Experiment, store: Any) -> IndexRecord | None:
-    """The finished index of the experiment's current corpus version, or None."""
-    corpus_id = find_corpus_id(experiment, store)
-    with store.session() as session:
-        corpus = session.get(Corpus, corpus_id)
-        embedding_set = find_stage(session, EmbeddingSet, embedding_fingerprint(experiment, corpus))
-        if embedding_set is None or embedding_set.status != READY:
-            return None
-        embeddings = EmbeddingFile.from_row(embedding_set, store)
-        row = find_stage(session, VectorIndex, index_fingerprint(experiment, embeddings))
-        if row is None or not is_ready(store, row):
-            return None
-        return IndexRecord.from_row(row, store)
+        return row is not None and is_ready(store, row)
