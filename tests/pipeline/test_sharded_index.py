@@ -60,6 +60,15 @@ def experiment_at(
     return write_experiment(folder, corpus, url, retrieval=retrieval)
 
 
+def ingested_at(folder: Path, corpus: Path, url: str | None = None) -> Path:
+    """An experiment in ``folder`` whose corpus is ingested (its store closed again)."""
+    path = experiment_at(folder, corpus, url)
+    experiment, store = open_experiment(path)
+    ingest(experiment, store, progress=False)
+    store.close()
+    return path
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_stdlib_corpus(tmp_path_factory.mktemp("corpus"), MODULES)
@@ -227,10 +236,7 @@ def test_two_shard_processes_equal_one_process(
 ) -> None:
     """The CLI's shards at the same time against one store (each process ~10-20 s to start on
     a busy 2-core machine, hence e2e)."""
-    path = experiment_at(tmp_path, corpus, database_url)
-    experiment, store = open_experiment(path)
-    ingest(experiment, store, progress=False)
-    store.close()
+    path = ingested_at(tmp_path, corpus, database_url)
 
     outputs = [result.stdout for result in shards_together(path, [0, 1])]
     # the shard that finished its embeddings first has its neighbours still to search
@@ -248,10 +254,7 @@ def test_two_shard_processes_equal_one_process(
 def test_ranks_with_a_barrier_equal_one_process(
     tmp_path: Path, corpus: Path, one_process: dict[str, np.ndarray]
 ) -> None:
-    path = experiment_at(tmp_path, corpus)
-    experiment, store = open_experiment(path)
-    ingest(experiment, store, progress=False)
-    store.close()
+    path = ingested_at(tmp_path, corpus)
 
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(2, timeout=HANG_S)
@@ -416,10 +419,7 @@ def test_waiting_shards_both_end_with_the_finished_index(
 ) -> None:
     """Two shards started together with ``--wait`` (threads, each with its own store): neither
     exits early, both return the finished result, and it is the one-process result."""
-    path = experiment_at(tmp_path, corpus)
-    experiment, store = open_experiment(path)
-    ingest(experiment, store, progress=False)
-    store.close()
+    path = ingested_at(tmp_path, corpus)
     results: dict[int, object] = {}
     logs: dict[int, list[str]] = {0: [], 1: []}
 
@@ -447,10 +447,7 @@ def test_waiting_shards_both_end_with_the_finished_index(
 
 
 def test_a_waiting_shard_gives_up_after_its_timeout(tmp_path: Path, corpus: Path) -> None:
-    path = experiment_at(tmp_path, corpus)
-    experiment, store = open_experiment(path)
-    ingest(experiment, store, progress=False)
-    store.close()
+    path = ingested_at(tmp_path, corpus)
     result = CliRunner().invoke(
         cli, ["index", str(path), "--no-progress", "--shard", "1/2", "--wait",
               "--wait-timeout", "0.2"],
@@ -483,10 +480,7 @@ def test_two_waiting_shard_processes_finish_the_index(
 ) -> None:
     """``index --shard i/2 --wait`` on two processes at once: one command each, both exit 0
     with the finished index's summary."""
-    path = experiment_at(tmp_path, corpus, database_url)
-    experiment, store = open_experiment(path)
-    ingest(experiment, store, progress=False)
-    store.close()
+    path = ingested_at(tmp_path, corpus, database_url)
     processes = [
         subprocess.Popen(
             index_command(path, "--shard", f"{i}/2", "--wait"),
