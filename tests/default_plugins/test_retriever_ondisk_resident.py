@@ -61,11 +61,11 @@ def test_blocks_keep_their_lists_within_the_budget() -> None:
     costs = np.array([10, 20, 30, 40, 0], dtype=np.int64)
     assigned = np.array([[0, 1], [1, 0], [2, 3], [3, -1], [4, 0], [2, 3]])
     # queries 0 and 1 probe the same lists: counted once (30), query 2 would add 70
-    assert block_end(assigned, 0, costs, budget=50) == 2
-    assert block_end(assigned, 2, costs, budget=70) == 4  # query 3's list is already counted
-    assert block_end(assigned, 2, costs, budget=69) == 3  # one query even over the budget
-    assert block_end(assigned, 0, costs, budget=1000) == 6
-    assert block_end(assigned, 5, costs, budget=1) == 6
+    assert block_end(assigned, 0, costs, budget=50) == (2, 30)
+    assert block_end(assigned, 2, costs, budget=70) == (4, 70)  # query 3's list: counted
+    assert block_end(assigned, 2, costs, budget=69) == (3, 70)  # one query even over budget
+    assert block_end(assigned, 0, costs, budget=1000) == (6, 100)
+    assert block_end(assigned, 5, costs, budget=1) == (6, 70)
 
 
 def test_answers_come_back_in_the_order_of_the_queries() -> None:
@@ -78,7 +78,7 @@ def test_answers_come_back_in_the_order_of_the_queries() -> None:
         return rows[:, None].astype(np.float32) * 2, rows[:, None] * 10
 
     costs = np.ones(4, dtype=np.int64)
-    distances, ids = search_in_blocks(np.zeros((5, 2)), assigned, costs, 2, search, lambda: None)
+    distances, ids = search_in_blocks(assigned, 1, costs, 2, search, lambda: None)
     assert ids[:, 0].tolist() == [0, 10, 20, 30, 40]
     assert distances[:, 0].tolist() == [0, 2, 4, 6, 8]
     assert sorted(row for block in seen for row in block) == [0, 1, 2, 3, 4]

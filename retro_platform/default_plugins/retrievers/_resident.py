@@ -49,10 +49,13 @@ def list_bytes(sizes: np.ndarray, capacities: np.ndarray, code_size: int) -> np.
     return np.where(sizes > 0, spans, 0)
 
 
-def block_end(assigned: np.ndarray, start: int, costs: np.ndarray, budget: float) -> int:
-    """Where the block of queries from ``start`` ends: as many consecutive queries as keep their
-    probed lists' ``costs`` (a list probed twice counts once) within ``budget``, at least one.
-    ``assigned``: the lists each query probes, a row per query (-1: none)."""
+def block_end(
+    assigned: np.ndarray, start: int, costs: np.ndarray, budget: float
+) -> tuple[int, float]:
+    """Where the block of queries from ``start`` ends, and what its lists cost: as many
+    consecutive queries as keep their probed lists' ``costs`` (a list probed twice counts once)
+    within ``budget``, at least one. ``assigned``: the lists each query probes, a row per query
+    (-1: none)."""
     touched = np.zeros(len(costs), dtype=bool)
     used = 0.0
     for row in range(start, len(assigned)):
@@ -60,10 +63,10 @@ def block_end(assigned: np.ndarray, start: int, costs: np.ndarray, budget: float
         fresh = lists[(lists >= 0) & ~touched[np.maximum(lists, 0)]]
         cost = float(costs[fresh].sum())
         if row > start and used + cost > budget:
-            return row
+            return row, used
         touched[fresh] = True
         used += cost
-    return len(assigned)
+    return len(assigned), used
 
 
 def file_resident_bytes() -> int:
@@ -85,42 +88,34 @@ def release(address: int, length: int) -> None:
 
 
 def search_in_blocks(
-    queries: np.ndarray,
     assigned: np.ndarray,
+    k: int,
     costs: np.ndarray,
     budget: int,
     search: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
     release_all: Callable[[], None],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``search(rows)`` (Faiss's distances and ids for the queries at ``rows``) over blocks of
-    queries whose probed lists fit ``budget`` bytes of RSS, ``release_all()`` after each.
+    """``search(rows)`` (Faiss's ``k`` distances and ids for each query at ``rows``) over blocks
+    of queries whose probed lists fit ``budget`` bytes of RSS, ``release_all()`` after each.
 
     ``assigned``: each query's probed lists; ``costs``: each list's bytes (summed over shards).
     Queries nearest the same centroid go together: they share lists, so a block holds more of
     them and each list is mapped fewer times. The answers come back in the queries' order."""
     order = np.argsort(assigned[:, 0], kind="stable")
     assigned = assigned[order]
-    distances: np.ndarray | None = None
-    ids: np.ndarray | None = None
+    distances = np.empty((len(order), k), dtype=np.float32)
+    ids = np.empty((len(order), k), dtype=np.int64)
     factor = 1.0  # the RSS a list brings, over its bytes: the largest seen
     release_all()
     start = 0
     while start < len(order):
-        # the first block is one query, to measure the factor before trusting it
-        stop = start + 1 if start == 0 else block_end(assigned, start, costs, budget / factor)
+        # the first block is one query (a zero budget), to measure the factor before trusting it
+        stop, read = block_end(assigned, start, costs, budget / factor if start else 0.0)
         rows = order[start:stop]
         before = file_resident_bytes()
-        found_distances, found_ids = search(rows)
-        grown = file_resident_bytes() - before
-        lists = np.unique(assigned[start:stop])
-        read = float(costs[lists[lists >= 0]].sum())
+        distances[rows], ids[rows] = search(rows)
         if read > 0:
-            factor = max(factor, grown / read)
+            factor = max(factor, (file_resident_bytes() - before) / read)
         release_all()
-        if distances is None or ids is None:
-            distances = np.empty((len(order), found_distances.shape[1]), found_distances.dtype)
-            ids = np.empty((len(order), found_ids.shape[1]), found_ids.dtype)
-        distances[rows], ids[rows] = found_distances, found_ids
         start = stop
-    assert distances is not None and ids is not None
     return distances, ids

@@ -303,8 +303,8 @@ class FaissIVFOnDiskRetriever(Retriever):
             )
 
         scores, ids = _resident.search_in_blocks(
-            queries,
             assigned,
+            k,
             self._list_costs,
             self.options.resident_mib * 2**20,
             search_block,
