@@ -11,7 +11,9 @@ one when it ends::
 
 ``RETRO_PLATFORM_PROGRESS_EVERY`` (seconds) changes that interval (the tests set it low). The
 CLI's ``--progress`` asks for bars even in a log and ``--no-progress`` for lines even on a
-terminal; every stage takes that choice as ``enabled`` (None: decide by the terminal).
+terminal; every stage takes that choice as ``enabled`` (None: decide by the terminal). A
+plugin's own bars (a retriever adding vectors) are not handed it: the core runs the plugin's
+call inside :func:`chosen`, and a bar made there with ``enabled=None`` follows the choice.
 
 Why not tqdm alone: written to a file, tqdm redraws its bar with carriage returns, so a log
 gets one ever-growing line of bars and no newline until the stage ends. The plain lines are
@@ -26,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from tqdm import tqdm
@@ -36,14 +39,30 @@ EVERY_VARIABLE = "RETRO_PLATFORM_PROGRESS_EVERY"
 #: Seconds between progress lines in a log, unless the environment variable says otherwise.
 DEFAULT_EVERY = 30.0
 
+#: The choice :func:`chosen` set for the calls inside it (None: decide by the terminal).
+_CHOICE: ContextVar[bool | None] = ContextVar("progress_choice", default=None)
+
 
 def use_bar(enabled: bool | None = None) -> bool:
     """Whether to draw a bar (True) or print plain lines (False): ``enabled`` when given, else
-    whether stderr is a terminal."""
+    the choice of an enclosing :func:`chosen`, else whether stderr is a terminal."""
+    if enabled is None:
+        enabled = _CHOICE.get()
     if enabled is not None:
         return enabled
     isatty = getattr(sys.stderr, "isatty", None)
     return bool(isatty and isatty())
+
+
+@contextmanager
+def chosen(enabled: bool | None) -> Iterator[None]:
+    """Inside the block, bars made without a choice of their own (``enabled=None``) follow
+    ``enabled``: how a stage passes ``--progress``/``--no-progress`` on to a plugin's bars."""
+    token = _CHOICE.set(enabled)
+    try:
+        yield
+    finally:
+        _CHOICE.reset(token)
 
 
 def every() -> float:

@@ -17,6 +17,7 @@ from retro_platform.cli import cli
 from retro_platform.progress import (
     EVERY_VARIABLE,
     LogLines,
+    chosen,
     every,
     heartbeat,
     note,
@@ -104,6 +105,23 @@ def test_progress_asks_for_bars_even_in_a_log(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     assert "\r" in result.stderr and "ingest: 100%|" in result.stderr
     assert progress_module.DEFAULT_EVERY == 30
+
+
+def test_a_retrievers_own_bar_follows_the_choice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Faiss retrievers' "index add" is the plugin's bar, not the stage's: ``--progress``
+    reaches it through :func:`~retro_platform.progress.chosen`, in a log and on a terminal."""
+    monkeypatch.setattr("retro_platform.default_plugins.retrievers._faiss.ADD_BATCH", 64)
+    path = tiny_experiment(tmp_path)
+    assert CliRunner().invoke(cli, ["ingest", str(path)]).exit_code == 0
+    result = CliRunner().invoke(cli, ["index", str(path), "--progress"])  # stderr: no terminal
+    assert result.exit_code == 0, result.stderr
+    assert "index add: 100%|" in result.stderr
+    with chosen(False):
+        monkeypatch.setattr(sys, "stderr", _Terminal())
+        assert not use_bar() and isinstance(progress(desc="x"), LogLines)
+    assert use_bar()  # outside the block: the terminal decides again
 
 
 def test_a_long_single_call_beats_in_a_log_and_stays_quiet_on_a_terminal(

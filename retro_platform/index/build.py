@@ -28,7 +28,7 @@ from retro_platform.corpus.chunk_table import ChunkTable, load_chunk_table, vali
 from retro_platform.embeddings.embed import EmbeddingFile, embedding_lineage
 from retro_platform.errors import IndexFileError
 from retro_platform.plugins import build_plugin
-from retro_platform.progress import heartbeat
+from retro_platform.progress import chosen, heartbeat
 from retro_platform.protocols import Retriever, VectorRows
 from retro_platform.store.fingerprints import fingerprint
 from retro_platform.store.models import VectorIndex
@@ -105,9 +105,11 @@ def build_index(
     embeddings: EmbeddingFile,
     *,
     rebuild: bool = False,
+    progress: bool | None = None,
     log: Any = print,
 ) -> IndexRecord:
-    """The experiment's index over ``embeddings``: reused when built, else built now."""
+    """The experiment's index over ``embeddings``: reused when built, else built now.
+    ``progress`` is the ``--progress`` choice, which the retriever's own bars follow."""
     plugin = experiment.plugin_table("retriever")
     fraction = experiment.retrieval.validation_fraction
     key = index_fingerprint(experiment, embeddings)
@@ -140,22 +142,19 @@ def build_index(
     started = time.perf_counter()
     bases = [] if rebuild else index_lineage(experiment, store, corpus_id)
     updated = None
-    if bases:
-        updated = _update(experiment, row.id, bases[0][1], embeddings, table, rows, log)
-    if updated is None:
-        log(  # the plugin's build is one call: this line and the one after it frame it
-            f"building {plugin.name} index over {len(rows)} chunks "
-            f"({len(table) - len(rows)} held out, {embeddings.dimension} dimensions)"
-        )
-        vectors: Any = embeddings.open()
-        if retriever.reads_in_blocks:  # it reads them in slices: memory stays bounded
-            vectors = VectorRows(vectors, rows)
-        else:
-            vectors = np.ascontiguousarray(vectors[rows])
-        with heartbeat(f"building {plugin.name} index"):  # one call: training says nothing
-            retriever.build(vectors, table.chunk_ids[rows])
-        updated = retriever
-        log(f"built {plugin.name} index over {len(rows)} chunks in {_seconds(started)}")
+    with chosen(progress):  # the retriever's own bars, and the heartbeat, follow --progress
+        if bases:
+            updated = _update(experiment, row.id, bases[0][1], embeddings, table, rows, log)
+        if updated is None:
+            log(  # the plugin's build is one call: this line and the one after it frame it
+                f"building {plugin.name} index over {len(rows)} chunks "
+                f"({len(table) - len(rows)} held out, {embeddings.dimension} dimensions)"
+            )
+            vectors = _vectors(retriever, embeddings, rows)
+            with heartbeat(f"building {plugin.name} index"):  # one call: training says nothing
+                retriever.build(vectors, table.chunk_ids[rows])
+            updated = retriever
+            log(f"built {plugin.name} index over {len(rows)} chunks in {_seconds(started)}")
     then = "it resumes: the embeddings are kept, the index is built again"
     with atomic_destination(store.path(row.file), then) as partial:
         updated.save(partial)
@@ -169,6 +168,16 @@ def build_index(
         plugin=plugin.source,  # what wrote the file, which a rebuild may have changed
     )
     return IndexRecord.from_row(row, store)
+
+
+def _vectors(retriever: Retriever, embeddings: EmbeddingFile, rows: np.ndarray) -> Any:
+    """The embeddings' ``rows`` as the retriever's ``build`` and ``add`` take them: rows of the
+    memory-mapped file, read slice by slice, for one that :attr:`~Retriever.reads_in_blocks`
+    (memory stays bounded); else one array."""
+    vectors = embeddings.open()
+    if retriever.reads_in_blocks:
+        return VectorRows(vectors, rows)
+    return np.ascontiguousarray(vectors[rows])
 
 
 def _seconds(started: float) -> str:
@@ -200,8 +209,7 @@ def _update(
         return None
     try:
         if len(new_rows):
-            vectors = np.ascontiguousarray(embeddings.open()[new_rows])
-            loaded.add(vectors, table.chunk_ids[new_rows])
+            loaded.add(_vectors(loaded, embeddings, new_rows), table.chunk_ids[new_rows])
     except NotImplementedError:
         log(f"{name} cannot add vectors; rebuilding the index ({len(rows)} vectors)")
         return None

@@ -129,7 +129,9 @@ def run_index(
         return ShardResult(shard, embeddings)
     if ready_before and _stored_index(experiment, store, embeddings) is None:
         return ShardResult(shard, embeddings)  # the shard that merged them builds the index
-    index = build_index(experiment, store, corpus_id, embeddings, rebuild=rebuild, log=log)
+    index = build_index(
+        experiment, store, corpus_id, embeddings, rebuild=rebuild, progress=progress, log=log
+    )
     retriever = open_run_index(experiment, index)
     neighbours = compute_neighbours(
         experiment,
@@ -177,7 +179,7 @@ def _run_index_in_ranks(
     barrier()
     if first:
         embeddings = embed_corpus(experiment, store, corpus_id, progress=progress, log=log)
-        index = build_index(experiment, store, corpus_id, embeddings, log=log)
+        index = build_index(experiment, store, corpus_id, embeddings, progress=progress, log=log)
     barrier()
     if not first:  # rank 0 finished both: these read their records
         embeddings = embed_corpus(experiment, store, corpus_id, progress=False)

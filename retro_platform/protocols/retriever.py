@@ -9,8 +9,8 @@ training it again. A retriever that cannot do one of them keeps the default, whi
 ``NotImplementedError``; the core then rebuilds the index from the stored embeddings and says so.
 
 A retriever that builds in bounded memory sets :attr:`Retriever.reads_in_blocks`: its
-:meth:`Retriever.build` is then given :class:`VectorRows` (the embedding file's rows, read only
-when sliced) instead of one array of every vector.
+:meth:`Retriever.build` and :meth:`Retriever.add` are then given :class:`VectorRows` (the
+embedding file's rows, read only when sliced) instead of one array of every vector.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ class VectorRows:
     """Rows ``rows`` of a (memory-mapped) ``(count, dimension)`` float32 array, read only when
     indexed: ``vectors[start:stop]`` or ``vectors[index_array]`` is an array of just those rows.
 
-    What :meth:`Retriever.build` is given when the retriever :attr:`~Retriever.reads_in_blocks`,
-    so that an index over more vectors than fit in memory can be built block by block."""
+    What :meth:`Retriever.build` and :meth:`Retriever.add` are given when the retriever
+    :attr:`~Retriever.reads_in_blocks`, so that an index over more vectors than fit in memory
+    can be built, and grown, block by block."""
 
     def __init__(self, array: np.ndarray, rows: np.ndarray) -> None:
         self.array = array
@@ -62,8 +63,8 @@ class Retriever(ABC):
     #: The file name extension of :meth:`save`'s file (or folder, for an index of several files).
     file_suffix: ClassVar[str] = ".index"
 
-    #: True: :meth:`build` reads its vectors in slices and is given :class:`VectorRows` rather
-    #: than an array, so the core never holds every vector in memory.
+    #: True: :meth:`build` and :meth:`add` read their vectors in slices and are given
+    #: :class:`VectorRows` rather than an array, so the core never holds every vector in memory.
     reads_in_blocks: ClassVar[bool] = False
 
     def __init__(self, options: PluginOptions, dimension: int) -> None:
@@ -111,7 +112,8 @@ class Retriever(ABC):
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         """Add ``vectors`` ``(n, dimension)`` float32 under new ``ids`` ``(n,)`` int64 to a built
         or loaded index, with no training: an index that was trained (IVF lists, PQ codebooks)
-        keeps what it learned and files the new vectors under it.
+        keeps what it learned and files the new vectors under it (:class:`VectorRows` if
+        :attr:`reads_in_blocks`).
 
         The ids are never already stored. Raises ``NotImplementedError`` (before changing
         anything) where the index cannot grow; the core then rebuilds it.

@@ -281,6 +281,53 @@ class RetrieverContract(OptionsContract):
         _, found = retriever.search(vectors, self.k)
         assert not np.isin(found, gone).any(), "rule: removed ids are never returned"
 
+    def test_a_loaded_index_takes_large_updates(self, built, tmp_path: Path) -> None:
+        """Rule: what the core updates is a loaded index (the previous version's, read from its
+        file); it can lose four in five of its vectors and then take more than it kept, and it
+        holds exactly the ids it should, finds them, and saves and loads them. (Whichever of
+        :meth:`remove` and :meth:`add` raises ``NotImplementedError`` is left out.)"""
+        retriever, vectors, ids = built
+        first = tmp_path / f"first{self.factory.file_suffix}"
+        retriever.save(first)
+        loaded = self.make_retriever(tmp_path)
+        loaded.load(first)
+        kept = np.arange(len(ids)) % 5 == 0
+        try:
+            loaded.remove(ids[~kept])
+        except NotImplementedError:
+            kept[:] = True
+        base, base_ids = vectors[kept], ids[kept]
+        new_vectors, new_ids = self.make_vectors(len(ids), seed=8), far_ids(len(ids), 9) + 2**52
+        try:
+            loaded.add(new_vectors, new_ids)
+        except NotImplementedError:
+            pass
+        else:
+            base, base_ids = (
+                np.concatenate([base, new_vectors]),
+                np.concatenate([base_ids, new_ids]),
+            )
+        assert np.array_equal(np.sort(loaded.stored_ids()), np.sort(base_ids)), (
+            "rule: after removing from and adding to a loaded index, stored_ids holds exactly "
+            "the ids kept and added"
+        )
+        _, found = loaded.search(base, self.k)
+        assert np.isin(found[found != MISSING], base_ids).all(), (
+            "rule: an updated index returns only the ids it holds"
+        )
+        hits = float((found == base_ids[:, None]).any(axis=1).mean())
+        assert hits >= self.min_recall, (
+            f"rule: an updated index finds what it holds; only {hits:.0%} of its vectors "
+            "found themselves"
+        )
+        second = tmp_path / f"second{self.factory.file_suffix}"
+        loaded.save(second)
+        again = self.make_retriever(tmp_path)
+        again.load(second)
+        assert _snapshot(again, base[:50], self.k) == _snapshot(loaded, base[:50], self.k), (
+            "rule: an updated index, saved and loaded, answers identically"
+        )
+
 
 def _snapshot(retriever: Retriever, queries: np.ndarray, k: int) -> tuple[Any, ...]:
     """What an unchanged index must still answer: size, stored ids and a search."""

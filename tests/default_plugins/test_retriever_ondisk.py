@@ -2,7 +2,8 @@
 
 The retriever contract (shapes, ids, padding, loading errors, add and remove) is checked by the
 conformance kit in tests/plugin_kit; here: it answers exactly as Faiss's in-memory IVF index
-with the same trained quantizer, sharded as unsharded, reads its vectors in blocks, keeps its
+with the same trained quantizer (after large updates too), sharded as unsharded, reads its
+vectors in blocks (building and adding), keeps its
 files in one folder that moves as a whole, and refuses a damaged lists file."""
 
 from __future__ import annotations
@@ -118,6 +119,73 @@ def test_the_build_reads_the_vectors_in_blocks(tmp_path: Path) -> None:
 
     assert peak_while_building(2000) < every / 4
     assert peak_while_building(n) > every
+
+
+def test_add_reads_the_new_vectors_in_blocks(tmp_path: Path) -> None:
+    """Adding to a loaded index holds one block of the new vectors, as the build does (128
+    dimensions, so that the new ids' own bookkeeping, 8 bytes a vector, is small beside them)."""
+    n, dimension = 40_000, 128
+    path = tmp_path / "new.npy"
+    stored = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, dimension))
+    stored[:] = clustered_vectors(n, dimension, seed=3)
+    stored.flush()
+    del stored
+    every = n * dimension * 4  # 20 MB
+    folder = tmp_path / "index.ivfdisk"
+    options = {"name": "faiss-ivf-ondisk", "nlist": 16}
+    built = build_plugin("retrievers", options, dimension)
+    built.build(clustered_vectors(3000, dimension), far_ids(3000))
+    built.save(folder)
+
+    def peak_while_adding(block_size: int) -> int:
+        retriever = build_plugin("retrievers", {**options, "block_size": block_size}, dimension)
+        retriever.load(folder)  # what the core adds to
+        rows = VectorRows(np.load(path, mmap_mode="r"), np.arange(n))
+        tracemalloc.start()
+        try:
+            retriever.add(rows, np.arange(n, dtype=np.int64) + 2**60)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            assert retriever.size == n + 3000
+
+    assert peak_while_adding(2000) < every / 4
+    assert peak_while_adding(n) > every
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_a_loaded_index_after_large_updates_answers_as_the_in_memory_one(
+    data, tmp_path: Path, shards
+) -> None:
+    """Four in five of a loaded index's vectors removed (a list that loses more than half is
+    moved in its file), then more added than were kept (lists grow): it answers exactly as
+    Faiss's in-memory IVF index holding the same vectors, before and after a save."""
+    vectors, ids, queries = data
+    built = ondisk(nlist=16, nprobe=4, shards=shards)
+    built.build(vectors, ids)
+    built.save(tmp_path / "first.ivfdisk")
+    updated = ondisk(nlist=16, nprobe=4, shards=shards, block_size=500)
+    updated.load(tmp_path / "first.ivfdisk")
+    kept = np.arange(len(ids)) % 5 == 0
+    assert updated.remove(ids[~kept]) == (~kept).sum()
+    new_vectors, new_ids = clustered_vectors(3000, DIMENSION, seed=2), far_ids(3000, 3) + 2**52
+    updated.add(VectorRows(new_vectors, np.arange(3000)), new_ids)
+    updated.save(tmp_path / "second.ivfdisk")
+    again = ondisk(nlist=16, nprobe=4, shards=shards)
+    again.load(tmp_path / "second.ivfdisk")
+
+    memory = faiss.read_index(str(tmp_path / "first.ivfdisk" / "trained.index"))
+    memory.add_with_ids(vectors[kept], ids[kept])
+    memory.add_with_ids(new_vectors, new_ids)
+    memory.nprobe = 4
+    expected_scores, expected = memory.search(np.concatenate([queries, new_vectors[:50]]), 10)
+    for index in (updated, again):
+        assert np.array_equal(
+            np.sort(index.stored_ids()), np.sort(np.concatenate([ids[kept], new_ids]))
+        )
+        scores, found = index.search(np.concatenate([queries, new_vectors[:50]]), 10)
+        np.testing.assert_array_equal(found, expected)
+        np.testing.assert_allclose(scores, expected_scores, rtol=1e-6, atol=1e-6)
 
 
 def test_the_index_is_a_folder_that_moves_as_a_whole(data, tmp_path: Path) -> None:

@@ -128,3 +128,28 @@ def test_resident_mib_changes_no_result_and_rebuilds_nothing(tmp_path: Path) -> 
         experiment, store, recompute_neighbours=True, progress=False, log=lambda _: None
     )
     assert np.array_equal(np.array(again.neighbours.open()), expected)
+
+
+def test_an_update_that_removes_most_of_the_corpus_keeps_the_index_whole(tmp_path: Path) -> None:
+    """Most documents pruned and one added: the index is derived from the earlier one (lists
+    that lose more than half of their vectors move inside the copied file), and it holds
+    exactly the store's chunks and finds the neighbours a rebuild finds."""
+    corpus = write_stdlib_corpus(tmp_path / "corpus")
+    path = write_experiment(tmp_path, corpus, retriever=ONDISK)
+    experiment, store, _, _ = indexed(path)
+    for name in ("bisect.py", "colorsys.py", "fnmatch.py", "keyword.py", "glob.py"):
+        (corpus / name).unlink()
+    add_module(corpus)
+    assert ingest(experiment, store, prune=True, progress=False).removed == 5
+    lines: list[str] = []
+    # neighbours searched again for every chunk, to compare them with the rebuild's below
+    updated = run_index(
+        experiment, store, recompute_neighbours=True, progress=False, log=lines.append
+    )
+    assert any("(no rebuild" in line for line in lines), lines
+    report = check_store(store)
+    assert report.ok, report.problems
+    scores = neighbour_scores(store, updated)
+
+    rebuilt = run_index(experiment, store, rebuild=True, progress=False, log=lambda _: None)
+    np.testing.assert_allclose(scores, neighbour_scores(store, rebuilt), atol=1e-5)

@@ -1,4 +1,4 @@
-"""The kit fails a plugin that breaks a rule, and its failure names the rule: two broken
+"""The kit fails a plugin that breaks a rule, and its failure names the rule: three broken
 retrievers run through the kit in a fresh pytest (as a plugin author would run it)."""
 
 from __future__ import annotations
@@ -69,6 +69,34 @@ class Unsorted(ExactRetriever):
         return scores[:, ::-1].copy(), ids[:, ::-1].copy()  # worst first
 
 
+class Updatable(ExactRetriever):
+    """Adds and removes: keeps every rule."""
+
+    def add(self, vectors, ids):
+        self.vectors = np.concatenate([self.vectors, np.asarray(vectors, np.float32)])
+        self.ids = np.concatenate([self.ids, np.asarray(ids, np.int64)])
+
+    def remove(self, ids):
+        gone = np.isin(self.ids, ids)
+        self.vectors, self.ids = self.vectors[~gone], self.ids[~gone]
+        return int(gone.sum())
+
+
+class WrongAfterLoad(Updatable):
+    """Removes by position in a loaded index: right on a built one, wrong on the core's."""
+
+    def load(self, path):
+        super().load(path)
+        self.loaded = True
+
+    def remove(self, ids):
+        if not getattr(self, "loaded", False):
+            return super().remove(ids)
+        count = int(np.isin(self.ids, ids).sum())
+        self.vectors, self.ids = self.vectors[count:], self.ids[count:]
+        return count
+
+
 class TestExact(RetrieverContract):
     factory = ExactRetriever
 
@@ -79,6 +107,14 @@ class TestForeignIds(RetrieverContract):
 
 class TestUnsorted(RetrieverContract):
     factory = Unsorted
+
+
+class TestUpdatable(RetrieverContract):
+    factory = Updatable
+
+
+class TestWrongAfterLoad(RetrieverContract):
+    factory = WrongAfterLoad
 '''
 
 
@@ -101,10 +137,16 @@ def test_broken_retrievers_fail_with_the_rule_they_break(tmp_path: Path) -> None
     }
     assert result.returncode == 1, out
     # the correct one passes every rule: the failures below are the bugs', not the kit's
-    assert not [test for test in failed if test.startswith("TestExact::")], out
+    assert not [test for test in failed if test.startswith(("TestExact::", "TestUpdatable::"))], out
     foreign = failed["TestForeignIds::test_search_returns_only_stored_ids"]
     assert "rule: search returns only ids that were stored" in foreign, out
     assert "rule: ids round-trip" in failed["TestForeignIds::test_ids_round_trip"], out
     unsorted = failed["TestUnsorted::test_rows_are_sorted_best_first"]
     assert "rule: each row is sorted best first" in unsorted, out
     assert "TestUnsorted::test_search_returns_only_stored_ids" not in failed, out
+    # a bug only a loaded index shows: the rules on a built one pass
+    assert [test for test in failed if test.startswith("TestWrongAfterLoad::")] == [
+        "TestWrongAfterLoad::test_a_loaded_index_takes_large_updates"
+    ], out
+    after_load = failed["TestWrongAfterLoad::test_a_loaded_index_takes_large_updates"]
+    assert "stored_ids holds exactly the ids kept and added" in after_load, out

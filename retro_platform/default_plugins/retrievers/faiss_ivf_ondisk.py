@@ -16,7 +16,8 @@ The saved index is a folder (``<key>.ivfdisk/``)::
 
 Building reads the vectors in blocks of ``block_size`` (the core hands them as
 :class:`~retro_platform.protocols.VectorRows`, rows of the memory-mapped embedding file), so the
-build holds one block, the training sample and the quantizer, never every vector: each block
+build holds one block, the training sample and the quantizer, never every vector (:meth:`add`
+reads the new ones the same way): each block
 is filed under its lists by an in-memory copy of the trained index, whose lists are then
 appended to the shard's lists file (in ``temp_dir``, until :meth:`save` copies it). With
 ``shards = N`` the vectors are split into N consecutive ranges, each its own on-disk IVF over
@@ -125,7 +126,7 @@ class OnDiskOptions(FaissOptions):
     )
     seed: int = Field(0, description="seed of the training sample")
     block_size: int = Field(
-        65_536, ge=1, description="vectors read and added at a time while building"
+        65_536, ge=1, description="vectors read and added at a time while building or adding"
     )
     prefetch_threads: int = Field(
         0,
@@ -199,14 +200,8 @@ class FaissIVFOnDiskRetriever(Retriever):
     # --- building ------------------------------------------------------------------------------
 
     def build(self, vectors: Any, ids: np.ndarray) -> None:
-        n = len(vectors)
-        if tuple(vectors.shape) != (n, self.dimension):
-            raise ValueError(
-                f"vectors must have shape (n, {self.dimension}), got {tuple(vectors.shape)}"
-            )
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        if ids.shape != (n,):
-            raise ValueError(f"expected {n} ids, got an array of shape {ids.shape}")
+        ids = self._checked_ids(vectors, ids)
+        n = len(ids)
         if len(np.unique(ids)) != n:
             raise ValueError("the ids given to build() are not unique")
         nlist = self.nlist_for(n)
@@ -219,44 +214,59 @@ class FaissIVFOnDiskRetriever(Retriever):
         del sample
         shards = []
         bounds = np.linspace(0, n, self.options.shards + 1).round().astype(np.int64)
-        bar = progress(total=n, desc="index add", unit="vector") if n > ADD_BATCH else None
-        for number in range(self.options.shards):
-            # one block at a time in memory: filed under its lists by an in-memory copy of
-            # the trained index, then appended to the shard's lists on disk
-            shard = _on_disk(trained, self._work_file(), [])  # an empty shard, ready to grow
-            for start in range(bounds[number], bounds[number + 1], self.options.block_size):
-                stop = min(start + self.options.block_size, bounds[number + 1])
-                block = faiss.clone_index(trained)
-                block.add_with_ids(self._matrix(vectors[start:stop]), ids[start:stop])
-                _append(shard, block)
-                del block
-                if bar is not None:
-                    bar.update(stop - start)
-            shards.append(shard)
-        if bar is not None:
-            bar.close()
+        with _add_bar(n) as bar:
+            for number in range(self.options.shards):
+                shard = _on_disk(trained, self._work_file(), [])  # an empty shard, ready to grow
+                self._append_rows(shard, trained, vectors, ids, bounds[number : number + 2], bar)
+                shards.append(shard)
         self._use(trained, shards)
 
-    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+    def add(self, vectors: Any, ids: np.ndarray) -> None:
         self._require_shards()
-        vectors = self._matrix(vectors)
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        if ids.shape != (len(vectors),):
-            raise ValueError(f"expected {len(vectors)} ids, got an array of shape {ids.shape}")
+        ids = self._checked_ids(vectors, ids)
         if len(np.unique(ids)) != len(ids) or np.isin(ids, self.stored_ids()).any():
             raise ValueError("the ids given to add() are not new and unique")
         if not len(ids):
             return
-        delta = faiss.clone_index(self._trained)  # the new vectors, in memory
-        delta.add_with_ids(vectors, ids)
-        # the newest range of ids, where an index grows: a new lists file of the old and
-        # the new, which leaves a loaded index's file as it was
+        # the newest range of ids, where an index grows: a copy of the last shard's lists in a
+        # new file, which leaves a loaded index's file as it was, and the new vectors appended
+        # to it block by block, as a build does (the core hands them as VectorRows)
         last = self._shards[-1]
-        self._shards[-1] = _on_disk(
-            self._trained, self._work_file(), [last.invlists, delta.invlists]
-        )
+        grown = _on_disk(self._trained, self._work_file(), [last.invlists])
+        with _add_bar(len(ids)) as bar:
+            self._append_rows(grown, self._trained, vectors, ids, (0, len(ids)), bar)
+        self._shards[-1] = grown
         self._forget(last)
         self._use(self._trained, self._shards)
+
+    def _append_rows(
+        self, shard: Any, trained: Any, vectors: Any, ids: np.ndarray, rows: Any, bar: Any
+    ) -> None:
+        """Append ``vectors[start:stop]`` (``rows``) under their ids to ``shard``'s lists, one
+        block in memory at a time: each is filed under its lists by an in-memory copy of the
+        ``trained`` index, whose lists are then appended to the shard's file."""
+        start, stop = (int(row) for row in rows)
+        for begin in range(start, stop, self.options.block_size):
+            end = min(begin + self.options.block_size, stop)
+            block = faiss.clone_index(trained)
+            block.add_with_ids(self._matrix(vectors[begin:end]), ids[begin:end])
+            _append(shard, block)
+            del block
+            if bar is not None:
+                bar.update(end - begin)
+
+    def _checked_ids(self, vectors: Any, ids: np.ndarray) -> np.ndarray:
+        """``ids`` as int64, after checking ``vectors`` (an array or ``VectorRows``, never read
+        whole here) is ``(n, dimension)`` and ``ids`` ``(n,)``."""
+        n = len(vectors)
+        if tuple(vectors.shape) != (n, self.dimension):
+            raise ValueError(
+                f"vectors must have shape (n, {self.dimension}), got {tuple(vectors.shape)}"
+            )
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if ids.shape != (n,):
+            raise ValueError(f"expected {n} ids, got an array of shape {ids.shape}")
+        return ids
 
     def remove(self, ids: np.ndarray) -> int:
         self._require_shards()
@@ -470,12 +480,27 @@ def _on_disk(trained: Any, lists_file: Path, sources: list[Any]) -> Any:
             for source in sources:
                 pointers.push_back(source)
             lists.merge_from_multiple(pointers.data(), pointers.size())
+            # Faiss's merge lays the lists out end to end but leaves the whole file on its list
+            # of free space (the file was grown after an empty start): the next list to grow or
+            # shrink by half would be moved over the others. Claiming that space back makes
+            # the file's books true, so a copy can be added to and removed from.
+            lists.allocate_slot(lists.totsize)
         else:  # Faiss cannot map an empty file: a few bytes that no list uses
             lists.update_totsize(EMPTY_LISTS_BYTES)
     index.replace_invlists(lists, True)
     lists.this.disown()  # the index owns (and frees) its lists now
     index.ntotal = sum(lists.list_size(number) for number in range(index.nlist))
     return index
+
+
+@contextlib.contextmanager
+def _add_bar(count: int) -> Iterator[Any]:
+    """The "index add" progress of ``count`` vectors; None (no bar) for fewer than a batch."""
+    if count <= ADD_BATCH:
+        yield None
+        return
+    with progress(total=count, desc="index add", unit="vector") as bar:
+        yield bar
 
 
 def _append(index: Any, block: Any) -> None:
