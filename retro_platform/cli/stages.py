@@ -95,7 +95,8 @@ def ingest(
     "--wait",
     is_flag=True,
     help="With --shard: wait (polling the store) for the index and the other shards' "
-    "neighbours instead of exiting, so that one command per machine builds everything.",
+    "neighbours instead of exiting, so that one command per machine builds everything; if "
+    "the shard that should merge a set or build the index was stopped, a waiting shard does it.",
 )
 @click.option(
     "--wait-timeout",

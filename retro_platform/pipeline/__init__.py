@@ -16,6 +16,7 @@ from retro_platform.embeddings.embed import EmbeddingFile, embed_corpus, embeddi
 from retro_platform.errors import ConfigError, IndexFileError
 from retro_platform.index.build import IndexRecord, build_index, index_fingerprint, open_run_index
 from retro_platform.neighbours.compute import NeighbourFile, compute_neighbours
+from retro_platform.store.locks import working_on_index
 from retro_platform.store.models import READY, Corpus, EmbeddingSet, VectorIndex
 from retro_platform.store.shards import Shard, ShardsLeft
 from retro_platform.store.stages import find_stage, is_ready
@@ -112,15 +113,46 @@ def run_index(
     e.g. ``torch.distributed.barrier``): the ranks embed their slices, wait, rank 0 merges and
     builds the index, wait, all search their slices of the neighbours, wait, rank 0 merges
     them, wait; every rank returns the finished :class:`IndexResult`.
+
+    Every call holds the corpus's index-work lock shared while it works
+    (:func:`~retro_platform.store.locks.working_on_index`), so that a waiting shard can tell
+    whether the process that should finish a set is still at it
+    (:mod:`retro_platform.pipeline.shard_wait`).
     """
     if shard is not None and (rebuild or reembed or recompute_neighbours):
         refuse_rebuild_in_shards(experiment.hint_file)
-    if barrier is not None:
-        if shard is None:
-            raise ValueError("run_index(barrier=...) needs shard=Shard(rank, world_size)")
-        return _run_index_in_ranks(experiment, store, shard, barrier, progress, log)
-    rebuild = rebuild or reembed
+    if barrier is not None and shard is None:
+        raise ValueError("run_index(barrier=...) needs shard=Shard(rank, world_size)")
     corpus_id = find_corpus_id(experiment, store)
+    with working_on_index(store, corpus_id):
+        if barrier is not None:
+            return _run_index_in_ranks(experiment, store, corpus_id, shard, barrier, progress, log)
+        return _run_stages(
+            experiment,
+            store,
+            corpus_id,
+            rebuild=rebuild or reembed,
+            reembed=reembed,
+            recompute_neighbours=recompute_neighbours,
+            shard=shard,
+            progress=progress,
+            log=log,
+        )
+
+
+def _run_stages(
+    experiment: Experiment,
+    store: Any,
+    corpus_id: int,
+    *,
+    rebuild: bool,
+    reembed: bool,
+    recompute_neighbours: bool,
+    shard: Shard | None,
+    progress: bool | None,
+    log: Callable[[str], None],
+) -> IndexResult | ShardResult:
+    """:func:`run_index` in one process, or one shard of several."""
     ready_before = shard is not None and _embeddings_ready(experiment, store, corpus_id)
     embeddings = embed_corpus(
         experiment, store, corpus_id, reembed=reembed, shard=shard, progress=progress, log=log
@@ -163,6 +195,7 @@ def refuse_rebuild_in_shards(hint_file: str) -> None:
 def _run_index_in_ranks(
     experiment: Experiment,
     store: Any,
+    corpus_id: int,
     shard: Shard,
     barrier: Callable[[], None],
     progress: bool | None,
@@ -172,7 +205,6 @@ def _run_index_in_ranks(
     rank 0, a barrier between the steps. Every rank calls ``barrier`` four times."""
     first = shard.index == 0
     quiet = log if first else (lambda _: None)  # one copy of each line, not one per rank
-    corpus_id = find_corpus_id(experiment, store)
     embed_corpus(
         experiment, store, corpus_id, shard=shard, merge=False, progress=progress, log=quiet
     )

@@ -7,6 +7,13 @@ shard that completes the embeddings builds; then the merged neighbours) and carr
 command per machine builds everything, and every shard ends with the finished result. Polls
 only read: merging and building stay with the shard that completes a set, so a waiting shard
 never races it.
+
+Unless that shard is gone. When every slice of what it waits for is finished (nothing is left
+for any shard but the merge, or the index build) and no process holds the corpus's index-work
+lock (:mod:`retro_platform.store.locks`: every ``index`` holds it shared while it works, and a
+killed one's lock goes with it), the process that should finish the set was stopped: the
+waiting shard takes the lock exclusively and finishes the set itself. So a shard killed while
+merging or building does not leave the others waiting for ever.
 """
 
 from __future__ import annotations
@@ -16,10 +23,15 @@ from collections.abc import Callable
 from typing import Any
 
 from retro_platform.config import Experiment
+from retro_platform.corpus.ingest import find_corpus_id
+from retro_platform.embeddings.embed import EmbeddingFile, embed_corpus, embedding_fingerprint
 from retro_platform.errors import StoreError
-from retro_platform.neighbours.compute import neighbours_fingerprint
+from retro_platform.index.build import build_index, open_run_index
+from retro_platform.neighbours.compute import compute_neighbours, neighbours_fingerprint
 from retro_platform.pipeline import IndexResult, Shard, ShardResult, finished_index, run_index
-from retro_platform.store.models import NeighbourSet
+from retro_platform.store.locks import nobody_working
+from retro_platform.store.models import READY, Corpus, EmbeddingSet, NeighbourSet
+from retro_platform.store.shards import ShardsLeft, stored_slices
 from retro_platform.store.stages import find_stage, is_ready
 
 #: Seconds between two looks at the store while waiting.
@@ -41,10 +53,15 @@ def run_index_waiting(
     ``timeout_s`` seconds of waiting (None: no limit); what was built stays stored."""
     started = time.monotonic()
     result = run_index(experiment, store, shard=shard, progress=progress, log=log)
+    corpus_id = find_corpus_id(experiment, store)
     while isinstance(result, ShardResult):
         awaited = "neighbours" if result.neighbours is not None else "index"
         log(f"{result.summary(experiment.hint_file)}\n{_waiting_line(shard, awaited, poll_s)}")
         while not _ready(experiment, store, awaited):
+            if _only_the_merge_is_left(experiment, store, awaited) and _take_over(
+                experiment, store, corpus_id, shard, awaited, progress, log
+            ):
+                continue  # finished here: ready now
             if timeout_s is not None and time.monotonic() - started > timeout_s:
                 raise StoreError(
                     f"shard {shard} gave up after waiting {timeout_s:g} s for the "
@@ -54,6 +71,45 @@ def run_index_waiting(
             time.sleep(poll_s)
         result = run_index(experiment, store, shard=shard, progress=progress, log=log)
     return result
+
+
+def _take_over(
+    experiment: Experiment,
+    store: Any,
+    corpus_id: int,
+    shard: Shard,
+    awaited: str,
+    progress: bool | None,
+    log: Callable[[str], None],
+) -> bool:
+    """Merge (and for the index, build) what the process that completed the set left, if no
+    process is at work on the index: True once done, False while one is."""
+    with nobody_working(store, corpus_id) as nobody:
+        if not nobody:
+            return False
+        log(
+            f"shard {shard}: every slice is finished and no process is at work on the "
+            f"{_WHAT[awaited].split(' (')[0]} (the one that completed them was stopped): "
+            "this shard finishes it"
+        )
+        # with the shard: every slice is finished, so each stage merges its slices (or reuses
+        # the merged set). The index is built here; this shard's own neighbours are searched
+        # afterwards, beside the other shards, not under the exclusive lock.
+        embeddings = embed_corpus(
+            experiment, store, corpus_id, shard=shard, progress=progress, log=log
+        )
+        assert isinstance(embeddings, EmbeddingFile), embeddings
+        index = finished_index(experiment, store)
+        if index is None:
+            build_index(experiment, store, corpus_id, embeddings, progress=progress, log=log)
+            return True
+        retriever = open_run_index(experiment, index)
+        neighbours = compute_neighbours(
+            experiment, store, corpus_id, embeddings, index, retriever,
+            shard=shard, progress=progress, log=log,
+        )  # fmt: skip
+        assert not isinstance(neighbours, ShardsLeft), neighbours
+    return True
 
 
 _WHAT = {
@@ -67,6 +123,27 @@ def _waiting_line(shard: Shard, awaited: str, poll_s: float) -> str:
         f"shard {shard}: waiting for the {_WHAT[awaited]}, looking every {poll_s:g} s; "
         "Ctrl-C stops waiting and keeps what is built"
     )
+
+
+def _only_the_merge_is_left(experiment: Experiment, store: Any, awaited: str) -> bool:
+    """Whether every slice of the set a waiting shard needs is finished, so that what is left
+    is the merge (and, for the index, the build), which no shard's own work will do. Reads
+    only."""
+    with store.session() as session:
+        if awaited == "index":
+            corpus = session.get(Corpus, find_corpus_id(experiment, store))
+            row = find_stage(session, EmbeddingSet, embedding_fingerprint(experiment, corpus))
+        else:
+            index = finished_index(experiment, store)
+            if index is None:
+                return False
+            row = find_stage(session, NeighbourSet, neighbours_fingerprint(experiment, index))
+        if row is None:
+            return False
+        if row.status == READY:
+            return True  # merged: only the index is left
+        slices = stored_slices(session, type(row), row.id)
+        return bool(slices) and all(piece.status == READY for piece in slices)
 
 
 def _ready(experiment: Experiment, store: Any, awaited: str) -> bool:

@@ -4,9 +4,12 @@ built in slices by separate processes equal, byte for byte, what one process bui
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +19,19 @@ from sqlalchemy import select
 
 from retro_platform.cli import cli
 from retro_platform.cli.common import open_experiment
-from retro_platform.corpus.ingest import ingest
+from retro_platform.corpus.ingest import find_corpus_id, ingest
+from retro_platform.embeddings.embed import embed_corpus
 from retro_platform.errors import ConfigError, StoreError
 from retro_platform.index.build import open_run_index
-from retro_platform.pipeline import IndexResult, Shard, ShardResult, run_index
+from retro_platform.neighbours.compute import compute_neighbours
+from retro_platform.pipeline import IndexResult, Shard, ShardResult, finished_index, run_index
 from retro_platform.pipeline.shard_wait import run_index_waiting
+from retro_platform.store.locks import working_on_index
 from retro_platform.store.models import BUILDING, READY, EmbeddingSet, StageShard
-from retro_platform.store.shards import slice_bounds
+from retro_platform.store.shards import ShardsLeft, slice_bounds
 from tests.pipeline.helpers import write_experiment, write_stdlib_corpus
+
+ROOT = Path(__file__).resolve().parents[2]
 
 #: Enough standard-library text for more than one hashing batch (4,096 chunks) of 8-byte
 #: chunks, so that both of two shards embed and search rows of their own; in 4-byte chunks
@@ -494,5 +502,121 @@ def test_two_waiting_shard_processes_finish_the_index(
         out, err = process.communicate(timeout=HANG_S)
         assert process.returncode == 0, err
         assert "k=2, exclusion same-document" in out.splitlines()[-1], out
+    result, _ = finished_result(path)
+    assert_same(result, one_process)
+
+
+# --- a waiting shard finishes what a stopped shard left ------------------------------------------
+
+
+def test_a_waiting_shard_finishes_what_a_stopped_shard_left(
+    tmp_path: Path, corpus: Path, database_url: str, one_process: dict[str, np.ndarray]
+) -> None:
+    """Shard 0 waits (a thread); shard 1 completes the embeddings, then the neighbours, each
+    time stopping before its merge (the stages called with ``merge=False`` and no index-work
+    lock: what a process killed there leaves). While a process holds the lock shard 0 does not
+    touch the set; once none does, it merges and builds, and ends with the one-process result."""
+    path = ingested_at(tmp_path, corpus, database_url)
+    logs: list[str] = []
+    results: dict[str, object] = {}
+
+    def waiting_shard() -> None:
+        experiment, store = open_experiment(path)
+        try:
+            results["shard 0"] = run_index_waiting(
+                experiment, store, Shard(0, 2), poll_s=0.02, timeout_s=HANG_S, progress=False,
+                log=logs.append,
+            )  # fmt: skip
+        finally:
+            store.close()
+
+    def until(condition) -> None:
+        deadline = time.monotonic() + HANG_S
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert condition(), logs
+
+    thread = threading.Thread(target=waiting_shard)
+    thread.start()
+    try:
+        until(lambda: any("waiting for the index" in line for line in logs))
+        experiment, store = open_experiment(path)
+        corpus_id = find_corpus_id(experiment, store)
+        with working_on_index(store, corpus_id):  # a live process: it is left alone
+            left = embed_corpus(experiment, store, corpus_id, shard=Shard(1, 2), merge=False)
+            assert isinstance(left, ShardsLeft) and left.left == ()
+            time.sleep(0.3)  # many polls
+            with store.session() as session:
+                assert session.scalars(select(EmbeddingSet.status)).one() == BUILDING
+            assert not any("this shard finishes it" in line for line in logs)
+        until(lambda: any("waiting for the other shards' neighbours" in line for line in logs))
+        index = finished_index(experiment, store)
+        embeddings = embed_corpus(experiment, store, corpus_id)  # merged by shard 0
+        retriever = open_run_index(experiment, index)
+        left = compute_neighbours(
+            experiment, store, corpus_id, embeddings, index, retriever, shard=Shard(1, 2),
+            merge=False,
+        )  # fmt: skip
+        assert isinstance(left, ShardsLeft) and left.left == ()
+        store.close()
+    finally:
+        thread.join(HANG_S)
+    assert isinstance(results.get("shard 0"), IndexResult), logs
+    finishing = [line for line in logs if "this shard finishes it" in line]
+    assert len(finishing) == 2, logs  # the index, then the neighbours
+    assert "no process is at work on the index" in finishing[0]
+    result, _ = finished_result(path)
+    assert_same(result, one_process)
+
+
+#: Runs the CLI and SIGKILLs the process right after its slice completed a set (the embeddings
+#: or the neighbours), before it merges them: the shard that should finish the set is gone.
+KILLED_BEFORE_MERGE = """
+import os, signal, sys
+from retro_platform.store import shards
+finish = shards.SliceProgress.finish
+def finish_then_die(self, done):
+    if finish(self, done):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return False
+shards.SliceProgress.finish = finish_then_die
+from retro_platform.cli import cli
+cli(sys.argv[1:], prog_name="retro-platform")
+"""
+
+
+@pytest.mark.e2e
+def test_a_waiting_shard_process_finishes_after_the_last_shard_is_killed(
+    tmp_path: Path, corpus: Path, database_url: str, one_process: dict[str, np.ndarray]
+) -> None:
+    """``index --shard 0/2 --wait`` waits; shard 1 is SIGKILLed right after completing the
+    embeddings, and again, started anew, right after completing the neighbours, each time
+    before its merge. Shard 0 finishes both sets and exits 0 with the one-process result."""
+    path = ingested_at(tmp_path, corpus, database_url)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    waiting = subprocess.Popen(
+        [*index_command(path, "--shard", "0/2", "--wait")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        lines = []
+        for expected in ("waiting for the index", "waiting for the other shards' neighbours"):
+            while not any(expected in line for line in lines):
+                line = waiting.stdout.readline()
+                assert line, "".join(lines)  # shard 0 ended early
+                lines.append(line)
+            killed = subprocess.run(
+                [sys.executable, "-c", KILLED_BEFORE_MERGE, *index_command(path)[3:],
+                 "--shard", "1/2"],
+                capture_output=True, text=True, env=env, timeout=HANG_S,
+            )  # fmt: skip
+            assert killed.returncode == -signal.SIGKILL, killed.stderr
+        out, _ = waiting.communicate(timeout=HANG_S)
+    finally:
+        waiting.kill()
+    output = "".join(lines) + out
+    assert waiting.returncode == 0, output
+    assert output.count("this shard finishes it") == 2, output
+    assert "k=2, exclusion same-document" in output.splitlines()[-1], output
     result, _ = finished_result(path)
     assert_same(result, one_process)
