@@ -275,7 +275,8 @@ class FaissIVFOnDiskRetriever(Retriever):
             return 0
         self._make_writable()
         selector = faiss.IDSelectorBatch(ids)
-        removed = sum(int(shard.remove_ids(selector)) for shard in self._shards)
+        with _quiet_stdout():  # a list that shrinks by half moves, and the file may grow
+            removed = sum(int(shard.remove_ids(selector)) for shard in self._shards)
         self._sync()
         return removed
 
