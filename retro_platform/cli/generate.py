@@ -153,18 +153,34 @@ def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
         raise ConfigError("give the prompt as an argument or with --prompt-file, not both")
     if prompt_file is not None:
         if str(prompt_file) == "-":
-            return sys.stdin.read()
-        try:
-            return prompt_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(f"cannot read --prompt-file {prompt_file}: {error}") from None
-    if prompt is None:
-        if sys.stdin.isatty():
+            prompt = _read_stdin()
+        else:
+            try:
+                prompt = prompt_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as error:
+                raise ConfigError(f"cannot read --prompt-file {prompt_file}: {error}") from None
+    elif prompt is None:
+        if sys.stdin is not None and sys.stdin.isatty():
             raise ConfigError("no prompt: give it as an argument, with --prompt-file, or on stdin")
-        prompt = sys.stdin.read()
+        prompt = _read_stdin()
+    # the same rule for every source: whitespace alone is no prompt
     if not prompt.strip():
         raise ConfigError("the prompt is empty; give some text to continue")
     return prompt
+
+
+def _read_stdin() -> str:
+    """Standard input as UTF-8, strictly, as a --prompt-file is read (the text layer would let
+    other bytes through as surrogates, which the tokenizer turns into other text)."""
+    if sys.stdin is None:  # started with stdin closed
+        raise ConfigError(
+            "no prompt: standard input is closed; give it as an argument or with --prompt-file"
+        )
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"cannot read the prompt from standard input: {error}") from None
 
 
 def _status(quiet: bool):
@@ -179,13 +195,15 @@ class _TextStream:
     of a stop string, or an unfinished UTF-8 character, waits for the next token."""
 
     def __init__(self, decode: Any, stop: tuple[str, ...]) -> None:
-        self.decode, self.ids, self.shown = decode, [], 0
+        self.decode, self.stop, self.ids, self.shown = decode, stop, [], 0
         self.hold = max((len(s) for s in stop), default=1) - 1
 
     def add(self, row: int, token: int) -> None:
         self.ids.append(token)
         text = self.decode(self.ids)
-        ready = len(text) - self.hold
+        # the token that completes a stop string comes here before generation ends: never
+        # show the stop string itself
+        ready = min([len(text) - self.hold] + [text.find(s) for s in self.stop if s in text])
         while ready > self.shown and text[ready - 1] == "\ufffd":
             ready -= 1
         if ready > self.shown:

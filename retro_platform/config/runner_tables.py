@@ -194,7 +194,9 @@ class GenerateTable(_Table):
         64, ge=1, description="tokens of a validation document used as a default prompt"
     )
     max_tokens: int = Field(128, ge=1, description="tokens generated per sample")
-    temperature: float = Field(0.8, ge=0.0, description="sampling temperature; 0: greedy")
+    temperature: float = Field(
+        0.8, ge=0.0, allow_inf_nan=False, description="sampling temperature; 0: greedy"
+    )
     top_k: int = Field(40, ge=0, description="sample among the k likeliest tokens; 0: all")
 
 

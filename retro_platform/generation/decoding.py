@@ -62,6 +62,9 @@ class Generation:
     retrievals: list[ChunkRetrieval] = field(default_factory=list)
 
 
+#: New positions the token buffer has room for at first (it doubles when full).
+_FIRST_ROOM = 4096
+
 #: Called with (row, token id) as each new token of a row is chosen.
 OnToken = Callable[[int, int], None]
 #: Called with (position, logits) of every decoding step: ``logits`` ``(rows, vocab)`` are the
@@ -123,7 +126,9 @@ class _Decoder:
         self.pad_id, self.decode, self.device = pad_id, decode, torch.device(device)
         self.m = model.chunk_size
         self.rows = [Generation([int(t) for t in prompt]) for prompt in prompts]
-        longest = max(len(p) for p in prompts) + settings.max_tokens
+        # room for the tokens up to a length, grown as needed (see _choose): max_tokens may be
+        # far more than will ever be made (until Ctrl-C) or than memory holds
+        longest = max(len(p) for p in prompts) + min(settings.max_tokens, _FIRST_ROOM)
         self.tokens = np.full((len(prompts), longest), pad_id, dtype=np.int64)
         for row, prompt in enumerate(prompts):
             self.tokens[row, : len(prompt)] = prompt
@@ -189,6 +194,9 @@ class _Decoder:
         ]
         if not rows:
             return
+        if position >= self.tokens.shape[1]:
+            more = np.full_like(self.tokens, self.pad_id)
+            self.tokens = np.concatenate([self.tokens, more], axis=1)
         generators = [self.generators[row] for row in rows]
         picked = pick_tokens(logits[rows], self.settings, generators, self.pad_id)
         for row, token in zip(rows, picked, strict=True):
@@ -202,11 +210,10 @@ class _Decoder:
     def _check_finished(self, row: int, generation: Generation) -> None:
         if len(generation.generated_ids) >= self.settings.max_tokens:
             self.done[row], generation.finish = True, "length"
-        if self.settings.stop:
-            longest = max(len(stop) for stop in self.settings.stop)
-            tail = self.decode(generation.generated_ids[-(2 * longest + 4) :])
-            if any(stop in tail for stop in self.settings.stop):
-                self.done[row], generation.finish = True, "stop"
+        if self.settings.stop and stop_reached(
+            generation.generated_ids, self.decode, self.settings.stop
+        ):
+            self.done[row], generation.finish = True, "stop"
 
     def _retrieve_chunk(self, chunk: int) -> None:
         """Retrieve for chunk ``chunk`` of every unfinished row."""
@@ -230,6 +237,17 @@ class _Decoder:
                     scores=tuple(float(s) for s in found.scores[i]),
                 )
             )
+
+
+def stop_reached(
+    generated_ids: Sequence[int], decode: Callable[[Sequence[int]], str], stop: Sequence[str]
+) -> bool:
+    """Whether the newest tokens complete one of the ``stop`` strings. Only the tail is decoded,
+    long enough to hold any of them whole: a token is at least one byte and a character at most
+    four (a byte-level tokenizer takes 3 tokens for each character of a CJK stop string)."""
+    longest = max(len(s) for s in stop)
+    tail = decode(generated_ids[-(4 * longest + 4) :])
+    return any(s in tail for s in stop)
 
 
 def generated_text(

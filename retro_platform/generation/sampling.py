@@ -3,6 +3,7 @@ top-k and top-p (nucleus), each row from its own seeded generator."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,10 +28,12 @@ class SamplingSettings:
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
             raise ConfigError(f"--max-tokens must be at least 1, got {self.max_tokens}")
-        if not self.temperature >= 0:
+        if not 0 <= self.temperature < math.inf:
             raise ConfigError(
-                f"--temperature must be at least 0 (0: greedy), got {self.temperature}"
+                f"--temperature must be finite and at least 0 (0: greedy), got {self.temperature}"
             )
+        if not -(2**63) <= self.seed < 2**63:
+            raise ConfigError(f"--seed must fit in 64 bits (|seed| < 2**63), got {self.seed}")
         if self.top_k < 0:
             raise ConfigError(f"--top-k must be at least 0 (0: all tokens), got {self.top_k}")
         if not 0 < self.top_p <= 1:
@@ -54,7 +57,8 @@ def pick_tokens(
         logits[:, pad_id] = -torch.inf
     if settings.temperature == 0:
         return logits.argmax(dim=-1).tolist()
-    logits = logits / settings.temperature
+    # the best logit becomes 0 first, so a tiny temperature cannot overflow to inf - inf = nan
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / settings.temperature
     if 0 < settings.top_k < logits.shape[-1]:
         kth = torch.topk(logits, settings.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, -torch.inf)

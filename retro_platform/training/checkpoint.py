@@ -16,6 +16,7 @@ from __future__ import annotations
 import pickle
 import random
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except pickle.UnpicklingError as error:
+        if not zipfile.is_zipfile(path):  # not a refused object: bytes torch.save never wrote
+            raise CheckpointError(
+                f"checkpoint {path} is unreadable (not a torch.save archive); delete it to start over"
+            ) from None
         found = re.search(r"GLOBAL ([\w.]+)", str(error))
         what = f" ({found.group(1)})" if found else ""
         raise CheckpointError(

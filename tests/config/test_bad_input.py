@@ -157,6 +157,11 @@ CASES = {
         ('generate.prompts=["def ", " "]',),
         ["[generate] prompts[1] is empty"],
     ),
+    "an infinite sampling temperature": (  # else found only at the samples, after training
+        "",
+        ("generate.temperature=inf",),
+        ["[generate] temperature: Input should be a finite number (got inf)"],
+    ),
     "mlflow file store": (
         "",
         ("mlflow.tracking_uri=./mlruns",),

@@ -98,6 +98,11 @@ def test_stop_strings_and_retrieval_off(trained: Path) -> None:
     assert (
         stopped["finish"] == "stop" and stopped["text"] == free["text"][: free["text"].find(stop)]
     )
+    # streamed, the text stops where the JSON's does: the token that completes the stop string
+    # reaches the terminal before generation ends, and none of the stop string may show
+    shown = invoke("generate", str(trained), PROMPT, "--max-tokens", "40", "--stop", stop)
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout.startswith(stopped["text"] + "\n\nSources"), shown.stdout
     off = generated(trained, PROMPT, "--max-tokens", "40", "--no-retrieval")
     assert off["sources"] == [] and off["retrieval"] is False
 
@@ -119,6 +124,8 @@ def test_excluded_documents_are_left_out_of_the_sources(trained: Path) -> None:
         (["x", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
         (["x", "--top-p", "0"], "--top-p must be in (0, 1]"),
         (["x", "--max-tokens", "0"], "--max-tokens must be at least 1"),
+        (["x", "--temperature", "inf"], "--temperature must be finite and at least 0"),
+        (["x", "--seed", str(2**70)], "--seed must fit in 64 bits"),
         (["x", "--checkpoint", "missing.pt"], "--checkpoint missing.pt is not a file"),
         (["x", "--exclude-document", "nope.py"], "--exclude-document 'nope.py' is not a document"),
     ],
@@ -128,6 +135,63 @@ def test_bad_input_is_one_line_and_exit_code_2(trained: Path, args, message) -> 
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert result.output.strip().count("\n") == 0 or result.output.startswith("model:")
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (["--prompt-file", "-"], b"", "the prompt is empty"),
+        (["--prompt-file", "-"], b" \n\t\n", "the prompt is empty"),
+        ([], b"\xff\xfe def", "cannot read the prompt from standard input: 'utf-8' codec"),
+        (["--prompt-file", "-"], b"\xff\xfe def", "cannot read the prompt from standard input"),
+    ],
+)
+def test_a_prompt_on_stdin_follows_the_argument_s_rules(
+    trained: Path, args, stdin, message
+) -> None:
+    """Whitespace is no prompt, however it comes; bytes that are not UTF-8 are refused, as from
+    --prompt-file (read as text, they became other characters, silently)."""
+    result = CliRunner().invoke(cli, ["generate", str(trained), *args], input=stdin)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and result.output.count("\n") == 1, result.output
+
+
+def test_a_whitespace_prompt_file_is_refused(trained: Path) -> None:
+    blank = trained.parent / "blank.txt"
+    blank.write_text("  \n\n")
+    result = invoke("generate", str(trained), "--prompt-file", str(blank))
+    assert result.exit_code == 2 and "the prompt is empty" in result.output, result.output
+
+
+def test_a_closed_stdin_is_a_one_line_error(trained: Path) -> None:
+    """Started with standard input closed (``<&-``), Python has no ``sys.stdin`` at all."""
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "retro_platform", "generate", str(trained)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        # close fd 0 in the child before Python starts, as the shell's <&- does
+        preexec_fn=lambda: os.close(0),
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        "Error: no prompt: standard input is closed; give it as an argument or with --prompt-file\n"
+    )
+
+
+def test_a_huge_max_tokens_is_not_allocated_up_front(trained: Path) -> None:
+    """Generation may go on until a stop string (or Ctrl-C): --max-tokens is a bound, not a size
+    to allocate (10**11 tokens were 745 GiB, a MemoryError traceback)."""
+    free = generated(trained, PROMPT, "--max-tokens", "4")
+    stop = free["text"][:1]
+    assert stop.isascii(), free["text"]  # one byte: the first token alone completes it
+    record = generated(trained, PROMPT, "--max-tokens", str(10**11), "--stop", stop)
+    assert record["finish"] == "stop" and record["text"] == ""
 
 
 def test_a_checkpoint_from_another_store_is_refused(trained: Path, tmp_path: Path) -> None:

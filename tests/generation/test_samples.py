@@ -218,6 +218,41 @@ def test_stop_strings_end_a_row_and_are_left_out(indexed, trained, retriever) ->
     assert len(stopped.generated_ids) < 60
 
 
+def test_a_stop_string_of_many_bytes_is_seen_whole(indexed) -> None:
+    """A byte-level tokenizer takes three tokens for a CJK character: the tail decoded to look
+    for a stop string must hold its every byte, or generation runs on past it."""
+    from retro_platform.generation.decoding import stop_reached
+
+    tokenizer, stop = indexed.tokenizer, "日本語のテキスト"
+    assert tokenizer.vocab_size == 257  # the bytes tokenizer
+    ids = tokenizer.encode("x = '" + stop).ids.tolist()
+    assert stop_reached(ids, tokenizer.decode, (stop,))
+    assert not stop_reached(ids[:-1], tokenizer.decode, (stop,))
+
+
+def test_the_token_buffer_grows_past_its_first_size(
+    indexed, trained, retriever, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--max-tokens is not allocated up front (a huge one would not fit in memory): the buffer
+    of tokens grows as the text does, and the text is the same."""
+    from retro_platform.generation import decoding
+
+    prompts = [prompt_of(indexed, "def f(x):\n    return x\n\n"), prompt_of(indexed, "import")]
+    [*whole] = sample(indexed, trained, retriever, prompts, max_tokens=50)
+    monkeypatch.setattr(decoding, "_FIRST_ROOM", 3)
+    [*grown] = sample(indexed, trained, retriever, prompts, max_tokens=50)
+    assert [s.text for s in grown] == [s.text for s in whole]
+    assert [s.retrievals for s in grown] == [s.retrievals for s in whole]
+
+
+def test_a_tiny_temperature_samples_the_likeliest_token(indexed, trained, retriever) -> None:
+    """Logits divided by 1e-40 overflow float32; scaled from the best one they cannot."""
+    prompts = [prompt_of(indexed, "def f(x):\n    return x\n\n")]
+    [greedy] = sample(indexed, trained, retriever, prompts, temperature=0)
+    [tiny] = sample(indexed, trained, retriever, prompts, temperature=1e-40)
+    assert tiny.text == greedy.text
+
+
 def test_excluded_documents_are_never_retrieved(indexed, retriever) -> None:
     text = indexed.tokenizer.decode(indexed.chunk_tokens[40])
     hits = search(indexed.experiment, indexed.store, text, 4)
@@ -255,6 +290,10 @@ def test_bad_generation_input_is_a_clear_error(indexed, trained, retriever) -> N
         sample(indexed, trained, retriever, [[5]], top_p=1.5)
     with pytest.raises(ConfigError, match="top-p must be in \\(0, 1\\]"):
         sample(indexed, trained, retriever, [[5]], top_p=0)
+    with pytest.raises(ConfigError, match="--temperature must be finite"):
+        sample(indexed, trained, retriever, [[5]], temperature=float("inf"))
+    with pytest.raises(ConfigError, match="--seed must fit in 64 bits"):
+        sample(indexed, trained, retriever, [[5]], seed=2**70)
     too_long = [5] * (trained.max_seq_len + 1)
     with pytest.raises(ConfigError, match="is 129 tokens; the model reads at most 128"):
         sample(indexed, trained, retriever, [too_long])

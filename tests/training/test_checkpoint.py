@@ -73,6 +73,12 @@ def test_unreadable_and_foreign_files(tmp_path) -> None:
     broken.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="unreadable"):
         load_checkpoint(broken)
+    # text that unpickles as far as an unknown opcode is no pickled object, nor a risk: it was
+    # called "holds pickled objects ... loading it could run code"
+    text = tmp_path / "text.pt"
+    text.write_bytes(b"garbage\n")
+    with pytest.raises(CheckpointError, match="unreadable \\(not a torch.save archive\\)"):
+        load_checkpoint(text)
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(1)}, foreign)
     with pytest.raises(CheckpointError, match="not a retro-platform training checkpoint"):
