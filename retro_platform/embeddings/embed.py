@@ -205,7 +205,7 @@ def embed_corpus(
         return result
     base = None if reembed else _base(experiment, store, corpus_id, row.dimension)
     if shard is None and not slices:
-        counts = _fill(store, row, embedder, base, progress)
+        _fill(store, row, embedder, base, progress)
     else:
         if not slices:
             if row.done:
@@ -221,7 +221,7 @@ def embed_corpus(
         def fill_slice(piece: StageShard) -> tuple[tuple[int, int], bool]:
             return _fill_slice(store, row, piece, embedder, base, progress)
 
-        counts, slices, merging = run_slices(
+        _, slices, merging = run_slices(
             store, EmbeddingSet, row.id, slices, shard or WHOLE, fill_slice, "embeddings", log
         )
         if not (merge and merging):
@@ -233,7 +233,9 @@ def embed_corpus(
             )
         _merge(store, row, slices)
     if log is not None and base is not None:
-        copied, embedded = counts or (0, 0)
+        # the set's counts, not this call's: a resumed run or the shard that merges did part
+        copied = int(np.isin(result.chunk_ids(), base.chunk_ids(), assume_unique=True).sum())
+        embedded = row.count - copied
         log(
             f"embeddings {row.id}: {copied} chunks copied from embeddings {base.id}, "
             f"{embedded} embedded (corpus version {row.corpus_version})"

@@ -188,9 +188,8 @@ def compute_neighbours(
             enabled=progress,
         )
         with bar:
-            searched = search.rows(out, 0, done, saved, bar)
+            search.rows(out, 0, done, saved, bar)
         saved.finish(embeddings.count)
-        kept = embeddings.count - searched - done
     else:
         if not slices:
             if row.done:
@@ -207,7 +206,7 @@ def compute_neighbours(
         def search_slice(piece: StageShard) -> tuple[tuple[int, ...], bool]:
             return search.slice(store, row.id, piece, progress)
 
-        counts, slices, merging = run_slices(
+        _, slices, merging = run_slices(
             store, NeighbourSet, row.id, slices, shard or WHOLE, search_slice, "neighbours", log
         )
         if not (merge and merging):
@@ -225,8 +224,10 @@ def compute_neighbours(
             done=row.count,
             seconds=sum(piece.seconds or 0.0 for piece in slices),
         )
-        searched, kept = counts or (0, 0)
     if log is not None and search.base is not None:
+        # the set's counts, not this call's: a resumed run or the shard that merges did part
+        kept = int((search.kept_rows >= 0).sum())
+        searched = embeddings.count - kept
         log(
             f"neighbours {row.id}: {kept} chunks kept their "
             f"neighbours, {searched} searched (new chunks, or a neighbour was removed); "

@@ -189,6 +189,27 @@ def test_a_loaded_index_after_large_updates_answers_as_the_in_memory_one(
         np.testing.assert_allclose(scores, expected_scores, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("codec", ["flat", "sq8"])
+def test_a_list_cut_down_to_one_vector_keeps_its_id(data, tmp_path: Path, codec) -> None:
+    """A list that keeps one vector of hundreds: Faiss frees the old slot as if its size in
+    vectors were bytes, so the shrunk list could be given the start of its own slot, and its
+    id was then read from where the codes were (a garbage id, found by searches)."""
+    vectors, ids, queries = data
+    built = ondisk(nlist=4, nprobe=4, codec=codec)
+    built.build(vectors, ids)
+    built.save(tmp_path / "first.ivfdisk")
+    memory = faiss.read_index(str(tmp_path / "first.ivfdisk" / "trained.index"))
+    _, lists = memory.quantizer.search(vectors, 1)
+    kept = np.zeros(len(ids), dtype=bool)
+    kept[np.unique(lists[:, 0], return_index=True)[1]] = True  # the first vector of each list
+    updated = ondisk(nlist=4, nprobe=4, codec=codec)
+    updated.load(tmp_path / "first.ivfdisk")
+    assert updated.remove(ids[~kept]) == (~kept).sum()
+    assert np.array_equal(np.sort(updated.stored_ids()), np.sort(ids[kept]))
+    _, found = updated.search(vectors[kept], 1)
+    assert np.array_equal(found[:, 0], ids[kept])
+
+
 def test_the_index_is_a_folder_that_moves_as_a_whole(data, tmp_path: Path) -> None:
     vectors, ids, queries = data
     retriever = ondisk(nlist=16, shards=2)

@@ -395,8 +395,9 @@ def test_a_set_started_in_one_process_is_not_taken_over_by_shards(
 
 def test_shards_after_a_corpus_change_equal_one_process(tmp_path: Path) -> None:
     """A new corpus version derived from the previous one (vectors copied, neighbours kept)
-    comes out the same whether its stages run in shards or in one process."""
-    results = []
+    comes out the same whether its stages run in shards or in one process, and the lines that
+    say how many were copied and kept count the whole set (not the merging shard's slices)."""
+    results, counted = [], []
     for sharded in (False, True):
         corpus = write_stdlib_corpus(tmp_path / f"corpus-{sharded}", MODULES[:-1])
         path = experiment_at(tmp_path / f"store-{sharded}", corpus)
@@ -416,7 +417,9 @@ def test_shards_after_a_corpus_change_equal_one_process(tmp_path: Path) -> None:
         assert isinstance(result, IndexResult) and result.embeddings.id == 2
         assert any("copied from embeddings 1" in line for line in messages)
         results.append(stored(experiment, result))
+        counted.append([line for line in messages if "copied" in line or "kept their" in line])
     assert_same(results[1], results[0])
+    assert counted[1] == counted[0] and len(counted[0]) == 2
 
 
 # --- shards that wait for each other (--wait) ----------------------------------------------------

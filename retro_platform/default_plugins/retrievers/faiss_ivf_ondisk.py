@@ -274,9 +274,7 @@ class FaissIVFOnDiskRetriever(Retriever):
         if not np.isin(ids, self.stored_ids()).any():
             return 0
         self._make_writable()
-        selector = faiss.IDSelectorBatch(ids)
-        with _quiet_stdout():  # a list that shrinks by half moves, and the file may grow
-            removed = sum(int(shard.remove_ids(selector)) for shard in self._shards)
+        removed = sum(_remove_entries(shard, ids) for shard in self._shards)
         self._sync()
         return removed
 
@@ -492,6 +490,46 @@ def _on_disk(trained: Any, lists_file: Path, sources: list[Any]) -> Any:
     lists.this.disown()  # the index owns (and frees) its lists now
     index.ntotal = sum(lists.list_size(number) for number in range(index.nlist))
     return index
+
+
+def _remove_entries(index: Any, ids: np.ndarray) -> int:
+    """Remove the entries of ``ids`` (sorted) from an on-disk IVF index's lists, one list in
+    memory at a time; returns how many. Not Faiss's ``remove_ids``: a list that loses more than
+    half is moved, and Faiss frees its old slot as if its size in vectors were bytes, so a list
+    cut to a few vectors may be given the start of its own slot, where Faiss copies nothing
+    and then reads the ids from where the codes were. Here such a list is emptied first and
+    its kept entries written again (the list keeps the order of its entries)."""
+    lists = faiss.downcast_InvertedLists(index.invlists)
+    removed = 0
+    with _quiet_stdout():  # a list that moves may grow the file: Faiss prints a line
+        for number in range(index.nlist):
+            size = lists.list_size(number)
+            if not size:
+                continue
+            stored = faiss.rev_swig_ptr(lists.get_ids(number), size)
+            keep = ~np.isin(stored, ids, assume_unique=True)
+            kept = int(keep.sum())
+            if kept == size:
+                continue
+            # copies: moving a list may map the file anew
+            kept_ids = np.ascontiguousarray(stored[keep])
+            codes = faiss.rev_swig_ptr(lists.get_codes(number), size * index.code_size)
+            kept_codes = np.ascontiguousarray(codes.reshape(size, -1)[keep])
+            capacity = lists.lists.at(number).capacity
+            if kept > capacity // 2:  # Faiss keeps the slot: overwrite the entries in place
+                lists.update_entries(
+                    number, 0, kept, faiss.swig_ptr(kept_ids), faiss.swig_ptr(kept_codes)
+                )
+                lists.resize(number, kept)
+            else:
+                lists.resize(number, 0)
+                if kept:
+                    lists.add_entries(
+                        number, kept, faiss.swig_ptr(kept_ids), faiss.swig_ptr(kept_codes)
+                    )
+            removed += size - kept
+    index.ntotal -= removed
+    return removed
 
 
 @contextlib.contextmanager
