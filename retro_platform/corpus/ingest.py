@@ -376,12 +376,14 @@ def _ingest_batch(
             )
             encoded.append((text, encoding))
         del encodings
-        if not document_rows:
+        if document_rows:
+            ids = insert_documents(session, document_rows, copy=copy)
+            report.chunks_added += insert_chunks(
+                session, _chunk_rows(ids, encoded, chunk_size), copy=copy
+            )
+        elif not replaced:
             return False
-        ids = insert_documents(session, document_rows, copy=copy)
-        report.chunks_added += insert_chunks(
-            session, _chunk_rows(ids, encoded, chunk_size), copy=copy
-        )
+        # a replaced document is gone even when its new text gave no tokens to store
         if not bumped:  # derived data built from the old version is now stale
             corpus = session.get(Corpus, corpus_id)
             corpus.version += 1

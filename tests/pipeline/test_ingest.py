@@ -19,6 +19,7 @@ from retro_platform.cli import cli
 from retro_platform.cli.common import open_experiment
 from retro_platform.corpus.ingest import ingest
 from retro_platform.errors import ConfigError, CorpusError
+from retro_platform.pipeline import run_index
 from retro_platform.store.models import Chunk, Corpus, Document
 from tests.limits import HANG_S
 from tests.pipeline.helpers import write_experiment
@@ -72,6 +73,30 @@ def test_second_ingest_does_nothing_and_changes_are_picked_up(experiment_file, c
     assert "new.txt" in contents
     with store.session() as session:
         assert session.scalar(select(Corpus.version)) == version + 1
+
+
+def test_a_document_changed_to_text_without_tokens_leaves_a_new_version(
+    experiment_file, corpus_dir: Path
+) -> None:
+    """all-MiniLM-L6-v2's WordPiece drops control characters: a document whose new text is only
+    those is skipped ("no tokens"), and its old version, deleted, makes a new corpus version,
+    so that what was derived from the old one is not taken as current."""
+    path = experiment_file(
+        tokenizer={"name": "pretrained"}, embedder={"name": "hashing", "dimension": 32}
+    )
+    experiment, store = open_experiment(path)
+    ingest(experiment, store, progress=False)
+    run_index(experiment, store, progress=False, log=lambda _: None)
+    with store.session() as session:
+        version = session.scalar(select(Corpus.version))
+    (corpus_dir / "keyword.py").write_text("\x00\x01\x02")
+    report = ingest(experiment, store, progress=False)
+    assert report.skipped["no tokens"] == 1 and report.replaced == 1
+    assert "keyword.py" not in stored(store)
+    with store.session() as session:
+        assert session.scalar(select(Corpus.version)) == version + 1
+    result = run_index(experiment, store, progress=False, log=lambda _: None)  # derived anew
+    assert result.embeddings.count == sum(len(texts) for texts in stored(store).values())
 
 
 def test_bad_files_are_skipped_and_counted(experiment_file, corpus_dir: Path) -> None:
