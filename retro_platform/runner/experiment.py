@@ -24,7 +24,7 @@ from retro_platform.config import Experiment
 from retro_platform.config.resolved import flatten_config, resolved_config
 from retro_platform.config.sweep import SweepPoint, check_experiment
 from retro_platform.runner.ablation import log_comparison
-from retro_platform.runner.folder import RunOutcome
+from retro_platform.runner.folder import RunOutcome, check_output
 from retro_platform.runner.results import log_sweep_result
 from retro_platform.runner.run import run_point
 from retro_platform.runner.steps import choose_device
@@ -73,6 +73,8 @@ def run_experiment(
     place = distributed.from_environment()
     for point in points:  # before joining: a bad size stops every process at once
         distributed.check_batch_size(point.experiment.train.batch_size, place.world_size)
+    for one in [experiment, *(point.experiment for point in points)]:  # a sweep's folder too
+        check_output(one)
     processes = distributed.start(choose_device(experiment).type)
     try:
         if not processes.is_main:
