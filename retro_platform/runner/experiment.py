@@ -38,6 +38,9 @@ from retro_platform.tracking.uri import experiment_name, safe_uri, tracking_uri
 from retro_platform.training import distributed
 from retro_platform.training.distributed import Processes
 
+#: What a run stopped by its tracking store does when started again.
+RESUMES = "run the same command again when it answers: the run resumes from its last checkpoint"
+
 
 @dataclass(frozen=True)
 class Tracking:
@@ -86,7 +89,8 @@ def run_experiment(
             ]
         tracking = open_tracking(experiment)
         store = _open_store(experiment, processes)
-        with tracking_errors(tracking.uri, "log to"):  # an MLflow failure is one line too
+        # an MLflow failure is one line too; the run folder keeps what a rerun resumes from
+        with tracking_errors(tracking.uri, "log to", then=RESUMES):
             if not experiment.sweep.grid:
                 return [
                     run_point(
@@ -162,7 +166,7 @@ def _run_sweep(
         )
         log_sweep_result(points, outcomes, parent, sweep_dir, compared)
     except BaseException as error:
-        parent.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        parent.abandon(error)
         raise
     parent.finish("FINISHED")
     _write_summary(sweep_dir, points, outcomes)

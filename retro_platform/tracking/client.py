@@ -45,9 +45,12 @@ def open_client(uri: str, *, timeout_s: float = 3.0) -> MlflowClient:
 
 
 @contextmanager
-def tracking_errors(uri: str, doing: str = "use the tracking store") -> Iterator[None]:
+def tracking_errors(
+    uri: str, doing: str = "use the tracking store", then: str | None = None
+) -> Iterator[None]:
     """Re-raise an MLflow (or database) error inside the block as a one-line
-    :class:`TrackingError` that names the URI without its password."""
+    :class:`TrackingError` that names the URI without its password, ending with ``then``
+    (what to do next) where given."""
     from mlflow.exceptions import MlflowException  # lazy: see the module docstring
 
     try:
@@ -61,4 +64,5 @@ def tracking_errors(uri: str, doing: str = "use the tracking store") -> Iterator
         message = " ".join(message.split())
         if len(message) > 400:
             message = message[:397] + "..."
-        raise TrackingError(f"cannot {doing} {safe_uri(uri)}: {message}") from None
+        advice = f"; {then}" if then else ""  # after the cut: the advice is never lost
+        raise TrackingError(f"cannot {doing} {safe_uri(uri)}: {message}{advice}") from None
