@@ -23,6 +23,13 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 
+#: What to do about a tracking store that cannot be opened.
+_OTHER_STORE = (
+    "check that no other program holds it and that it is an MLflow database, or set "
+    "[mlflow] tracking_uri to another store"
+)
+
+
 class TrackingError(RetroPlatformError):
     """The tracking store refused or failed a request (schema out of date, server error, ...)."""
 
@@ -41,7 +48,9 @@ def open_client(uri: str, *, timeout_s: float = 3.0) -> MlflowClient:
     quiet_mlflow_environment()
     from mlflow import MlflowClient  # lazy: after quiet_mlflow_environment() (module docstring)
 
-    return MlflowClient(tracking_uri=uri)
+    # a database store is opened (and migrated) here: a damaged one fails now
+    with tracking_errors(uri, "open the tracking store", then=_OTHER_STORE):
+        return MlflowClient(tracking_uri=uri)
 
 
 @contextmanager
@@ -56,7 +65,9 @@ def tracking_errors(
     try:
         yield
     except (MlflowException, SQLAlchemyError) as error:
-        message = getattr(error, "message", None) or str(error) or type(error).__name__
+        # a database's own reason, without the SQL statement SQLAlchemy adds to it
+        reason = getattr(error, "orig", None) if isinstance(error, SQLAlchemyError) else None
+        message = str(reason or getattr(error, "message", None) or error) or type(error).__name__
         message = str(message).replace(uri, safe_uri(uri))
         password = urlsplit(uri).password
         if password:
