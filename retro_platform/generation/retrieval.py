@@ -241,7 +241,8 @@ class RunRetrieval:
             if unknown:
                 raise ConfigError(
                     f"--exclude-document {unknown[0]!r} is not a document of this corpus; "
-                    "document ids are what `retro-platform search` prints before ':'"
+                    "document ids are what `retro-platform search` prints after the score "
+                    "(its `document` in --json)"
                 )
             ids = session.scalars(select(Chunk.id).where(Chunk.document_id.in_(found.values())))
             return np.fromiter(ids, dtype=np.int64)

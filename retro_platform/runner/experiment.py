@@ -24,7 +24,7 @@ from retro_platform.config import Experiment
 from retro_platform.config.resolved import flatten_config, resolved_config
 from retro_platform.config.sweep import SweepPoint, check_experiment
 from retro_platform.runner.ablation import log_comparison
-from retro_platform.runner.folder import RunOutcome
+from retro_platform.runner.folder import RunOutcome, check_output
 from retro_platform.runner.results import log_sweep_result
 from retro_platform.runner.run import run_point
 from retro_platform.runner.steps import choose_device
@@ -37,6 +37,9 @@ from retro_platform.tracking.run import TrackedRun, load_run_id, save_run_id
 from retro_platform.tracking.uri import experiment_name, safe_uri, tracking_uri
 from retro_platform.training import distributed
 from retro_platform.training.distributed import Processes
+
+#: What a run stopped by its tracking store does when started again.
+RESUMES = "run the same command again when it answers: the run resumes from its last checkpoint"
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ def run_experiment(
     place = distributed.from_environment()
     for point in points:  # before joining: a bad size stops every process at once
         distributed.check_batch_size(point.experiment.train.batch_size, place.world_size)
+    for one in [experiment, *(point.experiment for point in points)]:  # a sweep's folder too
+        check_output(one)
     processes = distributed.start(choose_device(experiment).type)
     try:
         if not processes.is_main:
@@ -84,7 +89,8 @@ def run_experiment(
             ]
         tracking = open_tracking(experiment)
         store = _open_store(experiment, processes)
-        with tracking_errors(tracking.uri, "log to"):  # an MLflow failure is one line too
+        # an MLflow failure is one line too; the run folder keeps what a rerun resumes from
+        with tracking_errors(tracking.uri, "log to", then=RESUMES):
             if not experiment.sweep.grid:
                 return [
                     run_point(
@@ -160,7 +166,7 @@ def _run_sweep(
         )
         log_sweep_result(points, outcomes, parent, sweep_dir, compared)
     except BaseException as error:
-        parent.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        parent.abandon(error)
         raise
     parent.finish("FINISHED")
     _write_summary(sweep_dir, points, outcomes)

@@ -4,11 +4,13 @@ the resolved configuration, and the files that outlive the run (see
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from retro_platform.config import Experiment
+from retro_platform.errors import ConfigError
 from retro_platform.store.fingerprints import fingerprint, short
 
 #: Keys that change how a run is carried out, never its result: a run folder outlives them.
@@ -51,3 +53,21 @@ def run_key(params: dict[str, str]) -> str:
 def run_folder(experiment: Experiment, params: dict[str, str]) -> Path:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", experiment.experiment.name).strip("-") or "run"
     return experiment.train.output / f"{slug}-{run_key(params)}"
+
+
+def check_output(experiment: Experiment) -> None:
+    """Check, before any work and writing nothing, that ``[train] output`` can hold run
+    folders: a file there, or a folder this process may not write, is one line now, not a
+    traceback once the retrieval stages are done."""
+    output = experiment.train.output
+    existing = next(folder for folder in (output, *output.parents) if folder.exists())
+    if not existing.is_dir():
+        reason = f"{existing} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason = f"{existing} is not writable"
+    else:
+        return
+    raise ConfigError(
+        f"cannot create run folders in {output} ([train] output): {reason}; "
+        "set [train] output to a writable folder"
+    )

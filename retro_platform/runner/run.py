@@ -89,7 +89,7 @@ def run_point(
         )
     except BaseException as error:
         # a kill leaves the run RUNNING and the checkpoint in place: the same command resumes
-        run.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        run.abandon(error)
         raise
     outcome = RunOutcome(name, run.run_id, run_dir, metrics, neighbours=experiment.train.neighbours)
     description = run_description(outcome)

@@ -23,6 +23,13 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 
+#: What to do about a tracking store that cannot be opened.
+_OTHER_STORE = (
+    "check that no other program holds it and that it is an MLflow database, or set "
+    "[mlflow] tracking_uri to another store"
+)
+
+
 class TrackingError(RetroPlatformError):
     """The tracking store refused or failed a request (schema out of date, server error, ...)."""
 
@@ -41,19 +48,26 @@ def open_client(uri: str, *, timeout_s: float = 3.0) -> MlflowClient:
     quiet_mlflow_environment()
     from mlflow import MlflowClient  # lazy: after quiet_mlflow_environment() (module docstring)
 
-    return MlflowClient(tracking_uri=uri)
+    # a database store is opened (and migrated) here: a damaged one fails now
+    with tracking_errors(uri, "open the tracking store", then=_OTHER_STORE):
+        return MlflowClient(tracking_uri=uri)
 
 
 @contextmanager
-def tracking_errors(uri: str, doing: str = "use the tracking store") -> Iterator[None]:
+def tracking_errors(
+    uri: str, doing: str = "use the tracking store", then: str | None = None
+) -> Iterator[None]:
     """Re-raise an MLflow (or database) error inside the block as a one-line
-    :class:`TrackingError` that names the URI without its password."""
+    :class:`TrackingError` that names the URI without its password, ending with ``then``
+    (what to do next) where given."""
     from mlflow.exceptions import MlflowException  # lazy: see the module docstring
 
     try:
         yield
     except (MlflowException, SQLAlchemyError) as error:
-        message = getattr(error, "message", None) or str(error) or type(error).__name__
+        # a database's own reason, without the SQL statement SQLAlchemy adds to it
+        reason = getattr(error, "orig", None) if isinstance(error, SQLAlchemyError) else None
+        message = str(reason or getattr(error, "message", None) or error) or type(error).__name__
         message = str(message).replace(uri, safe_uri(uri))
         password = urlsplit(uri).password
         if password:
@@ -61,4 +75,5 @@ def tracking_errors(uri: str, doing: str = "use the tracking store") -> Iterator
         message = " ".join(message.split())
         if len(message) > 400:
             message = message[:397] + "..."
-        raise TrackingError(f"cannot {doing} {safe_uri(uri)}: {message}") from None
+        advice = f"; {then}" if then else ""  # after the cut: the advice is never lost
+        raise TrackingError(f"cannot {doing} {safe_uri(uri)}: {message}{advice}") from None

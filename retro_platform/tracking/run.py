@@ -11,9 +11,11 @@ A job that may be restarted saves the run id in its run folder (:func:`save_run_
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -203,6 +205,26 @@ class TrackedRun:
         self.client.set_terminated(self.run_id, status)
         self._finished = True
 
+    def abandon(self, error: BaseException) -> None:
+        """End the run that ``error`` stopped: ``KILLED`` after Ctrl-C, ``FAILED`` otherwise.
+
+        One request, without MLflow's retries: the error may be the tracking store's own (a
+        server that stopped answering, where each request retries for about four minutes), and
+        the caller re-raises ``error``, which says what went wrong. A store that does not
+        answer leaves the run ``RUNNING``, as a SIGKILL does; rerunning resumes it.
+        """
+        # lazy: importing mlflow starts its telemetry unless quiet_mlflow_environment() ran first
+        from mlflow.exceptions import MlflowException
+        from sqlalchemy.exc import SQLAlchemyError
+
+        status: Status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        try:
+            with _one_http_try():
+                self.finish(status)
+        except (MlflowException, SQLAlchemyError) as failed:
+            _log.info("MLflow run %s left RUNNING: cannot set it %s (%s)",
+                         self.run_id, status, failed)  # fmt: skip
+
     def __enter__(self) -> TrackedRun:
         return self
 
@@ -214,16 +236,33 @@ class TrackedRun:
     ) -> None:
         if self._finished:
             return
-        if kind is None:
+        if error is None:
             self.finish("FINISHED")
         else:
-            self.finish("KILLED" if issubclass(kind, KeyboardInterrupt) else "FAILED")
+            self.abandon(error)
 
     def _restore_status(self) -> None:
         # a resume refused before any work: leave the run as it was, not FAILED
         if self.resumed and self._status_before is not None:
             self.client.update_run(self.run_id, status=self._status_before)
             self._finished = True
+
+
+@contextmanager
+def _one_http_try() -> Iterator[None]:
+    """MLflow's HTTP requests inside the block make one try of at most 10 s (MLflow reads
+    these variables at each request; a SQLite or database store ignores them)."""
+    limits = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    before = {name: os.environ.get(name) for name in limits}
+    os.environ.update(limits)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def get_or_create_experiment(client: MlflowClient, name: str) -> str:

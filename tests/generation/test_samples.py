@@ -264,8 +264,10 @@ def test_excluded_documents_are_never_retrieved(indexed, retriever) -> None:
     others = [h.chunk_id for h in longer if h.document != first]
     assert [h.chunk_id for h in kept] == others[:4]
     assert len(kept) == 4
-    with pytest.raises(ConfigError, match="--exclude-document 'nope.py' is not a document"):
+    with pytest.raises(ConfigError, match="--exclude-document 'nope.py' is not a document") as e:
         search(indexed.experiment, indexed.store, text, 4, exclude_documents=("nope.py",))
+    # where `search` shows a document id: after the score (its lines have no ':')
+    assert "after the score" in str(e.value)
 
 
 def test_markdown_survives_backticks_and_pipes() -> None:

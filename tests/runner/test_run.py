@@ -222,6 +222,15 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, overrides, messag
     assert not (tmp_path / "runs").exists()  # nothing was started
 
 
+def test_an_output_folder_that_is_a_file_is_one_line_before_any_stage(tmp_path: Path) -> None:
+    path = tiny_experiment(tmp_path)
+    (tmp_path / "taken").write_text("not a folder")
+    code, _, err = run_cli(str(path), "--set", "train.output=taken")
+    assert code == 2 and err.startswith("Error: ") and err.count("\n") == 1
+    assert "[train] output" in err and "taken" in err
+    assert (tmp_path / "taken").read_text() == "not a folder"
+
+
 def test_a_checkpoint_of_another_model_shape_is_refused(tmp_path: Path) -> None:
     path = tiny_experiment(tmp_path)
     assert run_cli(str(path), "--set", "model.dec_dim=48")[0] == 0

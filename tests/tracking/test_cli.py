@@ -126,6 +126,23 @@ def test_runs_with_an_unreachable_server_is_one_line_and_exit_2(
     assert "hunter2" not in result.stderr
 
 
+@pytest.mark.parametrize("command", ["runs", "ui", "run"])
+def test_a_damaged_tracking_database_is_one_line_and_exit_2(
+    command: str, experiment_file: MakeFile, tmp_path: Path
+) -> None:
+    path = experiment_file()
+    damaged = b"not a database, but not empty either"
+    (tmp_path / "mlflow.db").write_bytes(damaged)
+    result = invoke(command, path)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"Error: cannot open the tracking store sqlite:///{tmp_path / 'mlflow.db'}: file is not "
+        "a database; check that no other program holds it and that it is an MLflow database, "
+        "or set [mlflow] tracking_uri to another store\n"
+    )
+    assert (tmp_path / "mlflow.db").read_bytes() == damaged
+
+
 @pytest.mark.parametrize("command", ["runs", "ui"])
 def test_a_missing_experiment_file_is_one_line_and_exit_2(command: str, tmp_path: Path) -> None:
     result = invoke(command, tmp_path / "nope.toml")
