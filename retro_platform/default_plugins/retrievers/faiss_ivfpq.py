@@ -27,6 +27,7 @@ from retro_platform.default_plugins.retrievers._faiss import (
     FaissOptions,
     FaissRetriever,
     list_count,
+    position_selector,
     sample_rows,
 )
 from retro_platform.errors import ConfigError
@@ -127,7 +128,7 @@ class FaissIVFPQRetriever(FaissRetriever):
         # later positions as they were, so they are moved down here to match the id map (and
         # the refine stage's flat index, which closes its gaps itself).
         ivf = self._ivf(inner)
-        selector = faiss.IDSelectorArray(positions)
+        selector = position_selector(positions)
         removed = ivf.remove_ids(selector)
         if isinstance(inner, faiss.IndexRefine):
             faiss.downcast_index(inner.refine_index).remove_ids(selector)
