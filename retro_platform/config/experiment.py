@@ -33,7 +33,7 @@ from retro_platform.config.runner_tables import (
     TrainTable,
 )
 from retro_platform.errors import ConfigError, did_you_mean
-from retro_platform.protocols.options import BASE_DIR, RelativePath
+from retro_platform.protocols.options import BASE_DIR, NumbersNotBooleans, RelativePath
 
 #: The plugin tables: table name -> plugin family.
 PLUGIN_TABLES: dict[str, str] = {
@@ -44,7 +44,7 @@ PLUGIN_TABLES: dict[str, str] = {
 }
 
 
-class _Table(BaseModel):
+class _Table(NumbersNotBooleans):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 

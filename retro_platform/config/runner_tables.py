@@ -12,13 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from retro_platform.config.overrides import flatten_sweep
-from retro_platform.protocols.options import RelativePath
+from retro_platform.protocols.options import NumbersNotBooleans, RelativePath
 
 
-class _Table(BaseModel):
+class _Table(NumbersNotBooleans):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 

@@ -14,17 +14,66 @@ experiment file: annotate them with :data:`RelativePath`.
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 #: The pydantic validation-context key that holds the folder relative paths are resolved from.
 BASE_DIR = "base_dir"
 
 
-class PluginOptions(BaseModel):
-    """Base of every plugin's options: unknown keys are refused, values are immutable."""
+class NumbersNotBooleans(BaseModel):
+    """A model whose number fields refuse ``true`` and ``false``: pydantic reads them as 1 and
+    0, so ``steps = true`` would train one step without a word. Other conversions are kept
+    (a TOML string for a path, a list for a tuple)."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and _boolean_for_number(value, field.annotation):
+            raise PydanticCustomError(
+                "number_not_boolean", "must be a number, not true or false", {}
+            )
+        return value
+
+
+def _boolean_for_number(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` is, or is a list holding, a boolean where ``annotation`` wants a
+    number and no boolean."""
+    kinds = _leaf_types(annotation)
+    if isinstance(value, list | tuple):
+        kinds = {
+            item
+            for kind in kinds
+            if get_origin(kind) in (list, tuple)
+            for arg in get_args(kind)
+            if arg is not Ellipsis
+            for item in _leaf_types(arg)
+        }
+        value = next((item for item in value if isinstance(item, bool)), None)
+    return isinstance(value, bool) and bool(kinds & {int, float}) and not kinds & {bool, Any}
+
+
+def _leaf_types(annotation: Any) -> set[Any]:
+    """The plain types an annotation admits (unions and ``Annotated`` opened, a ``Literal``'s
+    values by their type)."""
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return set().union(*(_leaf_types(arg) for arg in get_args(annotation)))
+    if origin is Annotated:
+        return _leaf_types(get_args(annotation)[0])
+    if origin is Literal:
+        return {type(value) for value in get_args(annotation)}
+    return {annotation}
+
+
+class PluginOptions(NumbersNotBooleans):
+    """Base of every plugin's options: unknown keys are refused, values are immutable, and a
+    number option refuses ``true``/``false``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -47,6 +47,21 @@ CASES = {
         ('train.betas=[0.9, "x"]',),
         ["[train] betas[1]:", "valid number", "(got 'x')"],
     ),
+    "true for a number": (
+        "",
+        ("train.steps=true",),
+        ["[train] steps:", "must be a number, not true or false", "(got True)"],
+    ),
+    "false in a list of numbers": (
+        "",
+        ("model.dec_cross_attn_layers=[false]",),
+        ["[model] dec_cross_attn_layers:", "must be a number, not true or false"],
+    ),
+    "true for a plugin's number": (
+        '[retriever]\nname = "faiss-hnsw"\nM = true\n',
+        (),
+        ["[retriever] M:", "must be a number, not true or false", "faiss-hnsw"],
+    ),
     "out of range": (
         "",
         ("model.dec_attn_dropout=1.5",),
