@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from retro_platform.config import Experiment, load_experiment
+from retro_platform.errors import StoreError
 
 #: The argument every stage command takes.
 experiment_argument = click.argument(
@@ -56,8 +57,15 @@ def open_experiment(
     experiment = load_experiment(path, overrides)
     check_experiment(experiment)
     from retro_platform.store.database import open_store
+    from retro_platform.store.migrations import sqlite_missing
 
-    store = open_store(experiment.store.database_url, experiment.store.path, read_only=read_only)
+    url = experiment.store.database_url
+    if read_only and sqlite_missing(url):  # nothing to read: leave no empty store behind
+        raise StoreError(
+            "this experiment's corpus is not ingested yet (its store database does not "
+            f"exist); run: retro-platform ingest {experiment.hint_file}"
+        )
+    store = open_store(url, experiment.store.path, read_only=read_only)
     return experiment, store
 
 

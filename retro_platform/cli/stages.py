@@ -193,6 +193,8 @@ def search(
     """Show the chunks nearest to QUERY: score, document, position and text."""
     from retro_platform.generation import search as run_search
 
+    if not query.strip():  # it embeds to next to nothing: every hit would be arbitrary
+        raise ConfigError("the query is empty; give some text to search for")
     experiment, store = open_experiment(experiment_file, overrides, read_only=True)
     hits = run_search(experiment, store, query, k, exclude_documents=exclude_documents)
     if as_json:

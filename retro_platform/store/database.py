@@ -42,9 +42,9 @@ from retro_platform.store.engine import (
 )
 from retro_platform.store.migrations import (
     _refusal,
-    _sqlite_missing,
     _state,
     head_revision,
+    sqlite_missing,
     upgrade,
 )
 from retro_platform.store.urls import _parse, database_errors, safe_url
@@ -132,7 +132,7 @@ def open_store(url: str | URL, data_dir: str | Path, *, read_only: bool = False)
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StoreError(f"cannot create the store folder {folder}: {error.strerror}") from None
-    elif _sqlite_missing(parsed):
+    elif sqlite_missing(parsed):
         raise StoreError(_nothing_to_read(parsed, reason))
     head = head_revision()
     engine = make_engine(parsed, read_only=reason is not None)

@@ -110,9 +110,9 @@ def _state(engine: Engine) -> _State:
     return _State(revisions, tables & set(Base.metadata.tables))
 
 
-def _sqlite_missing(url: URL) -> bool:
+def sqlite_missing(url: str | URL) -> bool:
     """A SQLite file that does not exist yet (looking must not create it)."""
-    path = _sqlite_file(url)
+    path = _sqlite_file(_parse(url))
     return path is not None and not path.expanduser().exists()
 
 
@@ -125,7 +125,7 @@ def schema_status(url: str | URL) -> tuple[str | None, str]:
     is not created.
     """
     parsed = _parse(url)
-    if _sqlite_missing(parsed):
+    if sqlite_missing(parsed):
         return None, "empty"
     # looking must work on a store this process may not write
     engine = make_engine(parsed, read_only=read_only_reason(parsed) is not None)

@@ -203,6 +203,15 @@ def test_search_shows_chunks_with_their_documents(experiment_file, corpus_dir: P
     assert "colorsys.py" in result.output and "score" in result.output
 
 
+def test_an_empty_query_is_one_line_and_exit_2(experiment_file) -> None:
+    path = experiment_file()
+    indexed(path)
+    for query in ("", "  \n"):
+        result = CliRunner().invoke(cli, ["search", str(path), query])
+        assert result.exit_code == 2, result.output
+        assert result.output == "Error: the query is empty; give some text to search for\n"
+
+
 def test_search_before_index_says_what_to_run(experiment_file) -> None:
     path = experiment_file()
     experiment, store = open_experiment(path)

@@ -153,6 +153,10 @@ def test_search_before_ingest_or_index_names_the_command_that_builds_it(tmp_path
     corpus = write_stdlib_corpus(tmp_path / "corpus", ("bisect.py",))
     path = write_experiment(tmp_path, corpus)
     runner = CliRunner()
+    for read in (["search", str(path), "def"], ["store", "stats", str(path)]):
+        result = runner.invoke(cli, read)  # no store yet: none is created to say so
+        assert result.exit_code == 2 and "not ingested" in result.output, result.output
+        assert not (tmp_path / "store").exists()
     for missing, command in (("ingested", "ingest"), ("index", "index")):
         result = runner.invoke(cli, ["search", str(path), "def"])
         assert result.exit_code == 2
