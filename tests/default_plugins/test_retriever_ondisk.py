@@ -11,7 +11,10 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -19,7 +22,11 @@ import faiss
 import numpy as np
 import pytest
 
-from retro_platform.default_plugins.retrievers.faiss_ivf_ondisk import FaissIVFOnDiskRetriever
+from retro_platform.default_plugins.retrievers.faiss_ivf_ondisk import (
+    WORK_PREFIX,
+    FaissIVFOnDiskRetriever,
+    this_host,
+)
 from retro_platform.errors import ConfigError, IndexFileError
 from retro_platform.plugins import build_plugin
 from retro_platform.protocols import VectorRows
@@ -316,3 +323,30 @@ def test_lists_being_built_go_to_temp_dir_and_leave_with_the_retriever(data, tmp
     del retriever
     gc.collect()
     assert not work.exists()
+
+
+def test_working_folders_of_killed_processes_are_removed(data, tmp_path: Path) -> None:
+    """A build removes the working folders that processes of this machine left when they were
+    killed; a running process's folder and another machine's are kept."""
+    vectors, ids, _ = data
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    host = this_host()
+    left = {
+        "killed": tmp_path / f"{WORK_PREFIX}{host}-{int(gone.stdout)}-abc123",
+        "running": tmp_path / f"{WORK_PREFIX}{host}-{os.getpid()}-def456",
+        "elsewhere": tmp_path / f"{WORK_PREFIX}0000beef-{int(gone.stdout)}-ghi789",
+    }
+    for folder in left.values():
+        folder.mkdir()
+        (folder / "lists-00001.ivfdata").write_bytes(b"\0" * 1000)
+    retriever = ondisk(nlist=16, temp_dir=str(tmp_path))
+    retriever.build(vectors, ids)
+    assert not left["killed"].exists()
+    assert left["running"].exists() and left["elsewhere"].exists()
+    [mine] = [
+        f for f in tmp_path.glob(f"{WORK_PREFIX}{host}-{os.getpid()}-*") if f != left["running"]
+    ]
+    del retriever
+    gc.collect()
+    assert not mine.exists()  # its own folder goes with the instance

@@ -35,9 +35,11 @@ the mapped lists a search keeps in the process's RSS (:mod:`._resident`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import weakref
@@ -83,6 +85,8 @@ EMPTY_LISTS_BYTES = 64
 _CODECS = {"flat": "Flat", "sq8": "SQ8"}
 #: Lists whose ids the manifest checks at load (a damaged or replaced lists file fails it).
 CHECKED_LISTS = 16
+#: The start of a working folder's name: ``retro-ivf-ondisk-<host>-<pid>-<random>``.
+WORK_PREFIX = "retro-ivf-ondisk-"
 
 
 def training_rows(n: int, size: int, seed: int) -> np.ndarray:
@@ -148,7 +152,8 @@ class OnDiskOptions(FaissOptions):
     temp_dir: RelativePath | None = Field(
         None,
         description="where the lists are written while building or updating, before a save "
-        "copies them into the store (default: the system's temporary folder, $TMPDIR)",
+        "copies them into the store (default: the system's temporary folder, $TMPDIR); what a "
+        "killed process left there is removed by the next build on the same machine",
     )
 
     @field_validator("resident_mib")
@@ -450,10 +455,11 @@ class FaissIVFOnDiskRetriever(Retriever):
         """A new lists file in this instance's working folder (a temporary folder, removed
         with the instance)."""
         if self._work is None:
-            parent = self.options.temp_dir
-            if parent is not None:
-                parent.mkdir(parents=True, exist_ok=True)
-            self._work = Path(tempfile.mkdtemp(prefix="retro-ivf-ondisk-", dir=parent))
+            parent = self.options.temp_dir or Path(tempfile.gettempdir())
+            parent.mkdir(parents=True, exist_ok=True)
+            remove_abandoned_work(parent)
+            prefix = f"{WORK_PREFIX}{this_host()}-{os.getpid()}-"
+            self._work = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
             weakref.finalize(self, shutil.rmtree, self._work, True)
         self._work_files += 1
         return self._work / f"lists-{self._work_files:05d}.ivfdata"
@@ -465,6 +471,34 @@ class FaissIVFOnDiskRetriever(Retriever):
 
     def _matrix(self, array: Any, what: str = "vectors") -> np.ndarray:
         return as_matrix(array, self.dimension, what)
+
+
+def remove_abandoned_work(parent: Path) -> None:
+    """Remove the working folders in ``parent`` that processes of this machine left when they
+    were killed (their pid no longer runs): a SIGKILL skips the cleanup at exit, and the lists
+    written there can be as large as the index. Other machines' folders (a shared ``temp_dir``)
+    are never touched: their pids mean nothing here."""
+    if os.name != "posix":  # os.kill(pid, 0) asks only on POSIX (on Windows it terminates)
+        return
+    for folder in parent.glob(f"{WORK_PREFIX}{this_host()}-*"):
+        parts = folder.name.removeprefix(WORK_PREFIX).split("-")
+        if len(parts) == 3 and parts[1].isdigit() and not _running(int(parts[1])):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def this_host() -> str:
+    """This machine, as a working folder's name says it (a hash: a host name may hold '-')."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _on_disk(trained: Any, lists_file: Path, sources: list[Any]) -> Any:
