@@ -218,10 +218,10 @@ def embed_corpus(
             # one process would, so the merged file is byte for byte the one-process file
             slices = lay_out_slices(store, EmbeddingSet, row, embedder.batch_size, shard.count)
 
-        def fill_slice(piece: StageShard) -> tuple[tuple[int, int], bool]:
+        def fill_slice(piece: StageShard) -> bool:
             return _fill_slice(store, row, piece, embedder, base, progress)
 
-        _, slices, merging = run_slices(
+        slices, merging = run_slices(
             store, EmbeddingSet, row.id, slices, shard or WHOLE, fill_slice, "embeddings", log
         )
         if not (merge and merging):
@@ -264,9 +264,9 @@ def _fill(
     embedder: Embedder,
     base: EmbeddingFile | None,
     progress: bool | None,
-) -> tuple[int, int]:
+) -> None:
     """Write rows ``done .. count`` of the file, committing progress as it goes: copied from
-    ``base`` where it holds the chunk, else embedded. Returns (copied, embedded) of this call.
+    ``base`` where it holds the chunk, else embedded.
 
     The chunk-id file is written before the row turns ready."""
     count, dimension = row.count, row.dimension
@@ -275,10 +275,9 @@ def _fill(
     saved = Progress(store, EmbeddingSet, row.id, vectors)
     bar = progress_bar(total=count, initial=done, unit="chunk", desc="embed", enabled=progress)
     with bar:
-        copied, embedded = _embed_rows(store, row, embedder, base, vectors, 0, done, saved, bar)
+        _embed_rows(store, row, embedder, base, vectors, 0, done, saved, bar)
     _save_chunk_ids(store, row.corpus_id, chunk_ids_path(path), count)
     saved.finish(count)
-    return copied, embedded
 
 
 def _fill_slice(
@@ -288,17 +287,15 @@ def _fill_slice(
     embedder: Embedder,
     base: EmbeddingFile | None,
     progress: bool | None,
-) -> tuple[tuple[int, int], bool]:
+) -> bool:
     """Write the rows of one slice into its own file, committing the slice's progress; returns
-    (copied, embedded) and whether finishing it completed the set."""
+    whether finishing it completed the set."""
 
-    def fill(vectors: np.ndarray, done: int, saved: SliceProgress, bar: Any) -> tuple[int, int]:
-        return _embed_rows(store, row, embedder, base, vectors, piece.start, done, saved, bar)
+    def fill(vectors: np.ndarray, done: int, saved: SliceProgress, bar: Any) -> None:
+        _embed_rows(store, row, embedder, base, vectors, piece.start, done, saved, bar)
 
-    shape = (row.dimension,)
-    counts, completed = fill_slice(store, EmbeddingSet, row.id, piece, shape, np.float32,
-                                   "embedding", _FIX, "embed", progress, fill)  # fmt: skip
-    return counts or (0, 0), completed
+    return fill_slice(store, EmbeddingSet, row.id, piece, (row.dimension,), np.float32,
+                      "embedding", _FIX, "embed", progress, fill)  # fmt: skip
 
 
 def _embed_rows(
@@ -311,14 +308,12 @@ def _embed_rows(
     done: int,
     saved: Progress,
     bar: Any,
-) -> tuple[int, int]:
+) -> None:
     """Fill ``vectors`` (the set's rows from ``first`` on) from its row ``done`` to its end,
-    one embedder batch at a time: copied from ``base`` where it holds the chunk, else embedded.
-    Returns (copied, embedded)."""
+    one embedder batch at a time: copied from ``base`` where it holds the chunk, else embedded."""
     total, dimension = len(vectors), row.dimension
     if base is not None:
         base_ids, base_vectors = base.chunk_ids(), base.open()
-    copied = embedded_count = 0
     with store.session() as reading:
         columns = ("id", "text") if base is not None else ("text",)
         blocks = read_chunks(
@@ -338,7 +333,6 @@ def _embed_rows(
                 known = np.searchsorted(base_ids, ids).clip(max=max(len(base_ids) - 1, 0))
                 have = base_ids[known] == ids if len(base_ids) else np.zeros(len(ids), bool)
                 target[have] = base_vectors[known[have]]
-                copied += int(have.sum())
                 batch = [text for (_, text), old in zip(rows, have, strict=True) if not old]
             if batch:
                 embedded = np.asarray(embedder.embed(batch), dtype=np.float32)
@@ -351,7 +345,6 @@ def _embed_rows(
                     target[:] = embedded
                 else:
                     target[~have] = embedded
-                embedded_count += len(batch)
             done += len(rows)
             bar.update(len(rows))
             saved.update(done)
@@ -360,7 +353,6 @@ def _embed_rows(
             f"embedding set {row.id}: {first + done} of {first + total} chunks found; "
             f"the store changed while embedding, run the command again"
         )
-    return copied, embedded_count
 
 
 def _merge(store: Any, row: EmbeddingSet, slices: list[StageShard]) -> None:

@@ -203,10 +203,10 @@ def compute_neighbours(
             # search switches to BLAS from 20 queries), so the merged file is the same bytes
             slices = lay_out_slices(store, NeighbourSet, row, QUERY_BATCH, shard.count)
 
-        def search_slice(piece: StageShard) -> tuple[tuple[int, ...], bool]:
+        def search_slice(piece: StageShard) -> bool:
             return search.slice(store, row.id, piece, progress)
 
-        _, slices, merging = run_slices(
+        slices, merging = run_slices(
             store, NeighbourSet, row.id, slices, shard or WHOLE, search_slice, "neighbours", log
         )
         if not (merge and merging):
@@ -251,10 +251,9 @@ class _Search:
     def __post_init__(self) -> None:
         self.kept_rows = None if self.base is None else _kept(*self.base, self.table)
 
-    def rows(self, out: np.ndarray, first: int, done: int, saved: Progress, bar: Any) -> int:
+    def rows(self, out: np.ndarray, first: int, done: int, saved: Progress, bar: Any) -> None:
         """Fill ``out`` (the set's rows from ``first`` on) from its row ``done`` to its end,
-        committing progress; returns how many rows were searched (the others were kept)."""
-        searched = 0
+        committing progress: rows of ``base`` kept where still right, the others searched."""
         end = first + len(out)
         for start in range(first + done, end, QUERY_BATCH):
             stop = min(start + QUERY_BATCH, end)
@@ -270,24 +269,18 @@ class _Search:
                 target[search - start] = find_neighbours(
                     self.retriever, self.vectors[search], documents, self.table, self.k
                 )
-                searched += len(search)
             bar.update(stop - start)
             saved.update(stop - first)
-        return searched
 
-    def slice(
-        self, store: Any, set_id: int, piece: StageShard, progress: bool | None
-    ) -> tuple[tuple[int, ...], bool]:
-        """Search one slice into its own file: (searched, kept) rows of this call, and whether
-        finishing the slice completed the set."""
+    def slice(self, store: Any, set_id: int, piece: StageShard, progress: bool | None) -> bool:
+        """Search one slice into its own file; returns whether finishing the slice completed
+        the set."""
 
-        def fill(out: np.ndarray, done: int, saved: SliceProgress, bar: Any) -> tuple[int, int]:
-            searched = self.rows(out, piece.start, done, saved, bar)
-            return searched, piece.count - done - searched
+        def fill(out: np.ndarray, done: int, saved: SliceProgress, bar: Any) -> None:
+            self.rows(out, piece.start, done, saved, bar)
 
-        counts, completed = fill_slice(store, NeighbourSet, set_id, piece, (self.k,), np.int64,
-                                       "neighbour", _FIX, "neighbours", progress, fill)  # fmt: skip
-        return counts or (0, 0), completed
+        return fill_slice(store, NeighbourSet, set_id, piece, (self.k,), np.int64,
+                          "neighbour", _FIX, "neighbours", progress, fill)  # fmt: skip
 
 
 def neighbours_fingerprint(experiment: Experiment, index: IndexRecord) -> str:

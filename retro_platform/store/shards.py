@@ -226,8 +226,8 @@ class SliceProgress(Progress):
 
 
 #: ``fill(out, done, saved, bar)``: write a slice's rows ``done ..`` into ``out``, committing
-#: ``saved`` and advancing ``bar`` as it goes; what it returns, :func:`fill_slice` returns.
-SliceFiller = Callable[[np.ndarray, int, SliceProgress, Any], Any]
+#: ``saved`` and advancing ``bar`` as it goes.
+SliceFiller = Callable[[np.ndarray, int, SliceProgress, Any], None]
 
 
 def fill_slice(
@@ -242,14 +242,14 @@ def fill_slice(
     desc: str,
     progress: bool | None,
     fill: SliceFiller,
-) -> tuple[Any, bool]:
+) -> bool:
     """Build one slice into its own file: open it (resuming at its committed ``done``), run
-    ``fill`` under a progress bar, and mark the slice ready. Returns what ``fill`` returned
-    (None for an empty slice, which has no file) and whether finishing the slice completed the
-    set. ``row_shape``, ``dtype``, ``what`` and ``fix`` are the set file's, as
-    :func:`~retro_platform.store.arrays.resume_array` takes them."""
+    ``fill`` under a progress bar, and mark the slice ready. Returns whether finishing the
+    slice completed the set (an empty slice has no file). ``row_shape``, ``dtype``, ``what``
+    and ``fix`` are the set file's, as :func:`~retro_platform.store.arrays.resume_array` takes
+    them."""
     if piece.count == 0:
-        return None, SliceProgress(store, model, set_id, piece.id, None).finish(0)
+        return SliceProgress(store, model, set_id, piece.id, None).finish(0)
     shape = (piece.count, *row_shape)
     out, done = resume_array(store.path(piece.file), shape, dtype, piece.done, what, fix)
     saved = SliceProgress(store, model, set_id, piece.id, out)
@@ -261,8 +261,8 @@ def fill_slice(
         enabled=progress,
     )
     with bar:
-        result = fill(out, done, saved, bar)
-    return result, saved.finish(piece.count)
+        fill(out, done, saved, bar)
+    return saved.finish(piece.count)
 
 
 def merge_slices(
@@ -303,16 +303,16 @@ def run_slices(
     parent_id: int,
     slices: list[StageShard],
     shard: Shard,
-    build: Callable[[StageShard], tuple[tuple[int, ...], bool]],
+    build: Callable[[StageShard], bool],
     what: str,
     log: Callable[[str], None] | None,
-) -> tuple[tuple[int, ...], list[StageShard], bool]:
+) -> tuple[list[StageShard], bool]:
     """Build the unfinished slices that ``shard`` takes, one after the other, with ``build``
-    (which returns its counts and whether finishing the slice completed the set).
+    (which returns whether finishing the slice completed the set).
 
-    Returns the counts summed, the slices as stored now, and whether this process is the one
-    to merge them: it completed the set, or found every slice finished when it started (the
-    process that completed it was killed before it merged).
+    Returns the slices as stored now, and whether this process is the one to merge them: it
+    completed the set, or found every slice finished when it started (the process that
+    completed it was killed before it merged).
     """
     layout = slices[0].shards
     if layout != shard.count and log is not None:
@@ -327,16 +327,11 @@ def run_slices(
             f"left: {taken or 'none'}"
         )
     finished_before = all(row.status == READY for row in slices)
-    totals: list[int] = []
     completed = False
     for row in slices:
         if shard.takes(row.shard) and row.status != READY:
-            counts, last = build(row)
-            totals = (
-                [a + b for a, b in zip(totals, counts, strict=True)] if totals else list(counts)
-            )
-            completed |= last
+            completed |= build(row)
     with store.session() as session:
         now = stored_slices(session, model, parent_id)
     merging = all(row.status == READY for row in now) and (completed or finished_before)
-    return tuple(totals), now, merging
+    return now, merging
