@@ -57,8 +57,8 @@ def run_index_waiting(
     while isinstance(result, ShardResult):
         awaited = "neighbours" if result.neighbours is not None else "index"
         log(f"{result.summary(experiment.hint_file)}\n{_waiting_line(shard, awaited, poll_s)}")
-        while not _ready(experiment, store, awaited):
-            if _only_the_merge_is_left(experiment, store, awaited) and _take_over(
+        while (state := _state(experiment, store, corpus_id, awaited)) != "ready":
+            if state == "merge left" and _take_over(
                 experiment, store, corpus_id, shard, awaited, progress, log
             ):
                 continue  # finished here: ready now
@@ -89,8 +89,7 @@ def _take_over(
             return False
         log(
             f"shard {shard}: every slice is finished and no process is at work on the "
-            f"{_WHAT[awaited].split(' (')[0]} (the one that completed them was stopped): "
-            "this shard finishes it"
+            f"{awaited} (the one that completed them was stopped): this shard finishes it"
         )
         # with the shard: every slice is finished, so each stage merges its slices (or reuses
         # the merged set). The index is built here; this shard's own neighbours are searched
@@ -125,33 +124,28 @@ def _waiting_line(shard: Shard, awaited: str, poll_s: float) -> str:
     )
 
 
-def _only_the_merge_is_left(experiment: Experiment, store: Any, awaited: str) -> bool:
-    """Whether every slice of the set a waiting shard needs is finished, so that what is left
-    is the merge (and, for the index, the build), which no shard's own work will do. Reads
-    only."""
+def _state(experiment: Experiment, store: Any, corpus_id: int, awaited: str) -> str:
+    """Where what a waiting shard needs stands, read only: ``"ready"`` (the index, or the
+    merged neighbours as well, stored); ``"merge left"`` (every slice of the set is finished,
+    so what is left is the merge, and for the index the build, which no shard's own work will
+    do); else ``"waiting"``."""
+    index = finished_index(experiment, store)
     with store.session() as session:
         if awaited == "index":
-            corpus = session.get(Corpus, find_corpus_id(experiment, store))
+            if index is not None:
+                return "ready"
+            corpus = session.get(Corpus, corpus_id)
             row = find_stage(session, EmbeddingSet, embedding_fingerprint(experiment, corpus))
         else:
-            index = finished_index(experiment, store)
             if index is None:
-                return False
+                return "waiting"
             row = find_stage(session, NeighbourSet, neighbours_fingerprint(experiment, index))
+            if row is not None and is_ready(store, row):
+                return "ready"
         if row is None:
-            return False
+            return "waiting"
         if row.status == READY:
-            return True  # merged: only the index is left
+            return "merge left"  # merged: only the index is left
         slices = stored_slices(session, type(row), row.id)
-        return bool(slices) and all(piece.status == READY for piece in slices)
-
-
-def _ready(experiment: Experiment, store: Any, awaited: str) -> bool:
-    """Whether what a waiting shard needs is stored: the index (and so the embeddings), or the
-    merged neighbours as well. Reads only."""
-    index = finished_index(experiment, store)
-    if awaited == "index" or index is None:
-        return index is not None
-    with store.session() as session:
-        row = find_stage(session, NeighbourSet, neighbours_fingerprint(experiment, index))
-        return row is not None and is_ready(store, row)
+        finished = bool(slices) and all(piece.status == READY for piece in slices)
+        return "merge left" if finished else "waiting"
