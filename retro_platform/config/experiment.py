@@ -20,11 +20,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
 from retro_platform.config.overrides import apply_overrides
 from retro_platform.config.plugin_table import PluginTable, validate_plugin_table
 from retro_platform.config.runner_tables import (
+    ConfigTable,
     EvalTable,
     GenerateTable,
     MlflowTable,
@@ -33,7 +34,7 @@ from retro_platform.config.runner_tables import (
     TrainTable,
 )
 from retro_platform.errors import ConfigError, did_you_mean
-from retro_platform.protocols.options import BASE_DIR, NumbersNotBooleans, RelativePath
+from retro_platform.protocols.options import BASE_DIR, RelativePath
 
 #: The plugin tables: table name -> plugin family.
 PLUGIN_TABLES: dict[str, str] = {
@@ -44,18 +45,14 @@ PLUGIN_TABLES: dict[str, str] = {
 }
 
 
-class _Table(NumbersNotBooleans):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ExperimentTable(_Table):
+class ExperimentTable(ConfigTable):
     """``[experiment]``: what the run is called and its random seed."""
 
     name: str = Field("retro", min_length=1, description="the MLflow experiment name")
     seed: int = Field(0, description="seed of every random choice")
 
 
-class StoreTable(_Table):
+class StoreTable(ConfigTable):
     """``[store]``: where chunk text and metadata (SQL) and vector files live."""
 
     path: RelativePath = Field(
@@ -79,7 +76,7 @@ class StoreTable(_Table):
         return self.url or f"sqlite:///{self.path / 'retro.db'}"
 
 
-class RetrievalTable(_Table):
+class RetrievalTable(ConfigTable):
     """``[retrieval]``: how documents become chunks and which neighbours each chunk gets."""
 
     chunk_size: int = Field(64, ge=2, le=4096, description="tokens per chunk (the paper's m)")
@@ -101,7 +98,7 @@ class RetrievalTable(_Table):
     )
 
 
-class Experiment(_Table):
+class Experiment(ConfigTable):
     """A validated experiment file."""
 
     experiment: ExperimentTable = Field(default_factory=dict, validate_default=True)

@@ -18,11 +18,14 @@ from retro_platform.config.overrides import flatten_sweep
 from retro_platform.protocols.options import NumbersNotBooleans, RelativePath
 
 
-class _Table(NumbersNotBooleans):
+class ConfigTable(NumbersNotBooleans):
+    """Base of every table of the experiment file: unknown keys refused, values immutable, and
+    a number key refuses ``true``/``false``."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelTable(_Table):
+class ModelTable(ConfigTable):
     """``[model]``: the RETRO keyword arguments that are the user's to choose.
 
     ``num_tokens`` and ``pad_id`` come from the tokenizer, ``chunk_size`` from ``[retrieval]``,
@@ -65,7 +68,7 @@ class ModelTable(_Table):
     )
 
 
-class TrainTable(_Table):
+class TrainTable(ConfigTable):
     """``[train]``: the optimisation, its batches and its checkpoints."""
 
     steps: int = Field(300, ge=1, description="optimizer steps")
@@ -156,7 +159,7 @@ class TrainTable(_Table):
         return self
 
 
-class EvalTable(_Table):
+class EvalTable(ConfigTable):
     """``[eval]``: validation loss and bits per byte, with retrieval on and off."""
 
     every: int = Field(
@@ -183,7 +186,7 @@ class EvalTable(_Table):
         return edges
 
 
-class GenerateTable(_Table):
+class GenerateTable(ConfigTable):
     """``[generate]``: the sample generations logged at the end of a run."""
 
     samples: int = Field(3, ge=0, description="sample generations; 0: none")
@@ -200,7 +203,7 @@ class GenerateTable(_Table):
     top_k: int = Field(40, ge=0, description="sample among the k likeliest tokens; 0: all")
 
 
-class MlflowTable(_Table):
+class MlflowTable(ConfigTable):
     """``[mlflow]``: where runs are tracked."""
 
     tracking_uri: str | None = Field(
@@ -219,7 +222,7 @@ class MlflowTable(_Table):
     log_checkpoint: bool = Field(True, description="log the final checkpoint as an artifact")
 
 
-class SweepTable(_Table):
+class SweepTable(ConfigTable):
     """``[sweep]``: a grid over dotted keys, e.g. ``"retriever.name" = ["faiss-flat",
     "faiss-hnsw"]``; one child run per point. Every value is a list of the values to try."""
 
