@@ -82,10 +82,17 @@ def generate(
     are made, then the neighbours every chunk retrieved are listed with their documents and
     scores.
     """
-    from retro_platform.generation import RunRetrieval, SamplingSettings, generate_samples
+    from retro_platform.generation import (
+        RunRetrieval,
+        SamplingSettings,
+        check_prompts,
+        generate_samples,
+    )
     from retro_platform.runner.steps import choose_device
     from retro_platform.runner.trained import describe, open_trained_run
 
+    if exclude_documents and not retrieval:
+        raise ConfigError("--exclude-document needs retrieval on: drop --no-retrieval")
     text = _read_prompt(prompt, prompt_file)
     settings = SamplingSettings(
         max_tokens=max_tokens,
@@ -101,18 +108,21 @@ def generate(
     device = choose_device(experiment)  # [train] device
     run.model.to(device)
     status(describe(run))
+    if exclude_documents and not run.retrieval:
+        raise ConfigError(
+            "--exclude-document needs retrieval on, and this run's model was trained without it"
+        )
+    prompt_ids = run.tokenizer.encode(text).ids.tolist()
+    check_prompts(run.model, [prompt_ids], run.tokenizer.pad_id)  # before retrieval loads
     retrieve = None
     if run.retrieval and retrieval:
         retrieve = RunRetrieval(
             experiment, store, tokenizer=run.tokenizer, exclude_documents=exclude_documents
         )
-    elif exclude_documents:
-        raise ConfigError("--exclude-document needs retrieval on")
     if experiment.train.threads:  # after the index: opening one sets OpenMP to every core
         import torch
 
         torch.set_num_threads(experiment.train.threads)
-    prompt_ids = run.tokenizer.encode(text).ids.tolist()
     if retrieve is not None:  # load the embedder and the chunk tokens before the clock starts
         started = time.perf_counter()
         retrieve.warm_up()
@@ -156,7 +166,7 @@ def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
             prompt = _read_stdin()
         else:
             try:
-                prompt = prompt_file.read_text(encoding="utf-8")
+                prompt = prompt_file.read_text(encoding="utf-8-sig")  # a BOM is no text
             except (OSError, UnicodeDecodeError) as error:
                 raise ConfigError(f"cannot read --prompt-file {prompt_file}: {error}") from None
     elif prompt is None:
@@ -178,7 +188,7 @@ def _read_stdin() -> str:
         )
     data = sys.stdin.buffer.read()
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise ConfigError(f"cannot read the prompt from standard input: {error}") from None
 

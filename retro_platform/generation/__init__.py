@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from retro_platform.generation.decoding import ChunkRetrieval, Generation, generate
+from retro_platform.generation.decoding import (
+    ChunkRetrieval,
+    Generation,
+    check_prompts,
+    generate,
+)
 from retro_platform.generation.retrieval import (
     Neighbour,
     Retrieved,
@@ -45,6 +50,7 @@ __all__ = [
     "SamplingSettings",
     "SearchHit",
     "ShuffledRetrieval",
+    "check_prompts",
     "generate",
     "generate_samples",
     "samples_markdown",

@@ -91,6 +91,28 @@ def generate(
         ConfigError: an empty prompt, a prompt longer than ``max_seq_len``, or one holding the
             padding id.
     """
+    check_prompts(model, prompts, pad_id)
+    if settings.stop and decode is None:
+        raise ValueError("stop strings need decode")
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            return _Decoder(model, prompts, retrieve, settings, pad_id, decode, device).run(
+                on_token, on_logits
+            )
+    finally:
+        model.train(was_training)
+
+
+def check_prompts(model: nn.Module, prompts: Sequence[Sequence[int]], pad_id: int) -> None:
+    """Refuse what :func:`generate_samples` cannot continue, before anything slow is loaded.
+
+    Raises:
+        ConfigError: an empty prompt, a prompt longer than ``max_seq_len``, or one holding the
+            padding id.
+    """
     m, max_len = model.chunk_size, model.max_seq_len
     if max_len < m:
         raise ValueError(f"max_seq_len {max_len} is shorter than one chunk ({m})")
@@ -104,18 +126,6 @@ def generate(
             )
         if pad_id in prompt:
             raise ConfigError(f"prompt {number} holds the padding id {pad_id}")
-    if settings.stop and decode is None:
-        raise ValueError("stop strings need decode")
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            return _Decoder(model, prompts, retrieve, settings, pad_id, decode, device).run(
-                on_token, on_logits
-            )
-    finally:
-        model.train(was_training)
 
 
 class _Decoder:

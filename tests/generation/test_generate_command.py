@@ -128,6 +128,10 @@ def test_excluded_documents_are_left_out_of_the_sources(trained: Path) -> None:
         (["x", "--seed", str(2**70)], "--seed must fit in 64 bits"),
         (["x", "--checkpoint", "missing.pt"], "--checkpoint missing.pt is not a file"),
         (["x", "--exclude-document", "nope.py"], "--exclude-document 'nope.py' is not a document"),
+        (
+            ["x", "--no-retrieval", "--exclude-document", "a.py"],
+            "--exclude-document needs retrieval on: drop --no-retrieval",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(trained: Path, args, message) -> None:
@@ -135,6 +139,22 @@ def test_bad_input_is_one_line_and_exit_code_2(trained: Path, args, message) -> 
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert result.output.strip().count("\n") == 0 or result.output.startswith("model:")
+    # refused before the embedder and the chunk tokens are loaded (seconds on a real store)
+    assert "retrieval ready" not in result.output
+
+
+def test_a_byte_order_mark_is_not_part_of_the_prompt(trained: Path) -> None:
+    """Windows editors start a UTF-8 file with a BOM; it was read as a character of the prompt
+    and changed the tokens the model saw."""
+    plain = generated(trained, PROMPT, "--max-tokens", "8")
+    marked = trained.parent / "marked.txt"
+    marked.write_bytes(b"\xef\xbb\xbf" + PROMPT.encode())
+    from_file = generated(trained, "--prompt-file", str(marked), "--max-tokens", "8")
+    from_stdin = generated(
+        trained, "--prompt-file", "-", "--max-tokens", "8", input=marked.read_bytes()
+    )
+    same = [{**record, "seconds": 0} for record in (from_file, from_stdin, plain)]
+    assert same[0] == same[1] == same[2]
 
 
 @pytest.mark.parametrize(
