@@ -96,7 +96,8 @@ def ingest(
     is_flag=True,
     help="With --shard: wait (polling the store) for the index and the other shards' "
     "neighbours instead of exiting, so that one command per machine builds everything; if "
-    "the shard that should merge a set or build the index was stopped, a waiting shard does it.",
+    "the shard that should merge a set or build the index was stopped, a waiting shard does it; "
+    "one stopped before finishing its slice is named, to be started again.",
 )
 @click.option(
     "--wait-timeout",

@@ -13,13 +13,16 @@ for any shard but the merge, or the index build) and no process holds the corpus
 lock (:mod:`retro_platform.store.locks`: every ``index`` holds it shared while it works, and a
 killed one's lock goes with it), the process that should finish the set was stopped: the
 waiting shard takes the lock exclusively and finishes the set itself. So a shard killed while
-merging or building does not leave the others waiting for ever.
+merging or building does not leave the others waiting for ever. A shard stopped before its own
+slice was finished is not replaced that way (its slice is its machine's share of the work):
+once nobody has been at work for a minute, the waiting shard names it, to be started again.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from retro_platform.config import Experiment
@@ -36,6 +39,9 @@ from retro_platform.store.stages import find_stage, is_ready
 
 #: Seconds between two looks at the store while waiting.
 POLL_S = 5.0
+#: Seconds with unfinished slices and no process at work before the wait names the shards to
+#: start again (a shard started a little later than this one is not taken for a stopped one).
+HINT_AFTER_S = 60.0
 
 
 def run_index_waiting(
@@ -45,23 +51,35 @@ def run_index_waiting(
     *,
     poll_s: float = POLL_S,
     timeout_s: float | None = None,
+    hint_after_s: float = HINT_AFTER_S,
     progress: bool | None = None,
     log: Callable[[str], None] = print,
 ) -> IndexResult:
     """``run_index(shard=shard)``, run again each time what the shard waits for is ready, until
     the whole index is built: the finished :class:`IndexResult`. A ``StoreError`` after
-    ``timeout_s`` seconds of waiting (None: no limit); what was built stays stored."""
+    ``timeout_s`` seconds of waiting (None: no limit); what was built stays stored. Once no
+    process has been at work on the corpus for ``hint_after_s`` while slices are unfinished,
+    one line names the shards to start again."""
     started = time.monotonic()
     result = run_index(experiment, store, shard=shard, progress=progress, log=log)
     corpus_id = find_corpus_id(experiment, store)
     while isinstance(result, ShardResult):
         awaited = "neighbours" if result.neighbours is not None else "index"
         log(f"{result.summary(experiment.hint_file)}\n{_waiting_line(shard, awaited, poll_s)}")
-        while (state := _state(experiment, store, corpus_id, awaited)) != "ready":
-            if state == "merge left" and _take_over(
+        hinted, idle_since = (), None
+        while (standing := _state(experiment, store, corpus_id, awaited)).state != "ready":
+            if standing.state == "merge left" and _take_over(
                 experiment, store, corpus_id, shard, awaited, progress, log
             ):
                 continue  # finished here: ready now
+            left = standing.shards_left(shard)
+            if left and left != hinted:
+                # a shard not started yet looks like a stopped one: say so after a while
+                idle = _nobody_at_work(store, corpus_id)
+                idle_since = (idle_since or time.monotonic()) if idle else None
+                if idle and time.monotonic() - idle_since >= hint_after_s:
+                    log(_restart_hint(experiment, shard, awaited, left))
+                    hinted = left
             if timeout_s is not None and time.monotonic() - started > timeout_s:
                 raise StoreError(
                     f"shard {shard} gave up after waiting {timeout_s:g} s for the "
@@ -124,28 +142,63 @@ def _waiting_line(shard: Shard, awaited: str, poll_s: float) -> str:
     )
 
 
-def _state(experiment: Experiment, store: Any, corpus_id: int, awaited: str) -> str:
-    """Where what a waiting shard needs stands, read only: ``"ready"`` (the index, or the
-    merged neighbours as well, stored); ``"merge left"`` (every slice of the set is finished,
-    so what is left is the merge, and for the index the build, which no shard's own work will
-    do); else ``"waiting"``."""
+@dataclass(frozen=True)
+class _Standing:
+    """Where what a waiting shard needs stands: ``"ready"`` (the index, or the merged
+    neighbours as well, stored); ``"merge left"`` (every slice of the set is finished, so what
+    is left is the merge, and for the index the build, which no shard's own work will do); else
+    ``"waiting"``, with the numbers of the set's slices that are not finished."""
+
+    state: str
+    unfinished: tuple[int, ...] = ()
+
+    def shards_left(self, shard: Shard) -> tuple[int, ...]:
+        """The shards of ``shard``'s layout (``i`` of its ``N``) that build an unfinished
+        slice: a layout stored by a run of another ``N`` is shared out modulo ``N``."""
+        return tuple(sorted({number % shard.count for number in self.unfinished}))
+
+
+def _state(experiment: Experiment, store: Any, corpus_id: int, awaited: str) -> _Standing:
+    """Where what a waiting shard needs stands, read only (see :class:`_Standing`)."""
     index = finished_index(experiment, store)
     with store.session() as session:
         if awaited == "index":
             if index is not None:
-                return "ready"
+                return _Standing("ready")
             corpus = session.get(Corpus, corpus_id)
             row = find_stage(session, EmbeddingSet, embedding_fingerprint(experiment, corpus))
         else:
             if index is None:
-                return "waiting"
+                return _Standing("waiting")
             row = find_stage(session, NeighbourSet, neighbours_fingerprint(experiment, index))
             if row is not None and is_ready(store, row):
-                return "ready"
+                return _Standing("ready")
         if row is None:
-            return "waiting"
+            return _Standing("waiting")
         if row.status == READY:
-            return "merge left"  # merged: only the index is left
+            return _Standing("merge left")  # merged: only the index is left
         slices = stored_slices(session, type(row), row.id)
-        finished = bool(slices) and all(piece.status == READY for piece in slices)
-        return "merge left" if finished else "waiting"
+        unfinished = tuple(piece.shard for piece in slices if piece.status != READY)
+        if slices and not unfinished:
+            return _Standing("merge left")
+        return _Standing("waiting", unfinished)
+
+
+def _nobody_at_work(store: Any, corpus_id: int) -> bool:
+    """Whether no process holds the corpus's index-work lock (asked, then let go at once)."""
+    with nobody_working(store, corpus_id) as nobody:
+        return nobody
+
+
+def _restart_hint(
+    experiment: Experiment, shard: Shard, awaited: str, left: tuple[int, ...]
+) -> str:
+    """One line for a wait that nothing is working towards: which shards to start (again)."""
+    what = "embeddings" if awaited == "index" else "neighbours"
+    names = ", ".join(f"{i}/{shard.count}" for i in left)
+    first = f"retro-platform index {experiment.hint_file} --shard {left[0]}/{shard.count}"
+    return (
+        f"shard {shard}: no process is at work on this corpus, and the {what} of shard"
+        f"{'s' if len(left) > 1 else ''} {names} are unfinished: if one was stopped, start it "
+        f"again ({first}{' and so on' if len(left) > 1 else ''}); this shard keeps waiting"
+    )

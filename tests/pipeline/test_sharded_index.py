@@ -476,6 +476,34 @@ def test_a_waiting_shard_gives_up_after_its_timeout(tmp_path: Path, corpus: Path
     assert isinstance(first, ShardResult) and first.neighbours is not None
 
 
+def test_a_wait_that_nobody_works_towards_names_the_shards_to_start(
+    tmp_path: Path, corpus: Path
+) -> None:
+    """Shard 0 was never started (or was stopped before finishing its slice): a waiting shard
+    cannot do that share of the work, but once no process has been at work for a while it
+    says which shard to start, once; while one is at work it says nothing."""
+    path = ingested_at(tmp_path, corpus)
+    experiment, store = open_experiment(path)
+    corpus_id = find_corpus_id(experiment, store)
+
+    def wait(seconds: float) -> list[str]:
+        logs: list[str] = []
+        with pytest.raises(StoreError, match="gave up after waiting"):
+            run_index_waiting(
+                experiment, store, Shard(1, 2), poll_s=0.02, timeout_s=seconds,
+                hint_after_s=0.1, progress=False, log=logs.append,
+            )  # fmt: skip
+        return [line for line in logs if "no process is at work" in line]
+
+    with working_on_index(store, corpus_id):  # a live process: shard 0 may be at it
+        assert wait(0.5) == []
+    assert wait(0.5) == [
+        "shard 1/2: no process is at work on this corpus, and the embeddings of shard 0/2 are "
+        f"unfinished: if one was stopped, start it again (retro-platform index {path} --shard "
+        "0/2); this shard keeps waiting"
+    ]
+
+
 def test_wait_goes_with_a_shard(tmp_path: Path, corpus: Path) -> None:
     path = experiment_at(tmp_path, corpus)
     for options in (["--wait"], ["--shard", "0/2", "--wait-timeout", "5"]):
