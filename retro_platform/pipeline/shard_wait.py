@@ -190,9 +190,7 @@ def _nobody_at_work(store: Any, corpus_id: int) -> bool:
         return nobody
 
 
-def _restart_hint(
-    experiment: Experiment, shard: Shard, awaited: str, left: tuple[int, ...]
-) -> str:
+def _restart_hint(experiment: Experiment, shard: Shard, awaited: str, left: tuple[int, ...]) -> str:
     """One line for a wait that nothing is working towards: which shards to start (again)."""
     what = "embeddings" if awaited == "index" else "neighbours"
     names = ", ".join(f"{i}/{shard.count}" for i in left)
