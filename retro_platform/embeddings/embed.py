@@ -31,6 +31,7 @@ from retro_platform.protocols import Embedder
 from retro_platform.store.arrays import open_array, resume_array
 from retro_platform.store.chunks import count_chunks, read_chunks
 from retro_platform.store.fingerprints import fingerprint
+from retro_platform.store.locks import building_alone
 from retro_platform.store.models import READY, Corpus, EmbeddingSet, StageShard
 from retro_platform.store.shards import (
     WHOLE,
@@ -205,7 +206,9 @@ def embed_corpus(
         return result
     base = None if reembed else _base(experiment, store, corpus_id, row.dimension)
     if shard is None and not slices:
-        _fill(store, row, embedder, base, progress)
+        with building_alone(store, EmbeddingSet, row.id, f"embeddings {row.id}", log) as now:
+            if not is_ready(store, now):  # else another process embedded them meanwhile
+                _fill(store, now, embedder, base, progress)
     else:
         if not slices:
             if row.done:
@@ -231,7 +234,9 @@ def embed_corpus(
                 slices[0].shards,
                 tuple(piece.shard for piece in slices if piece.status != READY),
             )
-        _merge(store, row, slices)
+        with building_alone(store, EmbeddingSet, row.id, f"embeddings {row.id}", log) as now:
+            if not is_ready(store, now):  # else another process merged them meanwhile
+                _merge(store, now, slices)
     if log is not None and base is not None:
         # the set's counts, not this call's: a resumed run or the shard that merges did part
         copied = int(np.isin(result.chunk_ids(), base.chunk_ids(), assume_unique=True).sum())

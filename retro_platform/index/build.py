@@ -31,6 +31,7 @@ from retro_platform.plugins import build_plugin
 from retro_platform.progress import chosen, heartbeat
 from retro_platform.protocols import Retriever, VectorRows
 from retro_platform.store.fingerprints import fingerprint
+from retro_platform.store.locks import building_alone
 from retro_platform.store.models import VectorIndex
 from retro_platform.store.stages import (
     find_stage,
@@ -132,41 +133,43 @@ def build_index(
 
     if is_ready(store, row) and not rebuild:
         return IndexRecord.from_row(row, store)
-
-    rows = database_rows(table, held_out)
-    if len(rows) == 0:
-        raise IndexFileError(
-            "the retrieval database is empty: every document is held out for validation; "
-            "lower [retrieval] validation_fraction"
-        )
-    started = time.perf_counter()
-    bases = [] if rebuild else index_lineage(experiment, store, corpus_id)
-    updated = None
-    with chosen(progress):  # the retriever's own bars, and the heartbeat, follow --progress
-        if bases:
-            updated = _update(experiment, row.id, bases[0][1], embeddings, table, rows, log)
-        if updated is None:
-            log(  # the plugin's build is one call: this line and the one after it frame it
-                f"building {plugin.name} index over {len(rows)} chunks "
-                f"({len(table) - len(rows)} held out, {embeddings.dimension} dimensions)"
+    with building_alone(store, VectorIndex, row.id, f"index {row.id}", log) as now:
+        if is_ready(store, now) and not rebuild:
+            return IndexRecord.from_row(now, store)  # built meanwhile by another process
+        rows = database_rows(table, held_out)
+        if len(rows) == 0:
+            raise IndexFileError(
+                "the retrieval database is empty: every document is held out for validation; "
+                "lower [retrieval] validation_fraction"
             )
-            vectors = _vectors(retriever, embeddings, rows)
-            with heartbeat(f"building {plugin.name} index"):  # one call: training says nothing
-                retriever.build(vectors, table.chunk_ids[rows])
-            updated = retriever
-            log(f"built {plugin.name} index over {len(rows)} chunks in {_seconds(started)}")
-    then = "it resumes: the embeddings are kept, the index is built again"
-    with atomic_destination(store.path(row.file), then) as partial:
-        updated.save(partial)
-    row = finish(
-        store,
-        VectorIndex,
-        row.id,
-        count=int(len(rows)),
-        seconds=time.perf_counter() - started,  # this build's: a rebuild starts again
-        dimension=embeddings.dimension,  # changes only when the embeddings were redone
-        plugin=plugin.source,  # what wrote the file, which a rebuild may have changed
-    )
+        started = time.perf_counter()
+        bases = [] if rebuild else index_lineage(experiment, store, corpus_id)
+        updated = None
+        with chosen(progress):  # the retriever's own bars, and the heartbeat, follow --progress
+            if bases:
+                updated = _update(experiment, row.id, bases[0][1], embeddings, table, rows, log)
+            if updated is None:
+                log(  # the plugin's build is one call: this line and the one after it frame it
+                    f"building {plugin.name} index over {len(rows)} chunks "
+                    f"({len(table) - len(rows)} held out, {embeddings.dimension} dimensions)"
+                )
+                vectors = _vectors(retriever, embeddings, rows)
+                with heartbeat(f"building {plugin.name} index"):  # one call: training says nothing
+                    retriever.build(vectors, table.chunk_ids[rows])
+                updated = retriever
+                log(f"built {plugin.name} index over {len(rows)} chunks in {_seconds(started)}")
+        then = "it resumes: the embeddings are kept, the index is built again"
+        with atomic_destination(store.path(row.file), then) as partial:
+            updated.save(partial)
+        row = finish(
+            store,
+            VectorIndex,
+            row.id,
+            count=int(len(rows)),
+            seconds=time.perf_counter() - started,  # this build's: a rebuild starts again
+            dimension=embeddings.dimension,  # changes only when the embeddings were redone
+            plugin=plugin.source,  # what wrote the file, which a rebuild may have changed
+        )
     return IndexRecord.from_row(row, store)
 
 

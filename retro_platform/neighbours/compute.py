@@ -26,6 +26,7 @@ from retro_platform.progress import progress as progress_bar
 from retro_platform.protocols import MISSING, Retriever
 from retro_platform.store.arrays import open_array, resume_array
 from retro_platform.store.fingerprints import fingerprint
+from retro_platform.store.locks import building_alone
 from retro_platform.store.models import READY, NeighbourSet, StageShard
 from retro_platform.store.shards import (
     WHOLE,
@@ -178,18 +179,9 @@ def compute_neighbours(
     )
     shape = (embeddings.count, k)
     if shard is None and not slices:
-        out, done = resume_array(path, shape, np.int64, row.done, "neighbour", _FIX)
-        saved = Progress(store, NeighbourSet, row.id, out)
-        bar = progress_bar(
-            total=embeddings.count,
-            initial=done,
-            unit="chunk",
-            desc="neighbours",
-            enabled=progress,
-        )
-        with bar:
-            search.rows(out, 0, done, saved, bar)
-        saved.finish(embeddings.count)
+        with building_alone(store, NeighbourSet, row.id, f"neighbours {row.id}", log) as now:
+            if not is_ready(store, now):  # else another process searched them meanwhile
+                _search_all(store, now, path, shape, search, progress)
     else:
         if not slices:
             if row.done:
@@ -216,14 +208,16 @@ def compute_neighbours(
                 slices[0].shards,
                 tuple(piece.shard for piece in slices if piece.status != READY),
             )
-        merge_slices(store, slices, path, shape, np.int64, "neighbour", _FIX)
-        finish(
-            store,
-            NeighbourSet,
-            row.id,
-            done=row.count,
-            seconds=sum(piece.seconds or 0.0 for piece in slices),
-        )
+        with building_alone(store, NeighbourSet, row.id, f"neighbours {row.id}", log) as now:
+            if not is_ready(store, now):  # else another process merged them meanwhile
+                merge_slices(store, slices, path, shape, np.int64, "neighbour", _FIX)
+                finish(
+                    store,
+                    NeighbourSet,
+                    row.id,
+                    done=row.count,
+                    seconds=sum(piece.seconds or 0.0 for piece in slices),
+                )
     if log is not None and search.base is not None:
         # the set's counts, not this call's: a resumed run or the shard that merges did part
         kept = int((search.kept_rows >= 0).sum())
@@ -234,6 +228,25 @@ def compute_neighbours(
             "--recompute-neighbours searches every chunk again"
         )
     return record
+
+
+def _search_all(
+    store: Any,
+    row: NeighbourSet,
+    path: Path,
+    shape: tuple[int, int],
+    search: _Search,
+    progress: bool | None,
+) -> None:
+    """Search rows ``done ..`` of the set in one process, committing progress as it goes."""
+    out, done = resume_array(path, shape, np.int64, row.done, "neighbour", _FIX)
+    saved = Progress(store, NeighbourSet, row.id, out)
+    bar = progress_bar(
+        total=shape[0], initial=done, unit="chunk", desc="neighbours", enabled=progress
+    )
+    with bar:
+        search.rows(out, 0, done, saved, bar)
+    saved.finish(shape[0])
 
 
 @dataclass

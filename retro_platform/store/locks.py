@@ -26,17 +26,26 @@ process's lock goes with it:
 - SQLite: ``flock`` on a file in the store's folder (``locks/``), which the kernel releases when
   the process ends. Where ``flock`` does not exist (Windows) the lock is not taken and nobody
   ever counts as gone: shards wait as they did before.
+
+:func:`building_alone` is the same kind of lock, exclusive, on one stored result while a process
+builds it (an embedding or neighbour set, one of their slices, an index): a second process that
+would build the same thing (two experiments sharing a corpus indexed at once, ``index`` without
+``--shard`` beside running shards, one shard started twice) says so and waits, then finds it
+built, or resumes it where a stopped holder left it. A process holds at most one at a time, so
+they cannot deadlock. Where ``flock`` does not exist nothing is locked, as before.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
+
+Record = TypeVar("Record")
 
 try:
     import fcntl
@@ -48,6 +57,9 @@ except ImportError:  # Windows
 CORPUS_LOCKS = 0x52455452
 #: The first key of the locks on a corpus's index work ("RETW").
 INDEX_WORK_LOCKS = 0x52455457
+#: The first keys of the build locks (:func:`building_alone`), one per table ("RB" and a code).
+BUILD_LOCKS = 0x52420000
+_TABLE_CODES = {"embedding_sets": 1, "vector_indexes": 2, "neighbour_sets": 3, "stage_shards": 4}
 
 
 def lock_corpus(session: Session, corpus_id: int) -> None:
@@ -70,7 +82,9 @@ def lock_corpus(session: Session, corpus_id: int) -> None:
 def working_on_index(store: Any, corpus_id: int) -> Iterator[None]:
     """Hold ``corpus_id``'s index-work lock shared for the block: others may work beside this
     process, none can take over from it."""
-    with _index_work_lock(store, corpus_id, exclusive=False) as held:
+    with _session_lock(
+        store, INDEX_WORK_LOCKS, corpus_id, f"index-work-{corpus_id}", exclusive=False
+    ) as held:
         assert held  # a shared request waits until it is granted
         yield
 
@@ -79,37 +93,87 @@ def working_on_index(store: Any, corpus_id: int) -> Iterator[None]:
 def nobody_working(store: Any, corpus_id: int) -> Iterator[bool]:
     """True, with the lock held exclusively for the block, when no process is at work on
     ``corpus_id``'s index; False at once when one is (or where the lock cannot be taken)."""
-    with _index_work_lock(store, corpus_id, exclusive=True) as held:
+    with _session_lock(
+        store, INDEX_WORK_LOCKS, corpus_id, f"index-work-{corpus_id}", exclusive=True, wait=False
+    ) as held:
         yield held
 
 
 @contextmanager
-def _index_work_lock(store: Any, corpus_id: int, *, exclusive: bool) -> Iterator[bool]:
-    """A shared request waits; an exclusive one does not (it is only ever a question)."""
+def building_alone(
+    store: Any,
+    model: type[Record],
+    row_id: int,
+    what: str,
+    log: Callable[[str], None] | None = None,
+) -> Iterator[Record]:
+    """Hold the build lock of one stored result (an embedding or neighbour set, one of their
+    slices, an index) for the block, so that no two processes build it at once. If another
+    process holds it, say so through ``log`` and wait. Yields the row as stored once the lock
+    is held: the caller builds only what that says is left (nothing once it is ready)."""
+    if fcntl is None and store.engine.dialect.name != "postgresql":
+        yield _stored(store, model, row_id)  # nothing to lock with: as before these locks
+        return
+    name = build_lock_name(model, row_id)
+    space = BUILD_LOCKS + _TABLE_CODES[model.__tablename__]
+    with _session_lock(store, space, row_id, name, exclusive=True, wait=False) as free:
+        if free:
+            yield _stored(store, model, row_id)
+            return
+    if log is not None:
+        log(f"{what} is being built by another process: waiting for it")
+    with _session_lock(store, space, row_id, name, exclusive=True, wait=True):
+        yield _stored(store, model, row_id)
+
+
+def _stored(store: Any, model: type[Record], row_id: int) -> Record:
+    with store.session() as session:
+        return session.get(model, row_id)
+
+
+def build_lock_name(model: type[Record], row_id: int) -> str:
+    """The name of a build lock (its file under ``locks/`` on SQLite)."""
+    return f"build-{model.__tablename__}-{row_id}"
+
+
+def remove_lock_file(store: Any, name: str) -> None:
+    """Remove the SQLite lock file ``name`` of something finished for good. A process still
+    waiting on it gets the old file's lock, and finds the work done when it looks."""
+    if store.engine.dialect.name != "postgresql":
+        store.path(f"locks/{name}.lock").unlink(missing_ok=True)
+
+
+@contextmanager
+def _session_lock(
+    store: Any, space: int, key: int, name: str, *, exclusive: bool, wait: bool = True
+) -> Iterator[bool]:
+    """A lock held for a block, outside any transaction, that a killed process lets go: on
+    PostgreSQL a session-level advisory lock ``(space, key)`` on a connection of its own, on
+    SQLite ``flock`` on ``locks/<name>.lock``. Yields whether it is held (only a request with
+    ``wait=False`` can be refused)."""
     if store.engine.dialect.name == "postgresql":
-        keys = {"space": INDEX_WORK_LOCKS, "corpus": corpus_id & 0x7FFFFFFF}
+        keys = {"space": space, "key": key & 0x7FFFFFFF}
+        kind = "" if exclusive else "_shared"
+        call = f"pg_advisory_lock{kind}" if wait else f"pg_try_advisory_lock{kind}"
         connection = store.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
-            if exclusive:
-                held = connection.scalar(text("SELECT pg_try_advisory_lock(:space, :corpus)"), keys)
-            else:
-                connection.execute(text("SELECT pg_advisory_lock_shared(:space, :corpus)"), keys)
-                held = True
-            yield bool(held)
+            held = connection.scalar(text(f"SELECT {call}(:space, :key)"), keys)
+            yield held is not False  # pg_advisory_lock returns void (None) once granted
         finally:
             # closed, not pooled: the session and every lock it holds end here
             connection.invalidate()
             connection.close()
         return
     if fcntl is None:
-        yield not exclusive
+        yield wait
         return
-    path = store.path(f"locks/index-work-{corpus_id}.lock")
+    path = store.path(f"locks/{name}.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+            fcntl.flock(descriptor, mode if wait else mode | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return

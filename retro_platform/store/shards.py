@@ -36,6 +36,7 @@ from retro_platform.errors import ConfigError, StoreError
 from retro_platform.progress import progress as progress_bar
 from retro_platform.store.arrays import open_array, resume_array
 from retro_platform.store.fingerprints import fingerprint
+from retro_platform.store.locks import build_lock_name, building_alone, remove_lock_file
 from retro_platform.store.models import (
     BUILDING,
     READY,
@@ -295,6 +296,23 @@ def merge_slices(
         del merged
     for row in slices:
         store.path(row.file).unlink(missing_ok=True)
+        remove_lock_file(store, build_lock_name(StageShard, row.id))
+
+
+def _build_alone(
+    store: Any,
+    row: StageShard,
+    build: Callable[[StageShard], bool],
+    what: str,
+    log: Callable[[str], None] | None,
+) -> bool:
+    """``build(row)`` under the slice's build lock: if another process is building it, wait,
+    then build only what it left. True where ``build`` completed the set, or where the other
+    process finished the slice (it may have completed the set and died before merging: the
+    caller's last look at the slices, and the merge's own lock, decide)."""
+    slice_name = f"{what}: slice {row.shard}/{row.shards}"
+    with building_alone(store, StageShard, row.id, slice_name, log) as now:
+        return True if now.status == READY else build(now)
 
 
 def run_slices(
@@ -330,7 +348,7 @@ def run_slices(
     completed = False
     for row in slices:
         if shard.takes(row.shard) and row.status != READY:
-            completed |= build(row)
+            completed |= _build_alone(store, row, build, what, log)
     with store.session() as session:
         now = stored_slices(session, model, parent_id)
     merging = all(row.status == READY for row in now) and (completed or finished_before)

@@ -334,6 +334,93 @@ def test_a_killed_shard_resumes_its_own_slice_only(tmp_path: Path, corpus: Path)
     assert_same(result, one_process)
 
 
+#: Runs the CLI with progress committed after every batch, and stops the process (SIGSTOP)
+#: right after its first commit of rows that leave a slice unfinished: a process that holds a
+#: slice's build lock midway, for as long as the test likes.
+STOPPED_MIDWAY = """
+import os, signal, sys
+from retro_platform.store import stages
+stages.COMMIT_EVERY_S = 0.0
+commit = stages.Progress._commit
+stopped = []
+def commit_then_stop(self, done, status):
+    commit(self, done, status)
+    if not stopped and status == stages.BUILDING and 0 < done < len(self.array):
+        stopped.append(done)
+        os.kill(os.getpid(), signal.SIGSTOP)
+stages.Progress._commit = commit_then_stop
+from retro_platform.cli import cli
+cli(sys.argv[1:], prog_name="retro-platform")
+"""
+
+
+def stopped(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+
+
+@pytest.mark.parametrize(
+    ("other", "then"),
+    [(["--shard", "0/2"], "continued"), (["--shard", "0/2"], "killed"), ([], "killed")],
+)
+def test_a_slice_another_process_is_building_is_waited_for_not_built_twice(
+    tmp_path: Path, corpus: Path, other: list[str], then: str
+) -> None:
+    """``index`` without ``--shard`` beside a shard that is midway through its slice (or
+    beside another ``index`` midway through the embeddings): it says so and waits instead of
+    writing the same file at once. If the other goes on, what it built is taken as it finished
+    it; if it is killed, its rows are resumed."""
+    one_process = indexed_in_one_process(tmp_path / "one-process", corpus, SMALL_CHUNKS)
+    path = experiment_at(tmp_path / "shards", corpus, retrieval=SMALL_CHUNKS)
+    experiment, store = open_experiment(path)
+    ingest(experiment, store, progress=False)
+    shard = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_MIDWAY, *index_command(path)[3:], *other],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    logs: list[str] = []
+    results: dict[str, object] = {}
+
+    def whole() -> None:
+        results["whole"] = run_index(experiment, store, progress=False, log=logs.append)
+
+    def until(condition, what: str) -> None:
+        deadline = time.monotonic() + HANG_S
+        while not condition():
+            assert time.monotonic() < deadline and shard.poll() is None, (what, logs)
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=whole)
+    try:
+        until(lambda: stopped(shard.pid), "the shard never stopped midway")
+        table = StageShard if other else EmbeddingSet
+        with store.session() as session:
+            first = session.scalars(select(table).order_by(table.id)).first()
+        assert 0 < first.done < first.count
+        thread.start()
+        what = "embeddings: slice 0/2" if other else "embeddings 1"
+        waiting = f"{what} is being built by another process: waiting for it"
+        until(lambda: waiting in logs or not thread.is_alive(), "no waiting line")
+        assert waiting in logs, logs  # it did not go on and build the same rows beside it
+        time.sleep(0.3)
+        with store.session() as session:
+            assert session.get(table, first.id).done == first.done  # nobody else wrote
+        if then == "continued":
+            os.kill(shard.pid, signal.SIGCONT)
+            out, err = shard.communicate(timeout=HANG_S)
+            assert shard.returncode == 0, err
+            assert "embeddings 1: shard 0/2 done; 1 shard left (1/2)" in out, out
+        else:
+            os.kill(shard.pid, signal.SIGKILL)
+            shard.wait(HANG_S)
+        thread.join(HANG_S)
+    finally:
+        shard.kill()
+        shard.wait(HANG_S)
+        thread.join(HANG_S)
+    assert isinstance(results.get("whole"), IndexResult), logs
+    assert_same(stored(experiment, results["whole"]), one_process)
+
+
 def test_a_shard_result_says_what_is_left(tmp_path: Path, corpus: Path) -> None:
     path = experiment_at(tmp_path, corpus)
     experiment, store = open_experiment(path)
