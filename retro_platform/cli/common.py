@@ -44,13 +44,14 @@ exclude_document_option = click.option(
 
 
 def open_experiment(
-    path: str, overrides: Iterable[str] = (), *, read_only: bool = False
+    path: str, overrides: Iterable[str] = (), *, read_only: bool = False, existing: bool = False
 ) -> tuple[Experiment, Any]:
     """Load the experiment file with its ``--set`` overrides and validate it in full (plugins,
     the rules between tables, every sweep point), then open its store.
 
     Validation comes first so that a typo costs nothing and touches nothing. ``read_only``:
-    the command only reads, so it may use a store this process cannot write.
+    the command only reads, so it may use a store this process cannot write. ``existing`` (and
+    ``read_only``): the command works on what is stored, so a store not made yet is an error.
     """
     from retro_platform.config.sweep import check_experiment
 
@@ -60,7 +61,9 @@ def open_experiment(
     from retro_platform.store.migrations import sqlite_missing
 
     url = experiment.store.database_url
-    if read_only and sqlite_missing(url):  # nothing to read: leave no empty store behind
+    if (read_only or existing) and sqlite_missing(
+        url
+    ):  # nothing to read: leave no empty store behind
         raise StoreError(
             "this experiment's corpus is not ingested yet (its store database does not "
             f"exist); run: retro-platform ingest {experiment.hint_file}"

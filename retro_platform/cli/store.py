@@ -18,7 +18,7 @@ from retro_platform.text_table import text_table
 
 @cli.group()
 def store() -> None:
-    """Inspect the retrieval store of an experiment."""
+    """Inspect the retrieval store of an experiment, and prune its earlier versions."""
 
 
 @store.command()
@@ -74,3 +74,62 @@ def check(experiment_file: str, overrides: tuple[str, ...]) -> None:
     if not report.ok:
         raise SystemExit(1)
     click.echo("store is consistent")
+
+
+@store.command()
+@experiment_argument
+@set_option
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
+def prune(experiment_file: str, overrides: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
+    """Remove the embeddings, indexes and neighbours of earlier corpus versions.
+
+    After ingest changes a corpus, index builds the new version from the earlier one and keeps
+    both. This removes the earlier versions' records and files, except the newest finished one
+    of each kind that the current version has not been indexed for yet (the next index derives
+    from it). The current version is never touched; a corpus that a process is indexing is
+    skipped. The whole store is pruned, for every corpus in it.
+    """
+    from retro_platform.pipeline.prune import prune as prune_store
+
+    _, opened = open_experiment(experiment_file, overrides, read_only=dry_run, existing=True)
+    plan = prune_store(opened, dry_run=dry_run)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "dry_run": dry_run,
+                    "removed": [
+                        {
+                            "record": record.what,
+                            "corpus": record.corpus_id,
+                            "corpus_version": record.corpus_version,
+                            "bytes": record.bytes,
+                            "files": [str(path) for path in record.files],
+                        }
+                        for record in plan.removed
+                    ],
+                    "kept": plan.kept,
+                    "busy_corpora": plan.busy,
+                    "bytes": plan.bytes,
+                },
+                indent=2,
+            )
+        )
+        return
+    if plan.removed:
+        body = [
+            (r.what, str(r.corpus_id), str(r.corpus_version), human_bytes(r.bytes))
+            for r in plan.removed
+        ]
+        click.echo(text_table(("RECORD", "CORPUS", "VERSION", "BYTES"), body))
+    for line in plan.kept:
+        click.echo(f"kept {line}")
+    for corpus_id in plan.busy:
+        click.echo(f"skipped corpus {corpus_id}: a process is indexing it; prune again later")
+    verb = "would free" if dry_run else "freed"
+    count = len(plan.removed)
+    click.echo(
+        f"{count} record{'s' if count != 1 else ''} of earlier corpus versions "
+        f"{'would be ' if dry_run else ''}removed; {verb} {human_bytes(plan.bytes)}"
+    )
