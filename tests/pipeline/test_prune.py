@@ -9,12 +9,14 @@ import sysconfig
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from retro_platform.cli import cli
 from retro_platform.cli.common import open_experiment
 from retro_platform.corpus.ingest import find_corpus_id, ingest
+from retro_platform.index.build import open_index
 from retro_platform.pipeline import run_index
 from retro_platform.pipeline.check import check_store
 from retro_platform.pipeline.prune import REMOVING, prune
@@ -100,6 +102,36 @@ def test_earlier_versions_go_but_the_base_of_the_next_update_stays(
     prune(store)
     assert counts(store) == (1, 1, 1)  # version 2's records went once version 3 was indexed
     assert all(path.exists() for path in files_of(third))
+
+
+@pytest.mark.parametrize(
+    "retriever",
+    [
+        {"name": "faiss-ivf-ondisk", "nprobe": 4096, "shards": 2},
+        {"name": "faiss-ivfpq", "nlist": 4, "nbits": 6},
+        {"name": "faiss-hnsw"},
+    ],
+    ids=lambda table: table["name"],
+)
+def test_an_updated_index_needs_nothing_of_the_version_it_came_from(
+    experiment_file, corpus_dir: Path, retriever: dict
+) -> None:
+    """An update loads the earlier index and saves a new one (for the on-disk index, a folder
+    of inverted lists of its own): once the earlier version is pruned the new index still
+    loads, answers as before and holds exactly the database's chunks."""
+    experiment, store = open_experiment(experiment_file(retriever=retriever))
+    ingest(experiment, store, progress=False)
+    index_quietly(experiment, store)
+    add_module(corpus_dir, "heapq.py")
+    ingest(experiment, store, progress=False)
+    second = index_quietly(experiment, store)
+    queries = np.array(second.embeddings.open()[::50])
+    before = open_index(second.index).search(queries, 4)
+    assert len(prune(store).removed) == 3
+    after = open_index(second.index).search(queries, 4)
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    report = check_store(store)
+    assert report.ok, report.problems
 
 
 def test_a_corpus_being_indexed_is_left_alone(experiment_file, corpus_dir: Path) -> None:
