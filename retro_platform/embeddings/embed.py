@@ -40,6 +40,7 @@ from retro_platform.store.shards import (
     SliceProgress,
     drop_slices,
     fill_slice,
+    finish_merged,
     lay_out_slices,
     merge_slices,
     run_slices,
@@ -47,7 +48,6 @@ from retro_platform.store.shards import (
 )
 from retro_platform.store.stages import (
     Progress,
-    finish,
     get_or_create_stage,
     is_ready,
     restart,
@@ -366,13 +366,7 @@ def _merge(store: Any, row: EmbeddingSet, slices: list[StageShard]) -> None:
     shape = (row.count, row.dimension)
     merge_slices(store, slices, path, shape, np.float32, "embedding", _FIX)
     _save_chunk_ids(store, row.corpus_id, chunk_ids_path(path), row.count)
-    finish(
-        store,
-        EmbeddingSet,
-        row.id,
-        done=row.count,
-        seconds=sum(piece.seconds or 0.0 for piece in slices),
-    )
+    finish_merged(store, EmbeddingSet, row, slices)
 
 
 def _save_chunk_ids(store: Any, corpus_id: int, path: Path, count: int | None = None) -> None:

@@ -35,6 +35,7 @@ from retro_platform.store.shards import (
     SliceProgress,
     drop_slices,
     fill_slice,
+    finish_merged,
     lay_out_slices,
     merge_slices,
     run_slices,
@@ -43,7 +44,6 @@ from retro_platform.store.shards import (
 from retro_platform.store.stages import (
     Progress,
     find_stage,
-    finish,
     get_or_create_stage,
     is_ready,
     restart,
@@ -211,13 +211,7 @@ def compute_neighbours(
         with building_alone(store, NeighbourSet, row.id, f"neighbours {row.id}", log) as now:
             if not is_ready(store, now):  # else another process merged them meanwhile
                 merge_slices(store, slices, path, shape, np.int64, "neighbour", _FIX)
-                finish(
-                    store,
-                    NeighbourSet,
-                    row.id,
-                    done=row.count,
-                    seconds=sum(piece.seconds or 0.0 for piece in slices),
-                )
+                finish_merged(store, NeighbourSet, now, slices)
     if log is not None and search.base is not None:
         # the set's counts, not this call's: a resumed run or the shard that merges did part
         kept = int((search.kept_rows >= 0).sum())

@@ -45,7 +45,7 @@ from retro_platform.store.models import (
     ResumableStageRecord,
     StageShard,
 )
-from retro_platform.store.stages import Progress
+from retro_platform.store.stages import Progress, finish
 
 _SHARD_TEXT = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
 
@@ -297,6 +297,16 @@ def merge_slices(
     for row in slices:
         store.path(row.file).unlink(missing_ok=True)
         remove_lock_file(store, build_lock_name(StageShard, row.id))
+
+
+def finish_merged(
+    store: Any,
+    model: type[ResumableStageRecord],
+    row: ResumableStageRecord,
+    slices: list[StageShard],
+) -> None:
+    """Mark a set whose slices are merged ready: every row done, the slices' seconds summed."""
+    finish(store, model, row.id, done=row.count, seconds=sum(p.seconds or 0.0 for p in slices))
 
 
 def _build_alone(
