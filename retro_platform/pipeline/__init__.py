@@ -6,17 +6,18 @@ finished index that ``search`` and generation read (:func:`stored_index`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from retro_platform.config import Experiment
 from retro_platform.corpus.ingest import find_corpus_id, ingest
 from retro_platform.embeddings.embed import EmbeddingFile, embed_corpus, embedding_fingerprint
-from retro_platform.errors import ConfigError, IndexFileError
+from retro_platform.errors import ConfigError, IndexFileError, StoreError
 from retro_platform.index.build import IndexRecord, build_index, index_fingerprint, open_run_index
 from retro_platform.neighbours.compute import NeighbourFile, compute_neighbours
-from retro_platform.store.locks import working_on_index
+from retro_platform.store.locks import working_alone, working_on_index
 from retro_platform.store.models import READY, Corpus, EmbeddingSet, VectorIndex
 from retro_platform.store.shards import Shard, ShardsLeft
 from retro_platform.store.stages import find_stage, is_ready
@@ -117,14 +118,16 @@ def run_index(
     Every call holds the corpus's index-work lock shared while it works
     (:func:`~retro_platform.store.locks.working_on_index`), so that a waiting shard can tell
     whether the process that should finish a set is still at it
-    (:mod:`retro_platform.pipeline.shard_wait`).
+    (:mod:`retro_platform.pipeline.shard_wait`). With ``rebuild``, ``reembed`` or
+    ``recompute_neighbours`` it holds it exclusively, and a ``StoreError`` says so at once
+    when another process is at work: they start sets over that it may be building.
     """
     if shard is not None and (rebuild or reembed or recompute_neighbours):
         refuse_rebuild_in_shards(experiment.hint_file)
     if barrier is not None and shard is None:
         raise ValueError("run_index(barrier=...) needs shard=Shard(rank, world_size)")
     corpus_id = find_corpus_id(experiment, store)
-    with working_on_index(store, corpus_id):
+    with _index_work(store, corpus_id, rebuild or reembed or recompute_neighbours, experiment):
         if barrier is not None:
             return _run_index_in_ranks(experiment, store, corpus_id, shard, barrier, progress, log)
         return _run_stages(
@@ -138,6 +141,25 @@ def run_index(
             progress=progress,
             log=log,
         )
+
+
+@contextmanager
+def _index_work(store: Any, corpus_id: int, alone: bool, experiment: Experiment) -> Iterator[None]:
+    """The corpus's index-work lock for one ``run_index``: shared, or exclusive for ``alone``
+    work (a rebuild starts over sets another process may be building: refused while one is
+    at work, in one line)."""
+    if not alone:
+        with working_on_index(store, corpus_id):
+            yield
+        return
+    with working_alone(store, corpus_id) as free:
+        if not free:
+            raise StoreError(
+                "another process is indexing this corpus, and --rebuild, --reembed and "
+                "--recompute-neighbours start over what it may be building; run "
+                f"retro-platform index {experiment.hint_file} with them once it has finished"
+            )
+        yield
 
 
 def _run_stages(

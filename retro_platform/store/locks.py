@@ -100,6 +100,19 @@ def nobody_working(store: Any, corpus_id: int) -> Iterator[bool]:
 
 
 @contextmanager
+def working_alone(store: Any, corpus_id: int) -> Iterator[bool]:
+    """Hold ``corpus_id``'s index-work lock exclusively for the block if no process is at work
+    on its index: True; False at once when one is. For work that starts sets over (``index
+    --rebuild``), which must not run under another process's feet. Where no lock can be taken
+    (no ``flock``), True: there is nothing to ask."""
+    if fcntl is None and store.engine.dialect.name != "postgresql":
+        yield True
+        return
+    with nobody_working(store, corpus_id) as nobody:
+        yield nobody
+
+
+@contextmanager
 def building_alone(
     store: Any,
     model: type[Record],

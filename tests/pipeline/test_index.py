@@ -22,6 +22,7 @@ from retro_platform.index.build import open_index
 from retro_platform.pipeline import run_index
 from retro_platform.pipeline.check import check_store
 from retro_platform.plugins import get_registry
+from retro_platform.store.locks import working_on_index
 from retro_platform.store.models import BUILDING, Document, EmbeddingSet, NeighbourSet, VectorIndex
 from tests.pipeline.helpers import write_experiment
 
@@ -290,3 +291,25 @@ def test_store_stats_counts_what_is_stored(experiment_file) -> None:
     assert [figures[key][0]["made_by"] for key in figures if key.endswith("_sets")] == [ours] * 2
     assert figures["vector_indexes"][0]["made_by"] == ours
     assert "password" not in output.output
+
+
+@pytest.mark.parametrize("flag", ["--rebuild", "--reembed", "--recompute-neighbours"])
+def test_a_rebuild_is_refused_while_another_process_is_at_work(experiment_file, flag) -> None:
+    """A rebuild starts sets over: beside a process that holds the corpus's index-work lock
+    (one that may be building them) it is one line, exit 2, and nothing stored changes."""
+    path = experiment_file()
+    experiment, store, result = indexed(path)
+    before = np.array(result.neighbours.open())
+    with working_on_index(store, result.corpus_id):  # another `index`, at work
+        refused = CliRunner().invoke(cli, ["index", str(path), "--no-progress", flag])
+    assert refused.exit_code == 2, refused.output
+    assert refused.output == (
+        "Error: another process is indexing this corpus, and --rebuild, --reembed and "
+        "--recompute-neighbours start over what it may be building; run retro-platform index "
+        f"{path} with them once it has finished\n"
+    )
+    with store.session() as session:
+        assert {row.status for row in session.scalars(select(NeighbourSet))} == {"ready"}
+    assert np.array_equal(np.array(result.neighbours.open()), before)
+    done = CliRunner().invoke(cli, ["index", str(path), "--no-progress", flag])
+    assert done.exit_code == 0, done.output  # once nobody is at work
