@@ -181,7 +181,7 @@ def index(
 @set_option
 @click.option("-k", "k", default=5, show_default=True, help="How many chunks to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
-@exclude_document_option
+@exclude_document_option("to see what else is near QUERY when its own source is left out")
 def search(
     experiment_file: str,
     query: str,
