@@ -32,15 +32,18 @@ progress_option = click.option(
     help="Progress bars (default: when stderr is a terminal; plain log lines otherwise).",
 )
 
-#: ``--exclude-document ID`` (repeatable), passed as ``exclude_documents``.
-exclude_document_option = click.option(
-    "--exclude-document",
-    "exclude_documents",
-    multiple=True,
-    metavar="ID",
-    help="Never retrieve from this document (its id as `search` prints it; repeatable), "
-    "e.g. to see what the model does without the text it would copy.",
-)
+
+def exclude_document_option(example: str) -> Any:
+    """``--exclude-document ID`` (repeatable), passed as ``exclude_documents``; ``example``
+    ends the help with what the command does without the document."""
+    return click.option(
+        "--exclude-document",
+        "exclude_documents",
+        multiple=True,
+        metavar="ID",
+        help="Never retrieve from this document (its id as `search` prints it; repeatable), "
+        f"e.g. {example}.",
+    )
 
 
 def open_experiment(

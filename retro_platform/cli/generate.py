@@ -54,7 +54,7 @@ from retro_platform.errors import ConfigError
     show_default=True,
     help="Retrieve for each completed chunk (a model trained without retrieval never does).",
 )
-@exclude_document_option
+@exclude_document_option("to see what the model does without the text it would copy")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, no streaming.")
 @set_option
 def generate(

@@ -45,9 +45,9 @@ def ingest(
 
     Idempotent and resumable: documents already stored with the same content are skipped, so
     running it again after an interruption (or after adding files) does only what is left;
-    changed documents are replaced. Files that are not UTF-8 or are empty are skipped and
-    counted. After adding, changing or removing documents, `index` updates the index without
-    rebuilding it.
+    changed documents are replaced. Files that are not UTF-8, are empty or are larger than
+    [store] max_document_bytes are skipped and counted. After adding, changing or removing
+    documents, `index` updates the index without rebuilding it.
 
     --remove deletes documents without reading the corpus (a later ingest adds them back if the
     corpus still yields them); --prune removes the ones the corpus no longer yields.
@@ -182,7 +182,7 @@ def index(
 @set_option
 @click.option("-k", "k", default=5, show_default=True, help="How many chunks to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
-@exclude_document_option
+@exclude_document_option("to see what else is near QUERY when its own source is left out")
 def search(
     experiment_file: str,
     query: str,
