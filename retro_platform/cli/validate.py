@@ -18,13 +18,16 @@ def validate(experiment_file: str, overrides: tuple[str, ...]) -> None:
 
     Checks every table and key, each plugin's options, the rules between tables (a sequence
     length that is a multiple of the chunk size, cross-attention layers within the depth, a
-    positional encoding that accepts its options, ...) and every point of a [sweep]. Opens no
-    store and writes nothing. Prints a summary, or one error line and exits with code 2.
+    positional encoding that accepts its options, ...), every point of a [sweep], and that the
+    corpus can be read (its path exists, its packages are installed). Opens no store and
+    writes nothing. Prints a summary, or one error line and exits with code 2.
     """
     from retro_platform.config.sweep import check_experiment
+    from retro_platform.corpus.ingest import check_corpora
 
     experiment = load_experiment(experiment_file, overrides)
     points = check_experiment(experiment)
+    check_corpora([point.experiment for point in points])
     for line in summary(experiment, len(points)):
         click.echo(line)
 

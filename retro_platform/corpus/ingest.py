@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -101,6 +102,27 @@ class IngestReport:
         )
 
 
+def check_corpus(experiment: Experiment) -> CorpusReader:
+    """The experiment's corpus reader, once its ``check`` passed: a corpus that cannot be read
+    at all (a path that does not exist, a package not installed) is a one-line ``ConfigError``
+    before any work (``validate`` and ``run`` ask first; ``ingest`` again before reading)."""
+    reader: CorpusReader = experiment.plugin_table("corpus").build()
+    reader.check()
+    return reader
+
+
+def check_corpora(experiments: list[Experiment]) -> None:
+    """:func:`check_corpus` for each distinct ``[corpus]`` table of ``experiments`` (a
+    sweep's points mostly share one)."""
+    seen = set()
+    for experiment in experiments:
+        table = experiment.plugin_table("corpus")
+        key = (table.name, json.dumps(table.options, sort_keys=True, default=str))
+        if key not in seen:
+            seen.add(key)
+            check_corpus(experiment)
+
+
 def ingest(
     experiment: Experiment,
     store: Any,
@@ -123,8 +145,7 @@ def ingest(
             the benchmark and the tests that compare the two, :mod:`retro_platform.store.bulk`).
     """
     started = time.perf_counter()
-    reader: CorpusReader = experiment.plugin_table("corpus").build()
-    reader.check()
+    reader = check_corpus(experiment)
     tokenizer: Tokenizer = experiment.plugin_table("tokenizer").build()
     corpus_id = prepare_corpus(experiment, store, reader, tokenizer)
     report = IngestReport(corpus_id)

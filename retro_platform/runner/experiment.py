@@ -23,6 +23,7 @@ from retro_platform.atomic import write_text_atomic
 from retro_platform.config import Experiment
 from retro_platform.config.resolved import flatten_config, resolved_config
 from retro_platform.config.sweep import SweepPoint, check_experiment
+from retro_platform.corpus.ingest import check_corpora
 from retro_platform.runner.ablation import log_comparison
 from retro_platform.runner.folder import RunOutcome, check_output
 from retro_platform.runner.results import log_sweep_result
@@ -78,6 +79,8 @@ def run_experiment(
         distributed.check_batch_size(point.experiment.train.batch_size, place.world_size)
     for one in [experiment, *(point.experiment for point in points)]:  # a sweep's folder too
         check_output(one)
+    if place.is_main:  # the corpus, which process 0 alone reads, before anything is created
+        check_corpora([point.experiment for point in points])
     processes = distributed.start(choose_device(experiment).type)
     try:
         if not processes.is_main:

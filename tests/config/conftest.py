@@ -55,6 +55,7 @@ def write_file(tmp_path: Path) -> Callable[..., Path]:
     def write(extra: str = "", text: str = BASE) -> Path:
         path = tmp_path / "experiment.toml"
         path.write_text(text + extra)
+        (tmp_path / "notes.txt").write_text("A corpus of one document for [corpus] path.\n")
         return path
 
     return write

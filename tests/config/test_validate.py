@@ -92,3 +92,20 @@ def test_validate_does_not_load_the_embedding_model(write_file: Callable[..., Pa
     )
     assert done.returncode == 0, done.stderr
     assert "sentence-transformers" in done.stdout and done.stdout.rstrip().endswith("ok")
+
+
+def test_a_corpus_that_cannot_be_read_is_one_line_and_exit_2(
+    write_file: Callable[..., Path], invoke: Callable[..., Result], tmp_path: Path
+) -> None:
+    """validate checks what run checks before any work, the corpus included: its reader's
+    check (a path that exists, files that match)."""
+    path = write_file()
+    result = invoke("validate", path, "--set", "corpus.path=missing")
+    assert result.exit_code == 2, result.output
+    assert (
+        result.output
+        == f"Error: [corpus] path: corpus path {tmp_path / 'missing'} does not exist\n"
+    )
+    (tmp_path / "notes.txt").unlink()  # the folder exists, but holds no file to read
+    result = invoke("validate", path)
+    assert result.exit_code == 2 and "[corpus] include: no file under" in result.output

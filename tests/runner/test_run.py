@@ -220,6 +220,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, overrides, messag
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("Error: ") and message in err
     assert not (tmp_path / "runs").exists()  # nothing was started
+    assert not (tmp_path / "store").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_an_output_folder_that_is_a_file_is_one_line_before_any_stage(tmp_path: Path) -> None:

@@ -22,12 +22,13 @@ def no_tracking_uri_from_outside(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def experiment_file(tmp_path: Path) -> Callable[..., Path]:
-    """``make(folder=tmp_path, **tables)``: a small experiment file (its corpus need not exist:
-    nothing here reads it)."""
+    """``make(folder=tmp_path, **tables)``: a small experiment file, with a corpus of one
+    document (``run`` checks that its corpus can be read before anything else)."""
 
     def make(folder: Path | None = None, **tables: dict[str, Any]) -> Path:
         folder = folder or tmp_path
-        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "corpus").mkdir(parents=True, exist_ok=True)
+        (folder / "corpus" / "notes.txt").write_text("One document.\n")
         return write_experiment(folder, folder / "corpus", **tables)
 
     return make
