@@ -36,8 +36,11 @@ class TrackingError(RetroPlatformError):
 
 def quiet_mlflow_environment() -> None:
     """Telemetry off unless the user turned it on: MLflow's aims at a host that may be
-    unreachable. Creating a SQLite store logs every migration at INFO: keep that quiet."""
+    unreachable. Creating a SQLite store logs every migration at INFO: keep that quiet. So are
+    MLflow's progress bars for each artifact it moves (a few small files, read by ``runs``
+    and written by ``run``), unless the user asked for them."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("alembic", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
 

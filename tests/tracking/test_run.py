@@ -184,3 +184,23 @@ def test_a_damaged_run_id_file_is_one_line(tmp_path: Path) -> None:
     (tmp_path / RUN_ID_FILE).write_text("garbage\n")
     with pytest.raises(ConfigError, match="does not hold an MLflow run id: delete it"):
         load_run_id(tmp_path)
+
+
+def test_reading_a_comparison_back_draws_no_progress_bars(
+    client: Any, mlflow_experiment: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """MLflow draws a progress bar on stderr for every artifact it downloads; `runs` reads two
+    small files per sweep and printed four bars of carriage returns for them."""
+    from retro_platform.tracking.listing import (
+        COMPARISON_CSV,
+        COMPARISON_MARKDOWN,
+        read_comparison,
+    )
+
+    run = client.create_run(client.create_experiment(mlflow_experiment))
+    client.log_text(run.info.run_id, "# the comparison", COMPARISON_MARKDOWN)
+    client.log_text(run.info.run_id, "point,bpb\n1,2.5\n", COMPARISON_CSV)
+    capfd.readouterr()
+    comparison = read_comparison(client, run.info.run_id)
+    assert comparison is not None and comparison.markdown == "# the comparison"
+    assert capfd.readouterr().err == ""
