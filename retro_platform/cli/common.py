@@ -71,7 +71,9 @@ def open_experiment(
             "this experiment's corpus is not ingested yet (its store database does not "
             f"exist); run: retro-platform ingest {experiment.hint_file}"
         )
-    store = open_store(url, experiment.store.path, read_only=read_only)
+    store = open_store(
+        url, experiment.store.path, read_only=read_only, hint_file=experiment.hint_file
+    )
     return experiment, store
 
 

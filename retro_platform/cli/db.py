@@ -32,7 +32,7 @@ def upgrade(experiment_file: str, overrides: tuple[str, ...]) -> None:
 
     experiment = load_experiment(experiment_file, overrides)
     url = experiment.store.database_url
-    before, head = upgrade(url)
+    before, head = upgrade(url, hint_file=experiment.hint_file)
     if before == head:
         click.echo(f"{safe_url(url)} is already at revision {head} (the head): nothing to do")
     else:

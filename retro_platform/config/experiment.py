@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -118,6 +119,8 @@ class Experiment(ConfigTable):
     #: The file this came from (None when built in code) and its folder.
     source: Path | None = Field(None, exclude=True)
     base_dir: Path = Field(Path("."), exclude=True)
+    #: The ``--set`` overrides it was loaded with, as given: fix-it hints repeat them.
+    overrides: tuple[str, ...] = Field((), exclude=True)
 
     _plugin_tables: dict[tuple[str, str, str], PluginTable] = PrivateAttr(default_factory=dict)
 
@@ -149,8 +152,10 @@ class Experiment(ConfigTable):
     @property
     def hint_file(self) -> str:
         """The experiment file as a fix-it hint names it (``retro-platform index FILE``): its
-        path, or ``EXPERIMENT.toml`` for an experiment built in code."""
-        return str(self.source or "EXPERIMENT.toml")
+        path, or ``EXPERIMENT.toml`` for an experiment built in code, followed by the ``--set``
+        overrides it was loaded with (so that the command shown is the one that was run)."""
+        sets = "".join(f" --set {shlex.quote(override)}" for override in self.overrides)
+        return str(self.source or "EXPERIMENT.toml") + sets
 
 
 def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> Experiment:
@@ -178,7 +183,8 @@ def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> Experime
         # tomllib's message ends with "(at line L, column C)": keep it, on one line
         raise ConfigError(f"{path} is not valid TOML: {' '.join(str(error).split())}") from None
     apply_overrides(data, overrides)
-    return experiment_from_dict(data, base_dir=path.resolve().parent, source=path)
+    experiment = experiment_from_dict(data, base_dir=path.resolve().parent, source=path)
+    return experiment.model_copy(update={"overrides": tuple(overrides)})
 
 
 def experiment_from_dict(
@@ -208,10 +214,11 @@ def validate_tables(
     return experiment.model_copy(update={"source": source, "base_dir": base_dir})
 
 
+#: Fields of :class:`Experiment` that are not tables of the file.
+_NOT_TABLES = ("source", "base_dir", "overrides")
+
 #: The tables of an experiment file, in order.
-TABLES: tuple[str, ...] = tuple(
-    name for name in Experiment.model_fields if name not in ("source", "base_dir")
-)
+TABLES: tuple[str, ...] = tuple(name for name in Experiment.model_fields if name not in _NOT_TABLES)
 
 
 def table_model(table: str) -> type[BaseModel] | None:
@@ -235,11 +242,7 @@ def _describe(problem: dict[str, Any]) -> str:
         for part in parents:
             field = getattr(model, "model_fields", {}).get(part)
             model = field.annotation if field is not None else None
-        known = [
-            name
-            for name in getattr(model, "model_fields", {})
-            if name not in ("source", "base_dir")
-        ]
+        known = [name for name in getattr(model, "model_fields", {}) if name not in _NOT_TABLES]
         if not parents:
             return f"unknown table {key!r}{did_you_mean(key, known)}; known: {', '.join(known)}"
         where = f"[{'.'.join(parents)}]"

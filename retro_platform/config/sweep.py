@@ -81,7 +81,8 @@ def apply_values(experiment: Experiment, values: dict[str, Any]) -> Experiment:
     data = experiment.model_dump(exclude={"sweep"})
     for key, value in values.items():
         set_dotted(data, tuple(key.split(".")), value)
-    return validate_tables(data, base_dir=experiment.base_dir, source=experiment.source)
+    point = validate_tables(data, base_dir=experiment.base_dir, source=experiment.source)
+    return point.model_copy(update={"overrides": experiment.overrides})
 
 
 def point_name(values: dict[str, Any]) -> str:

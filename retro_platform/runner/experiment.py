@@ -112,11 +112,15 @@ def _open_store(experiment: Experiment, processes: Processes) -> Any:
     """The experiment's store, opened by process 0 first: opening a new one creates and
     migrates it, which one process must do alone."""
     if processes.is_main:
-        store = open_store(experiment.store.database_url, experiment.store.path)
+        store = open_store(
+            experiment.store.database_url, experiment.store.path, hint_file=experiment.hint_file
+        )
         distributed.wait_for_main(processes)
         return store
     distributed.wait_for_main(processes)
-    return open_store(experiment.store.database_url, experiment.store.path)
+    return open_store(
+        experiment.store.database_url, experiment.store.path, hint_file=experiment.hint_file
+    )
 
 
 def _quiet(_: str) -> None:

@@ -111,11 +111,18 @@ class Store:
         self.close()
 
 
-def open_store(url: str | URL, data_dir: str | Path, *, read_only: bool = False) -> Store:
+def open_store(
+    url: str | URL,
+    data_dir: str | Path,
+    *,
+    read_only: bool = False,
+    hint_file: str = "EXPERIMENT.toml",
+) -> Store:
     """Open the store at ``url`` with its files in ``data_dir`` (both created if missing).
 
     An empty database is brought to the head revision by the migrations; a database at any
-    other revision, or with our tables and no revision, is refused unchanged (``StoreError``).
+    other revision, or with our tables and no revision, is refused unchanged (``StoreError``,
+    whose upgrade command names ``hint_file``).
 
     ``read_only=True`` is for a command that only reads: a store this process may not write
     (:func:`~retro_platform.store.engine.read_only_reason`) is then opened without writing
@@ -154,7 +161,7 @@ def open_store(url: str | URL, data_dir: str | Path, *, read_only: bool = False)
         if kind == "empty" and reason is not None:
             raise StoreError(_nothing_to_read(parsed, reason))
         if kind != "head":
-            raise StoreError(_refusal(state, kind, head, parsed))
+            raise StoreError(_refusal(state, kind, head, parsed, hint_file))
         if reason is None:
             with database_errors(parsed, "open the store database"):
                 _use_wal(engine)

@@ -35,7 +35,7 @@ from retro_platform.store.urls import _parse, _sqlite_file, database_errors, saf
 logger = logging.getLogger(__name__)
 
 #: What a refused database's message tells the user to run.
-UPGRADE_COMMAND = "retro-platform db upgrade EXPERIMENT.toml"
+UPGRADE_COMMAND = "retro-platform db upgrade {file}"
 
 
 def migrations_dir() -> Path:
@@ -142,9 +142,11 @@ def current_revision(url: str | URL) -> str | None:
     return schema_status(url)[0]
 
 
-def _refusal(state: _State, kind: str, head: str, url: URL) -> str:
-    """The one-line reason why this version cannot use the database as it is."""
+def _refusal(state: _State, kind: str, head: str, url: URL, hint_file: str) -> str:
+    """The one-line reason why this version cannot use the database as it is (``hint_file``:
+    the experiment file the upgrade command names)."""
     where = f"the store database {safe_url(url)}"
+    command = UPGRADE_COMMAND.format(file=hint_file)
     if kind == "unversioned":
         tables = ", ".join(sorted(state.our_tables))
         return (
@@ -156,20 +158,21 @@ def _refusal(state: _State, kind: str, head: str, url: URL) -> str:
         return (
             f"{where} is at schema revision {state.revision}, which this version of "
             f"retro-platform does not know (it needs revision {head}); a newer retro-platform "
-            f"or another program made it, and `{UPGRADE_COMMAND}` upgrades only revisions this "
+            f"or another program made it, and `{command}` upgrades only revisions this "
             "version knows"
         )
     return (
         f"{where} is at schema revision {state.revision}, but this version of retro-platform "
-        f"needs revision {head}: upgrade it with `{UPGRADE_COMMAND}`"
+        f"needs revision {head}: upgrade it with `{command}`"
     )
 
 
-def upgrade(url: str | URL) -> tuple[str | None, str]:
+def upgrade(url: str | URL, hint_file: str = "EXPERIMENT.toml") -> tuple[str | None, str]:
     """Run the migrations of ``url`` up to the head; return ``(revision before, head)``.
 
     Used by ``retro-platform db upgrade``. Refuses, unchanged, a database this version cannot
-    upgrade (an unknown revision, or our tables without a revision).
+    upgrade (an unknown revision, or our tables without a revision); the refusal's commands
+    name ``hint_file``.
     """
     parsed = _parse(url)
     reason = read_only_reason(parsed)
@@ -184,7 +187,7 @@ def upgrade(url: str | URL) -> tuple[str | None, str]:
         if kind == "head":
             return head, head
         if kind in ("unknown", "unversioned"):
-            raise StoreError(_refusal(state, kind, head, parsed))
+            raise StoreError(_refusal(state, kind, head, parsed, hint_file))
         with database_errors(parsed, "upgrade"):
             command.upgrade(alembic_config(parsed), "head")
             _use_wal(engine)

@@ -293,3 +293,13 @@ def test_the_checkpoint_s_record_of_its_tokenizer_is_checked(trained: Path, tmp_
         generated(trained, PROMPT, "--checkpoint", str(older))["text"]
         == generated(trained, PROMPT)["text"]
     )
+
+
+def test_a_hint_repeats_the_set_overrides_it_was_given(trained: Path) -> None:
+    """The command a hint names is the one that was run: with its --set overrides, quoted."""
+    result = invoke("generate", str(trained), "x", "--set", "train.steps=7",
+                    "--set", "experiment.name=two words")  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.output.rstrip().endswith(
+        f"run: retro-platform run {trained} --set train.steps=7 --set 'experiment.name=two words'"
+    ), result.output

@@ -80,7 +80,11 @@ def test_an_older_database_is_reported_then_upgraded(
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: ")
     assert f"revision {old}" in result.stderr and NEXT_REVISION in result.stderr
-    assert UPGRADE_COMMAND in result.stderr
+    assert UPGRADE_COMMAND.format(file="EXPERIMENT.toml") in result.stderr
+    # a command given the experiment file names it in the upgrade command
+    stats = CliRunner().invoke(cli, ["store", "stats", str(experiment)])
+    assert stats.exit_code == 2, stats.output
+    assert f"upgrade it with `retro-platform db upgrade {experiment}`" in stats.stderr
     documented = next(
         line.strip()
         for line in (ROOT / "docs" / "store.md").read_text().splitlines()
@@ -89,8 +93,8 @@ def test_an_older_database_is_reported_then_upgraded(
     assert documented == (
         result.stderr.strip()
         .replace(safe_url(database_url), "sqlite:////home/me/exp/store/retro.db")
-        .replace(old, "1a2b3c4d5e6f")
-        .replace(NEXT_REVISION, "bf9c653d4d9a")
+        .replace(old, "bf9c653d4d9a")
+        .replace(NEXT_REVISION, "5d1c0a7e93b2")
     ), "docs/store.md shows another message than the one printed"
 
     assert db("upgrade", experiment) == (
@@ -114,6 +118,7 @@ def test_upgrade_refuses_an_unknown_revision_in_one_line(
     assert (code, out) == (2, "")
     assert err.startswith("Error: the store database ") and err.count("\n") == 1
     assert "revision feedfacecafe" in err and head_revision() in err
+    assert f"`retro-platform db upgrade {experiment}` upgrades only revisions" in err
     assert snapshot(database_url) == before
 
     code, out, _ = db("current", experiment)

@@ -118,7 +118,7 @@ def test_an_older_database_is_refused_unchanged_until_db_upgrade(
     assert "\n" not in message
     assert f"at schema revision {old}" in message
     assert f"needs revision {NEXT_REVISION}" in message
-    assert UPGRADE_COMMAND in message
+    assert UPGRADE_COMMAND.format(file="EXPERIMENT.toml") in message
     assert snapshot(database_url) == before
     assert schema_status(database_url) == (old, "older")
 
@@ -141,7 +141,8 @@ def test_a_database_at_an_unknown_revision_is_refused_unchanged(
         message = str(refused.value)
         assert "\n" not in message
         assert "revision feedfacecafe" in message and "does not know" in message
-        assert head_revision() in message and UPGRADE_COMMAND in message
+        assert head_revision() in message
+        assert UPGRADE_COMMAND.format(file="EXPERIMENT.toml") in message
         assert snapshot(database_url) == before
     assert schema_status(database_url) == ("feedfacecafe", "unknown")
 
