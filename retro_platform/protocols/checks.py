@@ -1,0 +1,72 @@
+"""What the core checks of a plugin's answers before it stores or uses them.
+
+A plugin that breaks its protocol (vectors of the wrong shape, NaN, a search that returns fewer
+columns than asked or ids that were never stored) would otherwise be stored silently as wrong
+neighbours, or fail far away with a traceback that names neither the plugin nor the rule. Each
+check raises a one-line :class:`~retro_platform.errors.ConfigError` that names the plugin and
+the rule it broke.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from retro_platform.errors import ConfigError
+
+
+def checked_vectors(name: str, embedded: Any, texts: int, dimension: int) -> np.ndarray:
+    """``embedded``, what embedder ``name`` returned for ``texts`` texts, as float32
+    ``(texts, dimension)`` with only finite values."""
+    vectors = np.asarray(embedded, dtype=np.float32)
+    if vectors.shape != (texts, dimension):
+        raise ConfigError(
+            f"embedder {name!r} returned {vectors.shape} for "
+            f"{texts} texts, expected ({texts}, {dimension})"
+        )
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        raise ConfigError(
+            f"embedder {name!r} returned vectors with NaN or infinite values for "
+            f"{int((~finite).sum())} of {texts} texts (the first: text {int(np.argmin(finite))} "
+            f"of the batch); they cannot be searched: fix the embedder or its options "
+            f"(a precision such as fp16 can overflow)"
+        )
+    return vectors
+
+
+def checked_search(name: str, found: Any, queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``found``, what retriever ``name``'s ``search`` returned for ``queries`` queries and
+    ``k``, as ``(scores, ids)``: float32 and int64, both ``(queries, k)``."""
+    try:
+        scores, ids = found
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"retriever {name!r}: search must return (scores, ids), got {type(found).__name__}"
+        ) from None
+    scores, ids = np.asarray(scores, np.float32), np.asarray(ids)
+    if scores.shape != (queries, k) or ids.shape != (queries, k):
+        raise ConfigError(
+            f"retriever {name!r}: search returned scores {scores.shape} and ids {ids.shape} "
+            f"for {queries} queries and k={k}, expected ({queries}, {k}) each (pad a short row "
+            f"with id -1 and score -inf)"
+        )
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ConfigError(
+            f"retriever {name!r}: search returned ids of dtype {ids.dtype}, not int64"
+        )
+    return scores, ids.astype(np.int64, copy=False)
+
+
+def unknown_ids_error(name: str, ids: np.ndarray, known: np.ndarray) -> ConfigError:
+    """The error for retriever ``name`` returning ids (``ids``) that are not among ``known``
+    (sorted) chunk ids, naming one of them."""
+    ids = np.asarray(ids, np.int64).ravel()
+    ids = ids[ids >= 0]
+    stray = ids[~np.isin(ids, known)]
+    example = f" (e.g. {int(stray[0])})" if len(stray) else ""
+    return ConfigError(
+        f"retriever {name!r}: search returned ids that were never stored in the index"
+        f"{example}; it must return the ids it was given in build/add, or -1"
+    )
