@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from retro_platform import hookspecs, plugins
-from retro_platform.errors import PluginConflictError, UnknownPluginError
+from retro_platform.errors import ConfigError, PluginConflictError, UnknownPluginError
 from retro_platform.protocols import PositionalEncoding
 
 BUILTIN_NAMES = {"rotary", "learned-absolute", "alibi", "t5-relative-bias", "nope"}
@@ -386,3 +386,82 @@ def test_naming_a_broken_plugins_retriever_says_it_failed_to_load(
     # a name no plugin fits is unknown, with a reminder that a plugin is broken
     with pytest.raises(UnknownPluginError, match=r"broken plugins: annoy \(see: retro-platform"):
         plugins.get_registration("retrievers", "faiss-lsh")
+
+
+def test_disabling_a_builtin_by_a_name_it_registers_says_builtins_always_load(
+    third_party_plugins: None,
+    plugin_dist: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # users know built-ins by the names they register (and the distribution), not by module
+    plugin_dist("shifted-plugin", GOOD_PLUGIN, entry_point="shifted")
+    monkeypatch.setenv(plugins.DISABLE_PLUGINS_ENV, "rotary,faiss-flat,retro-platform,shifed")
+    plugins.load_plugins()
+    said = {error.plugin: str(error) for error in plugins.load_errors()}
+    for name in ("rotary", "faiss-flat", "retro-platform"):
+        assert "but built-in plugins always load" in said[name], said[name]
+    assert "is not installed (did you mean 'shifted'?)" in said["shifed"]
+
+
+OPTIONS_BREAKING_PLUGIN = """
+import pydantic
+
+from retro_platform.hookspecs import hookimpl
+from retro_platform.default_plugins.embedders.hashing import HashingEmbedder, HashingOptions
+
+
+class DictOptions(HashingEmbedder):
+    Options = dict
+
+
+class PlainModelOptions(HashingEmbedder):
+    class Options(pydantic.BaseModel):  # would ignore a misspelled option without a word
+        dimension: int = 64
+
+
+class NoOptions:
+    def __init__(self, options):
+        pass
+
+
+class BytesOptions(HashingEmbedder):
+    class Options(HashingOptions):
+        salt: bytes = b"\\xff"  # not JSON: the store and MLflow record every option
+
+
+@hookimpl
+def register_embedders(register):
+    register("dict-options", DictOptions)
+    register("plain-model-options", PlainModelOptions)
+    register("no-options", NoOptions)
+    register("bytes-options", BytesOptions)
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("dict-options", "Options must be a subclass of retro_platform.protocols.PluginOptions"),
+        ("plain-model-options", "must be a subclass of retro_platform.protocols.PluginOptions"),
+        ("no-options", "Options must be a subclass of retro_platform.protocols.PluginOptions"),
+        ("bytes-options", "the options of embedder 'bytes-options' cannot be recorded as JSON"),
+    ],
+)
+def test_a_plugin_whose_options_model_breaks_the_protocol_is_one_line(
+    third_party_plugins: None, plugin_dist: Callable[..., Path], name: str, said: str
+) -> None:
+    plugin_dist("retro-platform-odd-options", OPTIONS_BREAKING_PLUGIN, entry_point="odd-options")
+    with pytest.raises(ConfigError) as caught:
+        plugins.plugin_options("embedders", {"name": name, "dimension": 64}, table_name="embedder")
+    message = str(caught.value)
+    assert said in message and "\n" not in message
+    assert "this is a bug in plugin 'odd-options' (retro-platform-odd-options 1.0)" in message
+
+
+def test_a_missing_required_option_names_the_key_not_the_whole_table(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        plugins.plugin_options("corpus_readers", {"name": "jsonl", "text_field": "body"},
+                               table_name="corpus", base_dir=tmp_path)  # fmt: skip
+    assert str(caught.value) == (
+        "[corpus] path: required, no default, for corpus reader 'jsonl': set path = ..."
+    )
