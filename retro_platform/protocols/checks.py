@@ -70,3 +70,47 @@ def unknown_ids_error(name: str, ids: np.ndarray, known: np.ndarray) -> ConfigEr
         f"retriever {name!r}: search returned ids that were never stored in the index"
         f"{example}; it must return the ids it was given in build/add, or -1"
     )
+
+
+def checked_encodings(
+    name: str, tokenizer: Any, texts: list[str], encodings: Any, labels: list[str]
+) -> list[Any]:
+    """``encodings``, what tokenizer ``name``'s ``encode_batch`` returned for ``texts``
+    (documents ``labels``), as a list, after checking what chunking and the model rely on:
+    one per text, ids in ``0 .. vocab_size - 1`` and never ``pad_id``, starts in the text and
+    non-decreasing. A stored id outside the vocabulary would fail training far away (an index
+    error in the embedding), and starts out of order would store chunk texts that are not the
+    chunks' tokens."""
+    encodings = list(encodings)
+    if len(encodings) != len(texts):
+        raise ConfigError(
+            f"tokenizer {name!r}: encode_batch returned {len(encodings)} encodings for "
+            f"{len(texts)} texts"
+        )
+    vocab_size, pad_id = tokenizer.vocab_size, tokenizer.pad_id
+    for text, encoding, label in zip(texts, encodings, labels, strict=True):
+        ids, starts = np.asarray(encoding.ids), np.asarray(encoding.starts)
+        where = f"tokenizer {name!r} on document {label!r}"
+        if ids.ndim != 1 or starts.shape != ids.shape:
+            raise ConfigError(
+                f"{where}: ids {ids.shape} and starts {starts.shape} must be two (tokens,) arrays"
+            )
+        if not len(ids):
+            continue
+        if not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= vocab_size:
+            bad = ids[(ids < 0) | (ids >= vocab_size)] if ids.dtype.kind in "iu" else ids
+            raise ConfigError(
+                f"{where}: token id {bad[0].item()!r} is outside its vocabulary "
+                f"(vocab_size {vocab_size}: ids 0 .. {vocab_size - 1})"
+            )
+        if (ids == pad_id).any():
+            raise ConfigError(
+                f"{where}: produced its padding id {pad_id}, which the model masks out; "
+                f"encode must never return pad_id"
+            )
+        if starts[0] < 0 or starts[-1] > len(text) or (np.diff(starts) < 0).any():
+            raise ConfigError(
+                f"{where}: token starts must be non-decreasing character offsets in the text "
+                f"(0 .. {len(text)}), got {starts[:5].tolist()}..."
+            )
+    return encodings

@@ -1,4 +1,4 @@
-"""A third-party embedder or retriever that breaks its protocol is stopped with one line that
+"""A third-party tokenizer, embedder or retriever that breaks its protocol is stopped with one line that
 names it and the rule, before its answer is stored: NaN vectors, a search of the wrong shape,
 ids that were never stored. Without the checks these were stored silently as wrong neighbours
 (or failed far away with a traceback)."""
@@ -19,6 +19,26 @@ import numpy as np
 from retro_platform import hookimpl
 from retro_platform.default_plugins.embedders.hashing import HashingEmbedder
 from retro_platform.default_plugins.retrievers.faiss_flat import FaissFlatRetriever as FaissFlat
+from retro_platform.default_plugins.tokenizers.byte_level import ByteTokenizer
+from retro_platform.protocols import Encoding
+
+
+class SmallVocabulary(ByteTokenizer):  # byte ids go up to 256
+    @property
+    def vocab_size(self):
+        return 100
+
+
+class PaddingTokens(ByteTokenizer):
+    def encode(self, text):
+        encoding = super().encode(text)
+        return Encoding(encoding.ids * 0 + self.pad_id, encoding.starts)
+
+
+class ReversedStarts(ByteTokenizer):
+    def encode(self, text):
+        encoding = super().encode(text)
+        return Encoding(encoding.ids, encoding.starts[::-1].copy())
 
 
 class NanEmbedder(HashingEmbedder):
@@ -41,6 +61,13 @@ class StrayIds(FaissFlat):
 
 
 @hookimpl
+def register_tokenizers(register):
+    register("small-vocabulary", SmallVocabulary)
+    register("padding-tokens", PaddingTokens)
+    register("reversed-starts", ReversedStarts)
+
+
+@hookimpl
 def register_embedders(register):
     register("nan-hashing", NanEmbedder)
 
@@ -52,8 +79,8 @@ def register_retrievers(register):
 """
 
 
-def _index(path: Path) -> str:
-    result = CliRunner().invoke(cli, ["index", str(path), "--no-progress"])
+def _index(path: Path, command: str = "index") -> str:
+    result = CliRunner().invoke(cli, [command, str(path), "--no-progress"])
     assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     [error] = [line for line in result.output.splitlines() if line.startswith("Error:")]
@@ -64,10 +91,11 @@ def _index(path: Path) -> str:
 def experiment(tmp_path: Path, corpus_dir: Path, plugin_dist, third_party_plugins):
     plugin_dist("retro-platform-bad-answers", BAD_PLUGINS)
 
-    def make(**tables) -> Path:
+    def make(ingest: bool = True, **tables) -> Path:
         path = write_experiment(tmp_path, corpus_dir, **tables)
-        result = CliRunner().invoke(cli, ["ingest", str(path), "--no-progress"])
-        assert result.exit_code == 0, result.output
+        if ingest:
+            result = CliRunner().invoke(cli, ["ingest", str(path), "--no-progress"])
+            assert result.exit_code == 0, result.output
         return path
 
     return make
@@ -102,3 +130,21 @@ def test_a_retriever_whose_search_breaks_the_protocol_is_named(
     assert result.output.count("\n") == 1 and result.output.startswith("Error:")
     if retriever == "narrow-search":
         assert said in result.output
+
+
+@pytest.mark.parametrize(
+    ("tokenizer", "said"),
+    [
+        ("small-vocabulary", "is outside its vocabulary (vocab_size 100: ids 0 .. 99)"),
+        ("padding-tokens", "produced its padding id 0"),
+        ("reversed-starts", "token starts must be non-decreasing character offsets"),
+    ],
+)
+def test_a_tokenizer_whose_encodings_break_the_protocol_stops_ingest(
+    experiment, tokenizer: str, said: str
+) -> None:
+    # without the check the ids were stored and training failed with an IndexError in the
+    # embedding (or, for starts, the chunk texts were not the chunks' tokens: no error at all)
+    path = experiment(ingest=False, tokenizer={"name": tokenizer})
+    error = _index(path, "ingest")
+    assert f"tokenizer {tokenizer!r} on document " in error and said in error
