@@ -33,7 +33,7 @@ from retro_platform.corpus.chunking import ChunkSpan, iter_chunks
 from retro_platform.errors import CorpusError, StoreError
 from retro_platform.progress import progress as progress_bar
 from retro_platform.protocols import CorpusReader, SourceDocument, Tokenizer
-from retro_platform.protocols.checks import checked_encodings
+from retro_platform.protocols.checks import checked_documents, checked_encodings
 from retro_platform.store.bulk import insert_chunks, insert_documents
 from retro_platform.store.chunks import count_chunks
 from retro_platform.store.documents import delete_documents
@@ -136,7 +136,8 @@ def ingest(
     bumped = False
     seen: set[str] = set()
     with bar:
-        for batch in _batches(reader.documents()):
+        documents = checked_documents(experiment.plugin_table("corpus").name, reader.documents())
+        for batch in _batches(documents):
             changed = _ingest_batch(
                 store,
                 corpus_id,
@@ -203,7 +204,10 @@ def prepare_corpus(
         tokenizer_file = f"tokenizers/{short(key)}.json"
         path = store.path(tokenizer_file)
         if not path.exists():
-            texts = _usable_texts(reader.documents(), experiment.store.max_document_bytes)
+            documents = checked_documents(
+                experiment.plugin_table("corpus").name, reader.documents()
+            )
+            texts = _usable_texts(documents, experiment.store.max_document_bytes)
             first = next(texts, None)
             if first is None:
                 raise CorpusError(

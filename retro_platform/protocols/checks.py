@@ -9,6 +9,7 @@ the rule it broke.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -114,3 +115,42 @@ def checked_encodings(
                 f"(0 .. {len(text)}), got {starts[:5].tolist()}..."
             )
     return encodings
+
+
+def checked_documents(name: str, documents: Iterable[Any]) -> Iterator[Any]:
+    """The documents corpus reader ``name`` yields, each checked against the protocol as it
+    passes: a ``SourceDocument`` with a non-empty ``str`` id, ``bytes`` data, a ``str`` problem
+    (or None) and ``dict[str, str]`` metadata (or None). An id of another type was stored
+    converted, so that the next ingest no longer recognised it and failed on the unique key;
+    metadata that is not JSON failed as a database error."""
+    from retro_platform.protocols.corpus_reader import SourceDocument
+
+    for document in documents:
+        if not isinstance(document, SourceDocument):
+            raise ConfigError(
+                f"corpus reader {name!r}: documents() must yield "
+                f"retro_platform.protocols.SourceDocument, got {type(document).__name__}"
+            )
+        where = f"corpus reader {name!r}"
+        if not isinstance(document.external_id, str) or not document.external_id:
+            raise ConfigError(
+                f"{where}: a document's external_id must be a non-empty str (stable across "
+                f"runs), got {document.external_id!r}"
+            )
+        where += f", document {document.external_id!r}"
+        if not isinstance(document.data, bytes | bytearray):
+            raise ConfigError(
+                f"{where}: data must be the raw bytes, got {type(document.data).__name__} "
+                f"(the core decodes it as UTF-8)"
+            )
+        if document.problem is not None and not isinstance(document.problem, str):
+            raise ConfigError(f"{where}: problem must be a str or None")
+        metadata = document.metadata
+        if metadata is not None and not (
+            isinstance(metadata, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+        ):
+            raise ConfigError(
+                f"{where}: metadata must be a dict of str to str or None, got {metadata!r}"
+            )
+        yield document

@@ -1,4 +1,4 @@
-"""A third-party tokenizer, embedder or retriever that breaks its protocol is stopped with one line that
+"""A third-party corpus reader, tokenizer, embedder or retriever that breaks its protocol is stopped with one line that
 names it and the rule, before its answer is stored: NaN vectors, a search of the wrong shape,
 ids that were never stored. Without the checks these were stored silently as wrong neighbours
 (or failed far away with a traceback)."""
@@ -19,8 +19,34 @@ import numpy as np
 from retro_platform import hookimpl
 from retro_platform.default_plugins.embedders.hashing import HashingEmbedder
 from retro_platform.default_plugins.retrievers.faiss_flat import FaissFlatRetriever as FaissFlat
+from retro_platform.default_plugins.corpus_readers.text_files import TextFilesReader
 from retro_platform.default_plugins.tokenizers.byte_level import ByteTokenizer
-from retro_platform.protocols import Encoding
+from retro_platform.protocols import Encoding, SourceDocument
+
+
+class NumberedIds(TextFilesReader):
+    def documents(self):
+        for number, document in enumerate(super().documents()):
+            yield SourceDocument(number, document.data)
+
+
+class TextData(TextFilesReader):
+    def documents(self):
+        for document in super().documents():
+            yield SourceDocument(document.external_id, document.data.decode())
+
+
+class ObjectMetadata(TextFilesReader):
+    def documents(self):
+        for document in super().documents():
+            yield SourceDocument(document.external_id, document.data, metadata={"size": 1})
+
+
+@hookimpl
+def register_corpus_readers(register):
+    register("numbered-ids", NumberedIds)
+    register("text-data", TextData)
+    register("object-metadata", ObjectMetadata)
 
 
 class SmallVocabulary(ByteTokenizer):  # byte ids go up to 256
@@ -148,3 +174,22 @@ def test_a_tokenizer_whose_encodings_break_the_protocol_stops_ingest(
     path = experiment(ingest=False, tokenizer={"name": tokenizer})
     error = _index(path, "ingest")
     assert f"tokenizer {tokenizer!r} on document " in error and said in error
+
+
+@pytest.mark.parametrize(
+    ("reader", "said"),
+    [
+        ("numbered-ids", "a document's external_id must be a non-empty str"),
+        ("text-data", "data must be the raw bytes, got str"),
+        ("object-metadata", "metadata must be a dict of str to str or None"),
+    ],
+)
+def test_a_corpus_reader_whose_documents_break_the_protocol_stops_ingest(
+    experiment, reader: str, said: str
+) -> None:
+    # without the check: numbered ids were stored as text and the next ingest failed on the
+    # unique key with a traceback; str data an AttributeError; metadata a "database" error
+    path = experiment(ingest=False)  # [corpus] is text-files: swap in the subclass
+    path.write_text(path.read_text().replace('name = "text-files"', f'name = "{reader}"'))
+    error = _index(path, "ingest")
+    assert f"corpus reader {reader!r}" in error and said in error
