@@ -255,10 +255,21 @@ def _load_plugin(state: _State, path: str, *, name: str, distribution: str, vers
         return
     plugin = _Plugin(name, path, distribution, version, obj)
     state.plugins.append(plugin)
-    for caller in pm.get_hookcallers(obj) or []:
+    callers = pm.get_hookcallers(obj) or []
+    for caller in callers:
         if not caller.has_spec():
             hint = did_you_mean(caller.name, hookspecs.hook_names())
             reason = f"implements unknown hook {caller.name!r}{hint}, which is ignored"
+            state.errors.append(PluginLoadError(name, distribution, reason))
+    implemented = {caller.name for caller in callers}
+    for hook in hookspecs.hook_names():
+        # pluggy ignores a function that is not marked: without this the plugin loads, registers
+        # nothing, and an experiment that names it is only told the name is unknown
+        if hook not in implemented and callable(getattr(obj, hook, None)):
+            reason = (
+                f"defines {hook} without the @hookimpl decorator (from retro_platform import "
+                "hookimpl), so it is ignored"
+            )
             state.errors.append(PluginLoadError(name, distribution, reason))
 
 

@@ -465,3 +465,24 @@ def test_a_missing_required_option_names_the_key_not_the_whole_table(tmp_path: P
     assert str(caught.value) == (
         "[corpus] path: required, no default, for corpus reader 'jsonl': set path = ..."
     )
+
+
+UNDECORATED_HOOK = """
+from retro_platform.protocols import PositionalEncoding
+
+
+def register_positional_encodings(register):  # no @hookimpl: pluggy ignores it
+    register("undecorated", PositionalEncoding)
+"""
+
+
+def test_a_hook_function_without_hookimpl_is_reported(
+    third_party_plugins: None, plugin_dist: Callable[..., Path]
+) -> None:
+    plugin_dist("retro-platform-undecorated", UNDECORATED_HOOK, entry_point="undecorated")
+    assert "undecorated" not in plugins.get_registry("positional_encodings")
+    [error] = [e for e in plugins.load_errors() if e.plugin == "undecorated"]
+    assert str(error).startswith(
+        "plugin 'undecorated' (from retro-platform-undecorated) defines "
+        "register_positional_encodings without the @hookimpl decorator"
+    )
