@@ -486,3 +486,35 @@ def test_a_hook_function_without_hookimpl_is_reported(
         "plugin 'undecorated' (from retro-platform-undecorated) defines "
         "register_positional_encodings without the @hookimpl decorator"
     )
+
+
+NOT_AN_ENCODING = """
+from retro_platform.hookspecs import hookimpl
+
+
+def nothing(**kwargs):  # "any callable that takes the same keyword arguments and returns one"
+    return None
+
+
+@hookimpl
+def register_positional_encodings(register):
+    register("returns-none", nothing)
+"""
+
+
+def test_a_positional_encoding_factory_that_returns_no_encoding_is_one_line(
+    third_party_plugins: None, plugin_dist: Callable[..., Path]
+) -> None:
+    # nn.ModuleDict took the None, and the model failed at its first forward (AttributeError)
+    from retro_platform import RETRO
+
+    plugin_dist("retro-platform-returns-none", NOT_AN_ENCODING, entry_point="returns-none")
+    with pytest.raises(ConfigError) as caught:
+        RETRO(num_tokens=32, max_seq_len=64, enc_dim=16, enc_depth=1, dec_depth=2, dec_dim=16,
+              dec_cross_attn_layers=(2,), heads=2, dim_head=8, chunk_size=16,
+              positional_encoding="returns-none")  # fmt: skip
+    assert str(caught.value) == (
+        "positional encoding 'returns-none': its factory returned NoneType for role 'decoder', "
+        "not a retro_platform.protocols.PositionalEncoding; this is a bug in its plugin "
+        "(retro-platform-returns-none)"
+    )
