@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import json
 import os
 import re
 import sys
@@ -542,12 +543,28 @@ def plugin_options(
             _options_error(error, where, f"{FAMILIES[family]} {name!r}", options_model)
         ) from None
     try:
-        options_dict(options)  # what the store and MLflow record: it must be JSON
+        recorded = options_dict(options)  # what the store and MLflow record: it must be JSON
     except (ValueError, TypeError) as error:  # pydantic's PydanticSerializationError included
         raise ConfigError(
             f"{where}: the options of {FAMILIES[family]} {name!r} cannot be recorded as JSON "
             f"({_one_line(error)}); {_broken_plugin_hint(registration, family)}"
         ) from None
+    for key, value in recorded.items():
+        # JSON has no NaN or infinity: SQLite stores them anyway, PostgreSQL refuses the row
+        # ("cannot use the store database"), so one experiment would work on one store only
+        try:
+            json.dumps(value, allow_nan=False)
+        except ValueError:
+            where_from = (
+                f"; it is the plugin's default: {_broken_plugin_hint(registration, family)}"
+                if key not in values
+                else ""
+            )
+            raise ConfigError(
+                f"{where} {key}: {value!r} holds NaN or infinity, which the store cannot record "
+                f"(options are stored as JSON); use a finite number for {FAMILIES[family]} "
+                f"{name!r}{where_from}"
+            ) from None
     return registration, options
 
 

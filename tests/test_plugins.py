@@ -518,3 +518,49 @@ def test_a_positional_encoding_factory_that_returns_no_encoding_is_one_line(
         "not a retro_platform.protocols.PositionalEncoding; this is a bug in its plugin "
         "(retro-platform-returns-none)"
     )
+
+
+INFINITE_OPTION = """
+from typing import ClassVar
+
+from retro_platform.hookspecs import hookimpl
+from retro_platform.default_plugins.retrievers.faiss_flat import FaissFlatRetriever, FlatOptions
+
+
+class ThresholdOptions(FlatOptions):
+    search_options: ClassVar[frozenset[str]] = frozenset({"min_score"})
+    min_score: float = float("-inf")
+
+
+class Threshold(FaissFlatRetriever):
+    Options = ThresholdOptions
+
+
+@hookimpl
+def register_retrievers(register):
+    register("threshold", Threshold)
+"""
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        (float("nan"), "[retriever] min_score: nan holds NaN or infinity"),
+        (None, "[retriever] min_score: -inf holds NaN or infinity"),  # the plugin's default
+        (0.5, None),
+    ],
+)
+def test_an_option_of_nan_or_infinity_is_refused_on_every_store(
+    third_party_plugins: None, plugin_dist: Callable[..., Path], value: float | None, said: str
+) -> None:
+    # SQLite stored -Infinity in the options' JSON column; PostgreSQL refused the row, and the
+    # user was told "cannot use the store database" at index time
+    plugin_dist("retro-platform-threshold", INFINITE_OPTION, entry_point="threshold")
+    table = {"name": "threshold"} | ({} if value is None else {"min_score": value})
+    if said is None:
+        plugins.plugin_options("retrievers", table, table_name="retriever")
+        return
+    with pytest.raises(ConfigError) as caught:
+        plugins.plugin_options("retrievers", table, table_name="retriever")
+    assert str(caught.value).startswith(said)
+    assert ("it is the plugin's default" in str(caught.value)) == (value is None)
