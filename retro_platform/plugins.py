@@ -427,11 +427,18 @@ def _conflict(noun: str, first: Registration, second: Registration) -> PluginCon
             f"plugin {second.plugin!r} ({second.distribution}) registers {noun} "
             f"{second.name!r} twice; the first registration is used"
         )
-    return PluginConflictError(
+    message = (
         f"{noun} {second.name!r} is registered by both plugin {first.plugin!r} "
         f"({first.distribution}) and plugin {second.plugin!r} ({second.distribution}); "
         f"using {first.plugin!r}; {_disable_hint(second.distribution, repr(second.plugin))}"
     )
+    if normalize(first.distribution) != normalize(DISTRIBUTION):
+        # two third-party plugins: the one used won by the order of distribution names, so say
+        # how to get the other one (disabling the unused one only silences this line)
+        message += (
+            f"; to use {second.plugin!r} instead, set {DISABLE_PLUGINS_ENV}={first.distribution}"
+        )
+    return PluginConflictError(message)
 
 
 # --- public look-ups -------------------------------------------------------------------------

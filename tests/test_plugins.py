@@ -564,3 +564,19 @@ def test_an_option_of_nan_or_infinity_is_refused_on_every_store(
         plugins.plugin_options("retrievers", table, table_name="retriever")
     assert str(caught.value).startswith(said)
     assert ("it is the plugin's default" in str(caught.value)) == (value is None)
+
+
+def test_a_clash_of_two_third_party_plugins_says_how_to_use_the_other_one(
+    third_party_plugins: None, plugin_dist: Callable[..., Path]
+) -> None:
+    # the first distribution by name wins; the hint used to offer only to disable the loser,
+    # which silences the warning but never gets the user the plugin they installed last
+    plugin_dist("zeta-shifted", GOOD_PLUGIN, entry_point="zeta")
+    plugin_dist("alpha-shifted", GOOD_PLUGIN.replace("Shifted", "Other"), entry_point="alpha")
+    assert plugins.get_positional_encoding("shifted").distribution == "alpha-shifted"
+    [error] = [e for e in plugins.load_errors() if isinstance(e, PluginConflictError)]
+    assert str(error).endswith(
+        "using 'alpha'; to disable 'zeta', set RETRO_PLATFORM_DISABLE_PLUGINS=zeta-shifted or "
+        "run: retro-platform uninstall zeta-shifted; to use 'zeta' instead, set "
+        "RETRO_PLATFORM_DISABLE_PLUGINS=alpha-shifted"
+    )
