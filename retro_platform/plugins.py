@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import json
 import os
 import re
 import sys
@@ -47,7 +48,7 @@ from retro_platform.errors import (
     UnknownPluginError,
     did_you_mean,
 )
-from retro_platform.protocols.options import BASE_DIR
+from retro_platform.protocols.options import BASE_DIR, PluginOptions, options_dict
 
 #: The allow-list environment variable (see the module docstring).
 LOAD_PLUGINS_ENV = "RETRO_PLATFORM_LOAD_PLUGINS"
@@ -204,9 +205,9 @@ def load_plugins() -> None:
                 )
             for ep, dist, version in _selected_entry_points(state):
                 _load_plugin(state, ep.value, name=ep.name, distribution=dist, version=version)
-            _check_deny_list(state)
             for family in FAMILIES:
                 state.registries[family] = _build_registry(state, family)
+            _check_deny_list(state)  # after the registries: it knows the built-ins' names
             _state = state
         finally:
             _loading_thread = None
@@ -255,10 +256,21 @@ def _load_plugin(state: _State, path: str, *, name: str, distribution: str, vers
         return
     plugin = _Plugin(name, path, distribution, version, obj)
     state.plugins.append(plugin)
-    for caller in pm.get_hookcallers(obj) or []:
+    callers = pm.get_hookcallers(obj) or []
+    for caller in callers:
         if not caller.has_spec():
             hint = did_you_mean(caller.name, hookspecs.hook_names())
             reason = f"implements unknown hook {caller.name!r}{hint}, which is ignored"
+            state.errors.append(PluginLoadError(name, distribution, reason))
+    implemented = {caller.name for caller in callers}
+    for hook in hookspecs.hook_names():
+        # pluggy ignores a function that is not marked: without this the plugin loads, registers
+        # nothing, and an experiment that names it is only told the name is unknown
+        if hook not in implemented and callable(getattr(obj, hook, None)):
+            reason = (
+                f"defines {hook} without the @hookimpl decorator (from retro_platform import "
+                "hookimpl), so it is ignored"
+            )
             state.errors.append(PluginLoadError(name, distribution, reason))
 
 
@@ -317,7 +329,18 @@ def _check_deny_list(state: _State) -> None:
     matched = {normalize(s.name) for s in state.skipped} | {
         normalize(s.distribution) for s in state.skipped if s.distribution
     }
-    builtins = {normalize(module) for module in DEFAULT_PLUGINS}
+    # a built-in is known by its module, by the distribution, or by a name it registers
+    # (``rotary``, ``faiss-flat``): the names a user sees
+    builtins = {normalize(module) for module in DEFAULT_PLUGINS} | {normalize(DISTRIBUTION)}
+    builtins |= {
+        normalize(registered)
+        for plugin in state.plugins
+        if plugin.distribution == DISTRIBUTION
+        for names in plugin.registered.values()
+        for registered in names
+    }
+    third_party = {p.name for p in state.plugins if p.distribution != DISTRIBUTION}
+    third_party |= {p.distribution for p in state.plugins if p.distribution != DISTRIBUTION}
     for name in sorted({item.strip() for item in denied if item.strip()}):
         if normalize(name) in matched:
             continue
@@ -325,7 +348,8 @@ def _check_deny_list(state: _State) -> None:
             reason = f"is named in {DISABLE_PLUGINS_ENV}, but built-in plugins always load"
             hint = "pick another plugin in the experiment file instead"
         else:
-            reason = f"is named in {DISABLE_PLUGINS_ENV} but is not installed"
+            suggestion = did_you_mean(name, sorted(third_party))
+            reason = f"is named in {DISABLE_PLUGINS_ENV} but is not installed{suggestion}"
             hint = "check the spelling against: retro-platform plugins"
         state.errors.append(PluginLoadError(name, None, reason, hint=hint))
 
@@ -403,11 +427,18 @@ def _conflict(noun: str, first: Registration, second: Registration) -> PluginCon
             f"plugin {second.plugin!r} ({second.distribution}) registers {noun} "
             f"{second.name!r} twice; the first registration is used"
         )
-    return PluginConflictError(
+    message = (
         f"{noun} {second.name!r} is registered by both plugin {first.plugin!r} "
         f"({first.distribution}) and plugin {second.plugin!r} ({second.distribution}); "
         f"using {first.plugin!r}; {_disable_hint(second.distribution, repr(second.plugin))}"
     )
+    if normalize(first.distribution) != normalize(DISTRIBUTION):
+        # two third-party plugins: the one used won by the order of distribution names, so say
+        # how to get the other one (disabling the unused one only silences this line)
+        message += (
+            f"; to use {second.plugin!r} instead, set {DISABLE_PLUGINS_ENV}={first.distribution}"
+        )
+    return PluginConflictError(message)
 
 
 # --- public look-ups -------------------------------------------------------------------------
@@ -502,8 +533,15 @@ def plugin_options(
         raise ConfigError(f'{where} needs name = "...": one of {installed}')
     registration = get_registration(family, name)
     options_model = getattr(registration.factory, "Options", None)
-    if options_model is None:
-        raise ConfigError(f"{FAMILIES[family]} {name!r} declares no Options model")
+    if not (isinstance(options_model, type) and issubclass(options_model, PluginOptions)):
+        # a plain pydantic model would silently ignore a misspelled option; anything else
+        # has no model_validate: either way the plugin breaks the protocol, not the user
+        found = "none" if options_model is None else repr(options_model)
+        raise ConfigError(
+            f"{where} name: {FAMILIES[family]} {name!r} cannot be used: its factory's Options "
+            f"must be a subclass of retro_platform.protocols.PluginOptions, not {found}; "
+            f"{_broken_plugin_hint(registration, family)}"
+        )
     values = {key: value for key, value in table.items() if key != "name"}
     try:
         options = options_model.model_validate(values, context={BASE_DIR: base_dir})
@@ -511,7 +549,41 @@ def plugin_options(
         raise ConfigError(
             _options_error(error, where, f"{FAMILIES[family]} {name!r}", options_model)
         ) from None
+    try:
+        recorded = options_dict(options)  # what the store and MLflow record: it must be JSON
+    except (ValueError, TypeError) as error:  # pydantic's PydanticSerializationError included
+        raise ConfigError(
+            f"{where}: the options of {FAMILIES[family]} {name!r} cannot be recorded as JSON "
+            f"({_one_line(error)}); {_broken_plugin_hint(registration, family)}"
+        ) from None
+    for key, value in recorded.items():
+        # JSON has no NaN or infinity: SQLite stores them anyway, PostgreSQL refuses the row
+        # ("cannot use the store database"), so one experiment would work on one store only
+        try:
+            json.dumps(value, allow_nan=False)
+        except ValueError:
+            where_from = (
+                f"; it is the plugin's default: {_broken_plugin_hint(registration, family)}"
+                if key not in values
+                else ""
+            )
+            raise ConfigError(
+                f"{where} {key}: {value!r} holds NaN or infinity, which the store cannot record "
+                f"(options are stored as JSON); use a finite number for {FAMILIES[family]} "
+                f"{name!r}{where_from}"
+            ) from None
     return registration, options
+
+
+def _broken_plugin_hint(registration: Registration, family: str) -> str:
+    """What a user can do about a plugin that breaks the protocol: it is the plugin's bug."""
+    if normalize(registration.distribution) == normalize(DISTRIBUTION):
+        return "this is a bug in retro-platform, please report it"
+    return (
+        f"this is a bug in plugin {registration.plugin!r} ({registration.distribution} "
+        f"{registration.version}): report it to its author, or pick another "
+        f"{FAMILIES[family]} (see: retro-platform plugins)"
+    )
 
 
 def build_plugin(
@@ -538,6 +610,8 @@ def _options_error(error: ValidationError, where: str, what: str, model: type) -
             f"unknown option {key!r} in {where} for {what}{did_you_mean(key, known)}; "
             f"its options: {choices}"
         )
+    if problem["type"] == "missing":  # its "input" is the whole table, not the key's value
+        return f"{where} {key}: required, no default, for {what}: set {key} = ..."
     return f"{where} {key}: {problem['msg']} (got {problem.get('input')!r}) for {what}"
 
 

@@ -131,3 +131,36 @@ def test_subprocess_version_and_usage_error() -> None:
     assert unknown.returncode == 2
     # click's own usage errors keep click's format (usage, hint, error), and its exit code 2
     assert "Error: No such option '--jsn'. Did you mean '--json'?" in unknown.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "pip_args"),
+    [
+        (["--no-deps", "-e", "./a"], ["--editable", "./a", "--no-deps"]),
+        (["-e", "./a", "--no-deps"], ["--editable", "./a", "--no-deps"]),
+        (
+            ["-e", "./a", "-e", "./b", "wheel.whl"],
+            ["--editable", "./a", "--editable", "./b", "wheel.whl"],
+        ),
+        (["-U", "name"], ["--upgrade", "name"]),
+    ],
+)
+def test_install_gives_pip_each_editable_folder_with_its_flag(
+    monkeypatch: pytest.MonkeyPatch, args: list[str], pip_args: list[str]
+) -> None:
+    # the -e flag was put before the pass-through arguments, so "install --no-deps -e ./a"
+    # ran "pip install --editable --no-deps ./a" and pip took --no-deps for the folder
+    from retro_platform.cli import install
+
+    ran: list[list[str]] = []
+    monkeypatch.setattr(install, "_pip", ran.append)
+    monkeypatch.setattr(install, "_entry_points", dict)
+    result = CliRunner().invoke(cli, ["install", *args])
+    assert result.exit_code == 0, result.output
+    [command] = ran
+    assert command[4:] == pip_args
+
+
+def test_install_without_a_target_is_a_usage_error() -> None:
+    result = CliRunner().invoke(cli, ["install"])
+    assert result.exit_code == 2 and "Missing argument 'TARGETS...'" in result.output

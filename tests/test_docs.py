@@ -353,3 +353,11 @@ def test_the_kit_example_passes_against_the_retriever_example(
     assert len(cases) > 30  # two subclasses of the whole retriever contract
     skipped = [case.get("name") for case in cases if case.find("skipped") is not None]
     assert skipped == ["test_registered_name_maps_to_this_factory"]  # the L2 class sets none
+
+
+def test_the_example_pyproject_has_the_test_extra_the_kit_section_installs() -> None:
+    # "pip install -e '.[test]'" on the example's own pyproject.toml must bring pytest
+    assert 'pip install -e ".[test]"' in TEXT
+    [pyproject] = [tomllib.loads(b) for b in code_blocks("toml") if "[project]" in b]
+    extras = pyproject["project"].get("optional-dependencies", {})
+    assert any(r.startswith("pytest") for r in extras.get("test", [])), extras

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from retro_platform import hookspecs, plugins
-from retro_platform.errors import PluginConflictError, UnknownPluginError
+from retro_platform.errors import ConfigError, PluginConflictError, UnknownPluginError
 from retro_platform.protocols import PositionalEncoding
 
 BUILTIN_NAMES = {"rotary", "learned-absolute", "alibi", "t5-relative-bias", "nope"}
@@ -386,3 +386,197 @@ def test_naming_a_broken_plugins_retriever_says_it_failed_to_load(
     # a name no plugin fits is unknown, with a reminder that a plugin is broken
     with pytest.raises(UnknownPluginError, match=r"broken plugins: annoy \(see: retro-platform"):
         plugins.get_registration("retrievers", "faiss-lsh")
+
+
+def test_disabling_a_builtin_by_a_name_it_registers_says_builtins_always_load(
+    third_party_plugins: None,
+    plugin_dist: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # users know built-ins by the names they register (and the distribution), not by module
+    plugin_dist("shifted-plugin", GOOD_PLUGIN, entry_point="shifted")
+    monkeypatch.setenv(plugins.DISABLE_PLUGINS_ENV, "rotary,faiss-flat,retro-platform,shifed")
+    plugins.load_plugins()
+    said = {error.plugin: str(error) for error in plugins.load_errors()}
+    for name in ("rotary", "faiss-flat", "retro-platform"):
+        assert "but built-in plugins always load" in said[name], said[name]
+    assert "is not installed (did you mean 'shifted'?)" in said["shifed"]
+
+
+OPTIONS_BREAKING_PLUGIN = """
+import pydantic
+
+from retro_platform.hookspecs import hookimpl
+from retro_platform.default_plugins.embedders.hashing import HashingEmbedder, HashingOptions
+
+
+class DictOptions(HashingEmbedder):
+    Options = dict
+
+
+class PlainModelOptions(HashingEmbedder):
+    class Options(pydantic.BaseModel):  # would ignore a misspelled option without a word
+        dimension: int = 64
+
+
+class NoOptions:
+    def __init__(self, options):
+        pass
+
+
+class BytesOptions(HashingEmbedder):
+    class Options(HashingOptions):
+        salt: bytes = b"\\xff"  # not JSON: the store and MLflow record every option
+
+
+@hookimpl
+def register_embedders(register):
+    register("dict-options", DictOptions)
+    register("plain-model-options", PlainModelOptions)
+    register("no-options", NoOptions)
+    register("bytes-options", BytesOptions)
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("dict-options", "Options must be a subclass of retro_platform.protocols.PluginOptions"),
+        ("plain-model-options", "must be a subclass of retro_platform.protocols.PluginOptions"),
+        ("no-options", "Options must be a subclass of retro_platform.protocols.PluginOptions"),
+        ("bytes-options", "the options of embedder 'bytes-options' cannot be recorded as JSON"),
+    ],
+)
+def test_a_plugin_whose_options_model_breaks_the_protocol_is_one_line(
+    third_party_plugins: None, plugin_dist: Callable[..., Path], name: str, said: str
+) -> None:
+    plugin_dist("retro-platform-odd-options", OPTIONS_BREAKING_PLUGIN, entry_point="odd-options")
+    with pytest.raises(ConfigError) as caught:
+        plugins.plugin_options("embedders", {"name": name, "dimension": 64}, table_name="embedder")
+    message = str(caught.value)
+    assert said in message and "\n" not in message
+    assert "this is a bug in plugin 'odd-options' (retro-platform-odd-options 1.0)" in message
+
+
+def test_a_missing_required_option_names_the_key_not_the_whole_table(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        plugins.plugin_options("corpus_readers", {"name": "jsonl", "text_field": "body"},
+                               table_name="corpus", base_dir=tmp_path)  # fmt: skip
+    assert str(caught.value) == (
+        "[corpus] path: required, no default, for corpus reader 'jsonl': set path = ..."
+    )
+
+
+UNDECORATED_HOOK = """
+from retro_platform.protocols import PositionalEncoding
+
+
+def register_positional_encodings(register):  # no @hookimpl: pluggy ignores it
+    register("undecorated", PositionalEncoding)
+"""
+
+
+def test_a_hook_function_without_hookimpl_is_reported(
+    third_party_plugins: None, plugin_dist: Callable[..., Path]
+) -> None:
+    plugin_dist("retro-platform-undecorated", UNDECORATED_HOOK, entry_point="undecorated")
+    assert "undecorated" not in plugins.get_registry("positional_encodings")
+    [error] = [e for e in plugins.load_errors() if e.plugin == "undecorated"]
+    assert str(error).startswith(
+        "plugin 'undecorated' (from retro-platform-undecorated) defines "
+        "register_positional_encodings without the @hookimpl decorator"
+    )
+
+
+NOT_AN_ENCODING = """
+from retro_platform.hookspecs import hookimpl
+
+
+def nothing(**kwargs):  # "any callable that takes the same keyword arguments and returns one"
+    return None
+
+
+@hookimpl
+def register_positional_encodings(register):
+    register("returns-none", nothing)
+"""
+
+
+def test_a_positional_encoding_factory_that_returns_no_encoding_is_one_line(
+    third_party_plugins: None, plugin_dist: Callable[..., Path]
+) -> None:
+    # nn.ModuleDict took the None, and the model failed at its first forward (AttributeError)
+    from retro_platform import RETRO
+
+    plugin_dist("retro-platform-returns-none", NOT_AN_ENCODING, entry_point="returns-none")
+    with pytest.raises(ConfigError) as caught:
+        RETRO(num_tokens=32, max_seq_len=64, enc_dim=16, enc_depth=1, dec_depth=2, dec_dim=16,
+              dec_cross_attn_layers=(2,), heads=2, dim_head=8, chunk_size=16,
+              positional_encoding="returns-none")  # fmt: skip
+    assert str(caught.value) == (
+        "positional encoding 'returns-none': its factory returned NoneType for role 'decoder', "
+        "not a retro_platform.protocols.PositionalEncoding; this is a bug in its plugin "
+        "(retro-platform-returns-none)"
+    )
+
+
+INFINITE_OPTION = """
+from typing import ClassVar
+
+from retro_platform.hookspecs import hookimpl
+from retro_platform.default_plugins.retrievers.faiss_flat import FaissFlatRetriever, FlatOptions
+
+
+class ThresholdOptions(FlatOptions):
+    search_options: ClassVar[frozenset[str]] = frozenset({"min_score"})
+    min_score: float = float("-inf")
+
+
+class Threshold(FaissFlatRetriever):
+    Options = ThresholdOptions
+
+
+@hookimpl
+def register_retrievers(register):
+    register("threshold", Threshold)
+"""
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        (float("nan"), "[retriever] min_score: nan holds NaN or infinity"),
+        (None, "[retriever] min_score: -inf holds NaN or infinity"),  # the plugin's default
+        (0.5, None),
+    ],
+)
+def test_an_option_of_nan_or_infinity_is_refused_on_every_store(
+    third_party_plugins: None, plugin_dist: Callable[..., Path], value: float | None, said: str
+) -> None:
+    # SQLite stored -Infinity in the options' JSON column; PostgreSQL refused the row, and the
+    # user was told "cannot use the store database" at index time
+    plugin_dist("retro-platform-threshold", INFINITE_OPTION, entry_point="threshold")
+    table = {"name": "threshold"} | ({} if value is None else {"min_score": value})
+    if said is None:
+        plugins.plugin_options("retrievers", table, table_name="retriever")
+        return
+    with pytest.raises(ConfigError) as caught:
+        plugins.plugin_options("retrievers", table, table_name="retriever")
+    assert str(caught.value).startswith(said)
+    assert ("it is the plugin's default" in str(caught.value)) == (value is None)
+
+
+def test_a_clash_of_two_third_party_plugins_says_how_to_use_the_other_one(
+    third_party_plugins: None, plugin_dist: Callable[..., Path]
+) -> None:
+    # the first distribution by name wins; the hint used to offer only to disable the loser,
+    # which silences the warning but never gets the user the plugin they installed last
+    plugin_dist("zeta-shifted", GOOD_PLUGIN, entry_point="zeta")
+    plugin_dist("alpha-shifted", GOOD_PLUGIN.replace("Shifted", "Other"), entry_point="alpha")
+    assert plugins.get_positional_encoding("shifted").distribution == "alpha-shifted"
+    [error] = [e for e in plugins.load_errors() if isinstance(e, PluginConflictError)]
+    assert str(error).endswith(
+        "using 'alpha'; to disable 'zeta', set RETRO_PLATFORM_DISABLE_PLUGINS=zeta-shifted or "
+        "run: retro-platform uninstall zeta-shifted; to use 'zeta' instead, set "
+        "RETRO_PLATFORM_DISABLE_PLUGINS=alpha-shifted"
+    )

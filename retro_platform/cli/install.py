@@ -26,10 +26,17 @@ class PipError(RetroPlatformError):
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
-@click.argument("targets", nargs=-1, required=True)
+@click.argument("targets", nargs=-1)
 @click.option("-U", "--upgrade", is_flag=True, help="Upgrade the plugin if it is installed.")
-@click.option("-e", "--editable", is_flag=True, help="Install a local folder in development mode.")
-def install(targets: tuple[str, ...], upgrade: bool, editable: bool) -> None:
+@click.option(
+    "-e",
+    "--editable",
+    "editables",
+    multiple=True,
+    metavar="FOLDER",
+    help="Install this local folder in development mode (as pip's -e; repeatable).",
+)
+def install(targets: tuple[str, ...], upgrade: bool, editables: tuple[str, ...]) -> None:
     """Install plugins with pip, into the environment retro-platform runs in.
 
     TARGETS are what pip takes: a name on PyPI (retro-platform-scann), a local folder
@@ -37,11 +44,16 @@ def install(targets: tuple[str, ...], upgrade: bool, editable: bool) -> None:
     (e.g. --no-deps, --index-url URL). Each new plugin is then loaded once and reported: the
     names it registers, or why it failed to load.
     """
+    if not targets and not editables:
+        raise click.UsageError("Missing argument 'TARGETS...' (or -e FOLDER).")
     before = _entry_points()
     command = [sys.executable, "-m", "pip", "install"]
     command += ["--upgrade"] * upgrade
-    if editable:
-        command += ["--editable"]
+    # each -e keeps its own folder: a flag put before the pass-through arguments made pip read
+    # the first of them as the folder (install --no-deps -e ./x: "--no-deps is not a valid
+    # editable requirement")
+    for folder in editables:
+        command += ["--editable", folder]
     _pip([*command, *targets])
     after = _entry_points()
     changed = {name: dist for name, dist in after.items() if before.get(name) != dist}

@@ -34,6 +34,7 @@ from retro_platform.corpus.chunking import ChunkSpan, iter_chunks
 from retro_platform.errors import CorpusError, StoreError
 from retro_platform.progress import progress as progress_bar
 from retro_platform.protocols import CorpusReader, SourceDocument, Tokenizer
+from retro_platform.protocols.checks import checked_documents, checked_encodings
 from retro_platform.store.bulk import insert_chunks, insert_documents
 from retro_platform.store.chunks import count_chunks
 from retro_platform.store.documents import delete_documents
@@ -156,7 +157,8 @@ def ingest(
     bumped = False
     seen: set[str] = set()
     with bar:
-        for batch in _batches(reader.documents()):
+        documents = checked_documents(experiment.plugin_table("corpus").name, reader.documents())
+        for batch in _batches(documents):
             changed = _ingest_batch(
                 store,
                 corpus_id,
@@ -168,6 +170,7 @@ def ingest(
                 seen,
                 max_bytes,
                 copy,
+                experiment.plugin_table("tokenizer").name,
             )
             bumped = bumped or changed
             bar.update(len(batch))
@@ -222,7 +225,10 @@ def prepare_corpus(
         tokenizer_file = f"tokenizers/{short(key)}.json"
         path = store.path(tokenizer_file)
         if not path.exists():
-            texts = _usable_texts(reader.documents(), experiment.store.max_document_bytes)
+            documents = checked_documents(
+                experiment.plugin_table("corpus").name, reader.documents()
+            )
+            texts = _usable_texts(documents, experiment.store.max_document_bytes)
             first = next(texts, None)
             if first is None:
                 raise CorpusError(
@@ -318,6 +324,7 @@ def _ingest_batch(
     seen: set[str],
     max_bytes: int,
     copy: bool = True,
+    tokenizer_name: str = "tokenizer",
 ) -> bool:
     """Store a batch's new and changed documents in one transaction; True if any. The
     external ids of its usable documents are added to ``seen``.
@@ -349,7 +356,7 @@ def _ingest_batch(
 
     with store.session() as session:
         stored = _stored(session, corpus_id, candidates)
-    encodings = _encode(tokenizer, candidates, _changed(candidates, stored))
+    encodings = _encode(tokenizer, candidates, _changed(candidates, stored), tokenizer_name)
 
     with store.session() as session:
         lock_corpus(session, corpus_id)
@@ -376,7 +383,9 @@ def _ingest_batch(
             report.replaced += len(replaced)
 
         late = [external_id for external_id in fresh if external_id not in encodings]
-        encodings.update(_encode(tokenizer, candidates, late))  # changed by another ingest
+        encodings.update(
+            _encode(tokenizer, candidates, late, tokenizer_name)
+        )  # changed by another ingest
         document_rows, encoded = [], []
         for external_id, (text, checksum, size, meta) in fresh.items():
             encoding = encodings.pop(external_id)
@@ -441,12 +450,18 @@ def _changed(
 
 
 def _encode(
-    tokenizer: Tokenizer, candidates: dict[str, _Candidate], external_ids: list[str]
+    tokenizer: Tokenizer,
+    candidates: dict[str, _Candidate],
+    external_ids: list[str],
+    tokenizer_name: str,
 ) -> dict[str, Any]:
     """external_id -> the tokenizer's encoding of that candidate's text."""
     if not external_ids:
         return {}
-    encodings = tokenizer.encode_batch([candidates[external_id][0] for external_id in external_ids])
+    texts = [candidates[external_id][0] for external_id in external_ids]
+    encodings = checked_encodings(
+        tokenizer_name, tokenizer, texts, tokenizer.encode_batch(texts), external_ids
+    )
     return dict(zip(external_ids, encodings, strict=True))
 
 

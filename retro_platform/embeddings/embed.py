@@ -28,6 +28,7 @@ from retro_platform.config import Experiment
 from retro_platform.errors import ConfigError, StoreError
 from retro_platform.progress import progress as progress_bar
 from retro_platform.protocols import Embedder
+from retro_platform.protocols.checks import checked_vectors
 from retro_platform.store.arrays import open_array, resume_array
 from retro_platform.store.chunks import count_chunks, read_chunks
 from retro_platform.store.fingerprints import fingerprint
@@ -340,12 +341,9 @@ def _embed_rows(
                 target[have] = base_vectors[known[have]]
                 batch = [text for (_, text), old in zip(rows, have, strict=True) if not old]
             if batch:
-                embedded = np.asarray(embedder.embed(batch), dtype=np.float32)
-                if embedded.shape != (len(batch), dimension):
-                    raise ConfigError(
-                        f"embedder {row.embedder!r} returned {embedded.shape} for "
-                        f"{len(batch)} texts, expected ({len(batch)}, {dimension})"
-                    )
+                embedded = checked_vectors(
+                    row.embedder, embedder.embed(batch), len(batch), dimension
+                )
                 if base is None:
                     target[:] = embedded
                 else:

@@ -32,6 +32,7 @@ from retro_platform.neighbours.aligned import (
 from retro_platform.neighbours.retrieved import load_chunk_tokens, neighbour_tokens
 from retro_platform.pipeline import stored_index
 from retro_platform.protocols import MISSING, Embedder, Tokenizer
+from retro_platform.protocols.checks import checked_search, checked_vectors
 from retro_platform.store.chunks import describe_chunks
 from retro_platform.store.models import Chunk, Document
 
@@ -123,8 +124,8 @@ class RunRetrieval:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         # asking for as many more as there are excluded chunks still leaves k of the others
         wanted = min(k + len(self.excluded), max(self.retriever.size, k))
-        scores, ids = self.retriever.search(vectors, wanted)
-        scores, ids = np.asarray(scores, np.float32), np.asarray(ids, np.int64)
+        found = self.retriever.search(vectors, wanted)
+        scores, ids = checked_search(self.index.retriever, found, len(vectors), wanted)
         if len(self.excluded):
             keep = ~np.isin(ids, self.excluded)
             order = np.argsort(~keep, axis=1, kind="stable")  # kept ones first, in order
@@ -138,7 +139,10 @@ class RunRetrieval:
         return scores[:, :k], ids[:, :k]
 
     def search_texts(self, texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-        vectors = np.asarray(self.embedder.embed(texts), dtype=np.float32)
+        name = self.experiment.plugin_table("embedder").name
+        vectors = checked_vectors(
+            name, self.embedder.embed(texts), len(texts), self.index.dimension
+        )
         return self.search_vectors(vectors, k)
 
     def search(self, query: str, k: int) -> list[Neighbour]:

@@ -795,4 +795,12 @@ def _build_positional_encodings(config: RetroConfig) -> nn.ModuleDict:
             )
         except (TypeError, ValueError) as error:
             raise ConfigError(f"positional encoding {name!r}: {error}") from error
+        if not isinstance(built[role], PositionalEncoding):
+            # nn.ModuleDict takes None without a word: the model then fails at its first forward
+            raise ConfigError(
+                f"positional encoding {name!r}: its factory returned "
+                f"{type(built[role]).__name__} for role {role!r}, not a "
+                f"retro_platform.protocols.PositionalEncoding; this is a bug in its plugin "
+                f"({get_positional_encoding(name).distribution})"
+            )
     return nn.ModuleDict(built)

@@ -24,6 +24,7 @@ from retro_platform.errors import ConfigError, StoreError
 from retro_platform.index.build import IndexRecord, index_lineage
 from retro_platform.progress import progress as progress_bar
 from retro_platform.protocols import MISSING, Retriever
+from retro_platform.protocols.checks import checked_search, unknown_ids_error
 from retro_platform.store.arrays import open_array, resume_array
 from retro_platform.store.fingerprints import fingerprint
 from retro_platform.store.locks import building_alone
@@ -78,6 +79,8 @@ def find_neighbours(
     query_documents: np.ndarray | None,
     table: ChunkTable,
     k: int,
+    *,
+    name: str = "retriever",
 ) -> np.ndarray:
     """The ``k`` nearest chunk ids of each query, skipping chunks of ``query_documents``.
 
@@ -85,6 +88,8 @@ def find_neighbours(
         queries: ``(q, dimension)`` float32.
         query_documents: ``(q,)`` the document each query must not retrieve from, or None.
         table: the chunk table that maps retrieved ids to their documents.
+        name: the retriever's registered name, for the error when its answer breaks the
+            protocol (a wrong shape, ids it never stored).
     Returns:
         ``(q, k)`` int64, ``-1`` where fewer than ``k`` candidates remain.
     """
@@ -93,10 +98,15 @@ def find_neighbours(
     candidates = k if query_documents is None else FIRST_CANDIDATES * k
     while len(pending):
         candidates = min(candidates, retriever.size)
-        _, ids = retriever.search(np.ascontiguousarray(queries[pending]), candidates)
+        found = retriever.search(np.ascontiguousarray(queries[pending]), candidates)
+        _, ids = checked_search(name, found, len(pending), candidates)
         usable = ids != MISSING
+        try:
+            rows = table.rows_of(ids)
+        except KeyError:
+            raise unknown_ids_error(name, ids, table.chunk_ids) from None
         if query_documents is not None:
-            documents = np.where(usable, table.document_ids[table.rows_of(ids).clip(min=0)], -1)
+            documents = np.where(usable, table.document_ids[rows.clip(min=0)], -1)
             usable &= documents != query_documents[pending, None]
         first = np.argsort(~usable, axis=1, kind="stable")[:, :k]  # usable ones, nearest first
         chosen = np.take_along_axis(ids, first, axis=1)
@@ -176,6 +186,7 @@ def compute_neighbours(
         k,
         table.document_ids if exclusion == "same-document" else None,
         None if rebuild else _base(experiment, store, corpus_id, k, exclusion),
+        index.retriever,
     )
     shape = (embeddings.count, k)
     if shard is None and not slices:
@@ -254,6 +265,7 @@ class _Search:
     k: int
     exclude: np.ndarray | None
     base: tuple[np.ndarray, np.ndarray] | None
+    name: str = "retriever"  # registered name, for messages
 
     def __post_init__(self) -> None:
         self.kept_rows = None if self.base is None else _kept(*self.base, self.table)
@@ -274,7 +286,12 @@ class _Search:
             if len(search):
                 documents = None if self.exclude is None else self.exclude[search]
                 target[search - start] = find_neighbours(
-                    self.retriever, self.vectors[search], documents, self.table, self.k
+                    self.retriever,
+                    self.vectors[search],
+                    documents,
+                    self.table,
+                    self.k,
+                    name=self.name,
                 )
             bar.update(stop - start)
             saved.update(stop - first)

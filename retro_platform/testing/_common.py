@@ -4,6 +4,7 @@ check that the installed registry maps ``registered_as`` to the plugin's class."
 from __future__ import annotations
 
 import importlib.metadata
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -11,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from retro_platform import plugins
-from retro_platform.protocols.options import BASE_DIR, PluginOptions
+from retro_platform.protocols.options import BASE_DIR, PluginOptions, options_dict
 
 
 class PluginContract:
@@ -86,6 +87,16 @@ class OptionsContract(PluginContract):
         else:
             pytest.fail("rule: Options forbids unknown keys (extra='forbid'); it accepted one")
 
+    def test_options_are_recorded_as_strict_json(self, tmp_path: Path) -> None:
+        """Rule: every option, defaults included, is JSON without NaN or infinity: the store
+        records them in a JSON column, and PostgreSQL refuses those values."""
+        recorded = options_dict(self.make_options(tmp_path))
+        try:
+            json.dumps(recorded, allow_nan=False)
+        except ValueError:
+            bad = {k: v for k, v in recorded.items() if not _strict_json(v)}
+            pytest.fail(f"rule: options hold no NaN or infinity (use None for 'none'); got {bad}")
+
     def test_runtime_options_are_fields(self) -> None:
         """Rule: every name in ``Options.runtime_options`` is a field of ``Options``."""
         model = self.factory.Options
@@ -127,3 +138,11 @@ def _registry_with_own_entry_point(
     finally:
         monkeypatch.undo()
         plugins.reset_plugins()  # the next look-up loads as the session's settings say
+
+
+def _strict_json(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        return False
+    return True

@@ -97,8 +97,17 @@ class WrongAfterLoad(Updatable):
         return count
 
 
+class InfiniteDefault(ExactRetriever):
+    class Options(PluginOptions):
+        min_score: float = float("-inf")  # PostgreSQL's JSON column refuses it
+
+
 class TestExact(RetrieverContract):
     factory = ExactRetriever
+
+
+class TestInfiniteDefault(RetrieverContract):
+    factory = InfiniteDefault
 
 
 class TestForeignIds(RetrieverContract):
@@ -141,6 +150,11 @@ def test_broken_retrievers_fail_with_the_rule_they_break(tmp_path: Path) -> None
     foreign = failed["TestForeignIds::test_search_returns_only_stored_ids"]
     assert "rule: search returns only ids that were stored" in foreign, out
     assert "rule: ids round-trip" in failed["TestForeignIds::test_ids_round_trip"], out
+    assert [test for test in failed if test.startswith("TestInfiniteDefault::")] == [
+        "TestInfiniteDefault::test_options_are_recorded_as_strict_json"
+    ], out
+    strict = failed["TestInfiniteDefault::test_options_are_recorded_as_strict_json"]
+    assert "rule: options hold no NaN or infinity" in strict and "-inf" in strict, out
     unsorted = failed["TestUnsorted::test_rows_are_sorted_best_first"]
     assert "rule: each row is sorted best first" in unsorted, out
     assert "TestUnsorted::test_search_returns_only_stored_ids" not in failed, out

@@ -90,6 +90,8 @@ def test_the_generated_tests_pass_as_generated(generated, kind: str) -> None:
         ("My_Plugin", "use lowercase letters, digits and '-'"),
         ("2fast", "starting with a letter"),
         ("taken", "already exists"),
+        # a built-in's name: the new package would be shadowed and fail its own kit
+        ("hashing", "embedder 'hashing' is already registered by plugin"),
     ],
 )
 def test_bad_names_and_existing_folders_are_one_line_errors(
