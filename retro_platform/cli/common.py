@@ -47,7 +47,12 @@ def exclude_document_option(example: str) -> Any:
 
 
 def open_experiment(
-    path: str, overrides: Iterable[str] = (), *, read_only: bool = False, existing: bool = False
+    path: str,
+    overrides: Iterable[str] = (),
+    *,
+    read_only: bool = False,
+    existing: bool = False,
+    plugins: bool = True,
 ) -> tuple[Experiment, Any]:
     """Load the experiment file with its ``--set`` overrides and validate it in full (plugins,
     the rules between tables, every sweep point), then open its store.
@@ -55,11 +60,14 @@ def open_experiment(
     Validation comes first so that a typo costs nothing and touches nothing. ``read_only``:
     the command only reads, so it may use a store this process cannot write. ``existing`` (and
     ``read_only``): the command works on what is stored, so a store not made yet is an error.
+    ``plugins=False``: the command works on the store alone (its tables and files), so the
+    file's plugins are not looked up: it works after one was uninstalled.
     """
     from retro_platform.config.sweep import check_experiment
 
     experiment = load_experiment(path, overrides)
-    check_experiment(experiment)
+    if plugins:
+        check_experiment(experiment)
     from retro_platform.store.database import open_store
     from retro_platform.store.migrations import sqlite_missing
 

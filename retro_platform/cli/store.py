@@ -26,10 +26,13 @@ def store() -> None:
 @set_option
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def stats(experiment_file: str, overrides: tuple[str, ...], as_json: bool) -> None:
-    """Counts and sizes: corpora, documents, chunks, embeddings, indexes, neighbours."""
+    """Counts and sizes: corpora, documents, chunks, embeddings, indexes, neighbours.
+
+    Reads the store alone: it works when a plugin the experiment names is not installed.
+    """
     from retro_platform.store.stats import store_stats
 
-    _, opened = open_experiment(experiment_file, overrides, read_only=True)
+    _, opened = open_experiment(experiment_file, overrides, read_only=True, plugins=False)
     figures = store_stats(opened)
     if as_json:
         click.echo(json.dumps(figures, indent=2))
@@ -88,11 +91,14 @@ def prune(experiment_file: str, overrides: tuple[str, ...], dry_run: bool, as_js
     both. This removes the earlier versions' records and files, except the newest finished one
     of each kind that the current version has not been indexed for yet (the next index derives
     from it). The current version is never touched; a corpus that a process is indexing is
-    skipped. The whole store is pruned, for every corpus in it.
+    skipped. The whole store is pruned, for every corpus in it. Needs none of the
+    experiment's plugins.
     """
     from retro_platform.pipeline.prune import prune as prune_store
 
-    _, opened = open_experiment(experiment_file, overrides, read_only=dry_run, existing=True)
+    _, opened = open_experiment(
+        experiment_file, overrides, read_only=dry_run, existing=True, plugins=False
+    )
     plan = prune_store(opened, dry_run=dry_run)
     if as_json:
         click.echo(

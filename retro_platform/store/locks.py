@@ -156,6 +156,26 @@ def remove_lock_file(store: Any, name: str) -> None:
         store.path(f"locks/{name}.lock").unlink(missing_ok=True)
 
 
+#: Server-side TCP keepalives of a lock's connection: idle seconds, seconds between probes,
+#: probes. A process killed on its machine closes its connection at once; a machine that is
+#: lost (powered off, cut from the network) does not, and without keepalives the server kept
+#: its locks for as long as the kernel's default (two hours or more): the other shards waited.
+#: With these the server drops the session, and the locks, about two minutes after the last
+#: sign of life.
+LOCK_KEEPALIVES = {"tcp_keepalives_idle": 60, "tcp_keepalives_interval": 10,
+                   "tcp_keepalives_count": 6}  # fmt: skip
+
+
+def lock_connection(store: Any) -> Any:
+    """A connection of its own for PostgreSQL session locks: autocommit, and keepalives that
+    let the server notice a lost machine (:data:`LOCK_KEEPALIVES`). Close it (invalidated, not
+    pooled) to let its locks go."""
+    connection = store.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    for name, value in LOCK_KEEPALIVES.items():  # no effect on a Unix socket, and harmless
+        connection.execute(text(f"SET {name} = {int(value)}"))
+    return connection
+
+
 @contextmanager
 def _session_lock(
     store: Any, space: int, key: int, name: str, *, exclusive: bool, wait: bool = True
@@ -168,7 +188,7 @@ def _session_lock(
         keys = {"space": space, "key": key & 0x7FFFFFFF}
         kind = "" if exclusive else "_shared"
         call = f"pg_advisory_lock{kind}" if wait else f"pg_try_advisory_lock{kind}"
-        connection = store.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        connection = lock_connection(store)
         try:
             held = connection.scalar(text(f"SELECT {call}(:space, :key)"), keys)
             yield held is not False  # pg_advisory_lock returns void (None) once granted

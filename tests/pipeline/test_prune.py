@@ -212,3 +212,30 @@ def test_a_store_not_made_yet_is_not_created(tmp_path: Path, corpus_dir: Path) -
     assert result.exit_code == 2, result.output
     assert "not ingested yet" in result.output
     assert not (tmp_path / "store").exists()
+
+
+def test_stats_and_prune_need_none_of_the_experiment_s_plugins(
+    experiment_file, corpus_dir: Path
+) -> None:
+    """They read the store alone: after the experiment's embedder was uninstalled (here: the
+    file names one that no distribution registers) they still work."""
+    path = experiment_file()
+    experiment, store = open_experiment(path)
+    ingest(experiment, store, progress=False)
+    index_quietly(experiment, store)
+    add_module(corpus_dir, "heapq.py")
+    ingest(experiment, store, progress=False)
+    index_quietly(experiment, store)
+    path.write_text(path.read_text().replace('name = "hashing"', 'name = "gone-embedder"'))
+    runner = CliRunner()
+    stats = runner.invoke(cli, ["store", "stats", str(path), "--json"])
+    assert stats.exit_code == 0, stats.output
+    assert [row["embedder"] for row in json.loads(stats.output)["embedding_sets"]] == [
+        "hashing",
+        "hashing",
+    ]
+    pruned = runner.invoke(cli, ["store", "prune", str(path)])
+    assert pruned.exit_code == 0, pruned.output
+    assert counts(store) == (1, 1, 1)
+    search = runner.invoke(cli, ["search", str(path), "heap"])  # it does need the embedder
+    assert search.exit_code == 2 and "gone-embedder" in search.output

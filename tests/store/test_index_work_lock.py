@@ -11,8 +11,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+from sqlalchemy import text
+
 from retro_platform.store.database import Store, open_store
-from retro_platform.store.locks import nobody_working, working_on_index
+from retro_platform.store.locks import (
+    LOCK_KEEPALIVES,
+    lock_connection,
+    nobody_working,
+    working_on_index,
+)
 from tests.limits import HANG_S
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,3 +82,25 @@ def test_a_killed_holders_lock_goes_with_it(store: Store, tmp_path: Path) -> Non
     finally:
         holder.kill()
         holder.wait(HANG_S)
+
+
+@pytest.mark.postgres
+def test_a_lock_connection_asks_the_server_for_keepalives(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A lost machine closes no connection: without keepalives the server held its session
+    locks (the index-work lock, build locks) for the kernel's two hours; with them, about two
+    minutes. On a TCP connection the server takes the settings as asked."""
+    with open_store(postgres_url, tmp_path / "files") as store:
+        connection = lock_connection(store)
+        try:
+            settings = {
+                name: connection.scalar(
+                    text("SELECT setting FROM pg_settings WHERE name = :name"), {"name": name}
+                )
+                for name in LOCK_KEEPALIVES
+            }
+        finally:
+            connection.invalidate()
+            connection.close()
+    assert settings == {name: str(value) for name, value in LOCK_KEEPALIVES.items()}
