@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from retro_platform.errors import RetroPlatformError
+from retro_platform.training.launch import record_failure
 
 
 class RetroGroup(click.Group):
@@ -37,6 +38,7 @@ class RetroGroup(click.Group):
         except RetroPlatformError as exc:
             message = " ".join(str(exc).splitlines()) or type(exc).__name__
             click.echo(f"Error: {message}", err=True)
+            record_failure(exc.exit_code, message)  # under `run --nproc`: the launcher's exit code
             ctx.exit(exc.exit_code)
 
 

@@ -24,6 +24,7 @@ from retro_platform.config import Experiment
 from retro_platform.config.resolved import flatten_config, resolved_config
 from retro_platform.config.sweep import SweepPoint, check_experiment
 from retro_platform.corpus.ingest import check_corpora
+from retro_platform.errors import RetroPlatformError
 from retro_platform.runner.ablation import log_comparison
 from retro_platform.runner.folder import RunOutcome, check_output
 from retro_platform.runner.results import log_sweep_result
@@ -38,6 +39,7 @@ from retro_platform.tracking.run import TrackedRun, load_run_id, save_run_id
 from retro_platform.tracking.uri import experiment_name, safe_uri, tracking_uri
 from retro_platform.training import distributed
 from retro_platform.training.distributed import Processes
+from retro_platform.training.launch import record_failure
 
 #: What a run stopped by its tracking store does when started again.
 RESUMES = "run the same command again when it answers: the run resumes from its last checkpoint"
@@ -79,10 +81,10 @@ def run_experiment(
         distributed.check_batch_size(point.experiment.train.batch_size, place.world_size)
     for one in [experiment, *(point.experiment for point in points)]:  # a sweep's folder too
         check_output(one)
-    if place.is_main:  # the corpus, which process 0 alone reads, before anything is created
-        check_corpora([point.experiment for point in points])
     processes = distributed.start(choose_device(experiment).type)
     try:
+        if processes.is_main:  # the corpus, which process 0 alone reads, before any store
+            check_corpora([point.experiment for point in points])
         if not processes.is_main:
             store = _open_store(experiment, processes)
             each = [p.experiment for p in points] if experiment.sweep.grid else [experiment]
@@ -104,6 +106,11 @@ def run_experiment(
                 experiment, points, store, tracking, progress=progress, log=log,
                 processes=processes,
             )  # fmt: skip
+    except RetroPlatformError as error:
+        # before leaving the group: a process whose collective breaks when this one leaves
+        # then finds why, and stops without a traceback of its own (`run --nproc`)
+        record_failure(error.exit_code, str(error))
+        raise
     finally:
         distributed.stop(processes)
 

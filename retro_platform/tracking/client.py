@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
@@ -52,8 +53,47 @@ def open_client(uri: str, *, timeout_s: float = 3.0) -> MlflowClient:
     from mlflow import MlflowClient  # lazy: after quiet_mlflow_environment() (module docstring)
 
     # a database store is opened (and migrated) here: a damaged one fails now
-    with tracking_errors(uri, "open the tracking store", then=_OTHER_STORE):
+    with tracking_errors(uri, "open the tracking store", then=_OTHER_STORE), _creating(uri):
         return MlflowClient(tracking_uri=uri)
+
+
+@contextmanager
+def _creating(uri: str) -> Iterator[None]:
+    """Hold ``<database>.lock`` beside a SQLite tracking database exclusively while it is
+    opened: MLflow creates and migrates a new database then, and several processes doing that
+    at once (runs started together on a fresh ``mlflow.db``) break each other's migrations
+    (alembic's "expected to match one row", SQLite's "duplicate column name"). A lock file
+    of its own, never the database: closing another descriptor of the database would drop
+    SQLite's own locks on it."""
+    database = _sqlite_file(uri)
+    if database is None:
+        yield
+        return
+    import fcntl
+
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` tracking URI; None for anything else (or where ``flock``
+    is missing)."""
+    if not uri.startswith("sqlite:") or os.name != "posix":
+        return None
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(uri).database
+    except Exception:  # MLflow reports a malformed URI itself
+        return None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).expanduser().absolute()
 
 
 @contextmanager

@@ -5,6 +5,7 @@ resumed by another number of processes, and a batch the processes cannot share r
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -162,3 +163,81 @@ def test_two_processes_killed_resume_as_one_to_the_weights_of_an_uninterrupted_r
         torch.testing.assert_close(final["model"][name], tensor, rtol=0, atol=1e-4, msg=name)
     steps = [step for step, _ in _history(killed, "train/loss")]
     assert steps == sorted(set(steps)) and steps[-1] == 30
+
+
+def _torch_log(line: str) -> bool:
+    """A line of torchrun's own log (``W1206 16:24:18.806000 123 torch/...``)."""
+    return re.match(r"[IWE]\d{4} \d\d:\d\d:\d\d", line) is not None
+
+
+@pytest.mark.e2e
+def test_an_error_of_process_0_alone_is_one_line_and_exit_2_under_nproc(tmp_path: Path) -> None:
+    """An error only process 0 meets (ingest finds no file) is its one line and exit 2, as in
+    one process: the other process, whose wait breaks when process 0 leaves, stops quietly,
+    and the launcher adds no torchrun traceback (it did: 80 lines, exit code 1)."""
+    path = tiny_experiment(tmp_path)
+    empty = tmp_path / "corpus"
+    for file in empty.iterdir():
+        file.unlink()
+    done = subprocess.run([*COMMAND, str(path), "--nproc", "2"], env=_env(),
+                          capture_output=True, text=True, timeout=HANG_S)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if not _torch_log(line)]
+    assert lines == [
+        f"Error: [corpus] include: no file under {empty} matches ['**/*.py', '**/*.txt']"
+    ]
+
+
+def _left(marker: str, timeout: float = 60) -> list[int]:
+    """The processes whose command line holds ``marker`` once they have had ``timeout``
+    seconds to go."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                try:
+                    if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                        found.append(int(entry.name))
+                except OSError:
+                    continue
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_nproc_launcher_leaves_no_process_training(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """SIGKILL or SIGTERM to `run --nproc 2` alone (a scheduler's kill, `kill PID`) stops
+    torchrun and both processes. They went on training without it, and the same command
+    started again then trained the same run beside them."""
+    path = tiny_experiment(tmp_path, train={"steps": 100_000, "checkpoint_every": 5})
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as stderr:  # a file: processes left behind would hold a pipe open
+        process = subprocess.Popen([*COMMAND, str(path), "--nproc", "2"], env=_env(),
+                                   stdout=subprocess.DEVNULL, stderr=stderr,
+                                   start_new_session=True)  # fmt: skip
+    try:
+        checkpoint = checkpoint_path(folder_of(path))
+        deadline = time.monotonic() + HANG_S
+        while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        assert process.poll() is None, log.read_text()[-3000:]
+        process.send_signal(signum)  # the launcher alone
+        process.wait(timeout=HANG_S)
+        assert _left(str(path)) == []
+        if signum == signal.SIGTERM:
+            assert process.returncode == 128 + signal.SIGTERM
+            assert log.read_text().splitlines()[-1] == (
+                "Error: stopped by SIGTERM; run the same command again: a run resumes from its "
+                "last checkpoint and what the retrieval stages stored is kept"
+            )
+    finally:
+        for pid in _left(str(path), timeout=0):
+            os.kill(pid, signal.SIGKILL)
+        process.kill()
+        process.wait()
