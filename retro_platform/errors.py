@@ -33,6 +33,10 @@ class DiskError(RetroPlatformError):
     reached, or the file system is read-only (see :mod:`retro_platform.disk`)."""
 
 
+class RunInUseError(RetroPlatformError):
+    """A run folder that another process is training."""
+
+
 class CorpusError(RetroPlatformError):
     """A corpus that yields nothing usable."""
 

@@ -6,11 +6,19 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from retro_platform.config import Experiment
-from retro_platform.errors import ConfigError
+from retro_platform.errors import ConfigError, RunInUseError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 from retro_platform.store.fingerprints import fingerprint, short
 
 #: Keys that change how a run is carried out, never its result: a run folder outlives them.
@@ -71,3 +79,37 @@ def check_output(experiment: Experiment) -> None:
         f"cannot create run folders in {output} ([train] output): {reason}; "
         "set [train] output to a writable folder"
     )
+
+
+#: The file in a run folder that the process training it holds locked.
+RUN_LOCK = "run.lock"
+
+
+@contextmanager
+def training_alone(run_dir: Path, hint_file: str) -> Iterator[None]:
+    """Hold the run folder's lock (``flock`` on :data:`RUN_LOCK`) while this process trains
+    it: a second ``run`` of the same configuration (started twice, or again while leftover
+    processes still train) would train the same folder and MLflow run at once, logging every
+    step twice and each deleting the other's half-written checkpoint. It gets a one-line
+    :class:`RunInUseError` instead. The kernel lets the lock go when the process ends, however
+    it ends. Where ``flock`` does not exist (Windows) nothing is locked."""
+    if fcntl is None:
+        yield
+        return
+    path = run_dir / RUN_LOCK
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 200, 0).decode("utf-8", "replace").strip()
+            raise RunInUseError(
+                f"run folder {run_dir} is being trained by another process"
+                f"{f' ({holder})' if holder else ''}: wait for it to end or stop it, then "
+                f"run: retro-platform run {hint_file} (it resumes, or finds the run finished)"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        os.close(descriptor)  # releases the flock

@@ -26,9 +26,10 @@ from retro_platform.config.resolved import (
     logged_experiment_file,
     resolved_config,
 )
+from retro_platform.errors import RunInUseError
 from retro_platform.pipeline import Shard, ingest, run_index
 from retro_platform.runner import steps
-from retro_platform.runner.folder import DONE, RunOutcome, run_folder
+from retro_platform.runner.folder import DONE, RunOutcome, run_folder, training_alone
 from retro_platform.runner.results import run_description
 from retro_platform.tracking.run import TrackedRun, load_run_id, save_run_id
 from retro_platform.training import distributed
@@ -55,50 +56,69 @@ def run_point(
     name = run_name or experiment.mlflow.run_name or experiment.experiment.name
     done = run_dir / DONE
     if done.exists():
-        record = json.loads(done.read_text())
-        log(f"{name}: finished earlier (MLflow run {record['run_id']}); nothing to do")
-        return RunOutcome(
-            name,
-            record["run_id"],
-            run_dir,
-            record["metrics"],
-            skipped=True,
-            neighbours=experiment.train.neighbours,
-        )
+        return _finished(name, run_dir, experiment, log)
 
-    index = _prepare_index(experiment, store, processes, progress=progress, log=log)
     if not processes.is_main:
+        index = _prepare_index(experiment, store, processes, progress=progress, log=log)
         _train_alongside(experiment, store, index, run_dir, processes)
         return RunOutcome(name, "", run_dir, neighbours=experiment.train.neighbours)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    run = TrackedRun.start(
-        tracking.client,
-        tracking.experiment_name,
-        run_name=name,
-        parent_run_id=parent_run_id,
-        run_id=load_run_id(run_dir),
-        tags=tracking.tags(experiment, store_id=index.neighbours.id),
-    )
-    save_run_id(run_dir, run.run_id)
-    log(f"{name}: MLflow run {run.run_id} ({tracking.uri_for_display})")
-    try:
-        run.log_params(params)
-        metrics = _train_and_evaluate(
-            experiment, store, index, run, run_dir, resolved, progress, log, processes
+    with training_alone(run_dir, experiment.hint_file):  # before any work: a second is refused
+        if done.exists():  # finished by the process that held the folder a moment ago
+            if processes.distributed:  # the others are on their way to train: stop them too
+                raise RunInUseError(
+                    f"run folder {run_dir} was finished by another process meanwhile; run: "
+                    f"retro-platform run {experiment.hint_file} (it finds the run finished)"
+                )
+            return _finished(name, run_dir, experiment, log)
+        index = _prepare_index(experiment, store, processes, progress=progress, log=log)
+        run = TrackedRun.start(
+            tracking.client,
+            tracking.experiment_name,
+            run_name=name,
+            parent_run_id=parent_run_id,
+            run_id=load_run_id(run_dir),
+            tags=tracking.tags(experiment, store_id=index.neighbours.id),
         )
-    except BaseException as error:
-        # a kill leaves the run RUNNING and the checkpoint in place: the same command resumes
-        run.abandon(error)
-        raise
-    outcome = RunOutcome(name, run.run_id, run_dir, metrics, neighbours=experiment.train.neighbours)
-    description = run_description(outcome)
-    if description is not None:  # a sweep's parent says more, against the point's baseline
-        run.describe(description)
-    run.finish("FINISHED")
-    write_text_atomic(done, json.dumps({"run_id": run.run_id, "metrics": metrics}, indent=2))
+        save_run_id(run_dir, run.run_id)
+        log(f"{name}: MLflow run {run.run_id} ({tracking.uri_for_display})")
+        try:
+            run.log_params(params)
+            metrics = _train_and_evaluate(
+                experiment, store, index, run, run_dir, resolved, progress, log, processes
+            )
+        except BaseException as error:
+            # a kill leaves the run RUNNING and the checkpoint in place: the same command
+            # resumes
+            run.abandon(error)
+            raise
+        outcome = RunOutcome(
+            name, run.run_id, run_dir, metrics, neighbours=experiment.train.neighbours
+        )
+        description = run_description(outcome)
+        if description is not None:  # a sweep's parent says more, against the point's baseline
+            run.describe(description)
+        run.finish("FINISHED")
+        write_text_atomic(done, json.dumps({"run_id": run.run_id, "metrics": metrics}, indent=2))
     distributed.wait_for_main(processes)  # the others waited for the evaluation and the files
     return outcome
+
+
+def _finished(
+    name: str, run_dir: Path, experiment: Experiment, log: Callable[[str], None]
+) -> RunOutcome:
+    """The outcome of a point whose run folder says it finished: nothing is run."""
+    record = json.loads((run_dir / DONE).read_text())
+    log(f"{name}: finished earlier (MLflow run {record['run_id']}); nothing to do")
+    return RunOutcome(
+        name,
+        record["run_id"],
+        run_dir,
+        record["metrics"],
+        skipped=True,
+        neighbours=experiment.train.neighbours,
+    )
 
 
 def _prepare_index(

@@ -154,6 +154,41 @@ def test_a_killed_run_resumes_into_the_same_mlflow_run_with_the_same_weights(
     )
 
 
+def test_a_run_being_trained_is_not_trained_twice(tmp_path: Path) -> None:
+    """A second `run` of a configuration whose folder another process holds stops in one line
+    (before it would train the same folder and MLflow run at once); once the holder is killed,
+    the same command resumes and finishes the run."""
+    path = tiny_experiment(tmp_path, train={"steps": 40, "checkpoint_every": 5})
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "retro_platform.cli", "run", "--no-progress", str(path)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    lock = folder_of(path) / "run.lock"
+    try:
+        deadline = time.monotonic() + 120
+        while first.poll() is None and time.monotonic() < deadline:
+            if lock.exists() and lock.read_text().startswith("pid"):
+                break
+            time.sleep(0.05)
+        os.kill(first.pid, signal.SIGSTOP)  # holding the folder, for as long as the test likes
+        code, _, err = run_cli(str(path))
+        assert code == 2, err
+        assert err.startswith(
+            f"Error: run folder {folder_of(path)} is being trained by another process (pid "
+            f"{first.pid} on "
+        ), err
+        assert err.count("\n") == 1
+        assert not (folder_of(path) / "done.json").exists()
+    finally:
+        first.kill()
+        first.wait()
+    code, _, err = run_cli(str(path))  # the kernel let the killed holder's lock go
+    assert code == 0, err
+    [run] = runs_of(path)
+    assert run.info.status == "FINISHED"
+
+
 def test_a_sweep_is_a_parent_run_with_a_child_per_point(tmp_path: Path) -> None:
     path = tiny_experiment(
         tmp_path,
