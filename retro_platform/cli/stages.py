@@ -145,7 +145,7 @@ def index(
         )
     if wait_timeout is not None and not wait:
         raise ConfigError("--wait-timeout goes with --wait: add --wait")
-    experiment, store = open_experiment(experiment_file, overrides)
+    experiment, store = open_experiment(experiment_file, overrides, existing=True)
     if wait:
         assert shard is not None
         result = run_index_waiting(

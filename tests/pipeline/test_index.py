@@ -313,3 +313,14 @@ def test_a_rebuild_is_refused_while_another_process_is_at_work(experiment_file, 
     assert np.array_equal(np.array(result.neighbours.open()), before)
     done = CliRunner().invoke(cli, ["index", str(path), "--no-progress", flag])
     assert done.exit_code == 0, done.output  # once nobody is at work
+
+
+def test_index_before_ingest_says_so_and_creates_no_store(tmp_path: Path, corpus_dir) -> None:
+    path = write_experiment(tmp_path, corpus_dir)
+    result = CliRunner().invoke(cli, ["index", str(path), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        "Error: this experiment's corpus is not ingested yet (its store database does not "
+        f"exist); run: retro-platform ingest {path}\n"
+    )
+    assert not (tmp_path / "store").exists()
