@@ -343,16 +343,14 @@ def run_slices(
     completed it was killed before it merged).
     """
     layout = slices[0].shards
-    if layout != shard.count and log is not None:
-        taken = ", ".join(
-            f"{row.shard}/{layout}"
-            for row in slices
-            if shard.takes(row.shard) and row.status != READY
-        )
+    taken = ", ".join(
+        f"{row.shard}/{layout}" for row in slices if shard.takes(row.shard) and row.status != READY
+    )
+    if layout != shard.count and taken and log is not None:  # nothing left: nothing to say
         log(
             f"{what}: an earlier run split them into {layout} shards; "
             f"{'this run' if shard.count == 1 else f'shard {shard}'} builds those of them "
-            f"left: {taken or 'none'}"
+            f"left: {taken}"
         )
     finished_before = all(row.status == READY for row in slices)
     completed = False

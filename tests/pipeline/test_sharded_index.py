@@ -277,7 +277,10 @@ def test_ranks_with_a_barrier_equal_one_process(
         process.join(HANG_S)
         assert process.exitcode == 0
     first, second = answers.get(timeout=10), answers.get(timeout=10)
-    assert first[1:] == second[1:]  # every rank returns the same finished records
+    assert first[1:4] == second[1:4]  # every rank returns the same finished records
+    [logged] = [answer[4] for answer in (first, second) if answer[0] == 0]
+    # the job split the sets itself: no line about "an earlier run"'s shards, left "none"
+    assert logged and not any("an earlier run split them" in line for line in logged), logged
 
     result, _ = finished_result(path)
     assert_same(result, one_process)
@@ -287,15 +290,16 @@ def index_as_rank(path: Path, rank: int, world_size: int, barrier, answers) -> N
     """One rank of a job: ``run_index`` with its shard and the job's barrier (spawned
     processes that each start Python and open the experiment: ~30 s here, hence e2e)."""
     experiment, store = open_experiment(path)
+    logged: list[str] = []
     result = run_index(
         experiment,
         store,
         shard=Shard(rank, world_size),
         barrier=barrier.wait,
         progress=False,
-        log=lambda _: None,
+        log=logged.append,
     )
-    answers.put((rank, result.embeddings.id, result.index.id, result.neighbours.id))
+    answers.put((rank, result.embeddings.id, result.index.id, result.neighbours.id, logged))
 
 
 @pytest.mark.e2e
