@@ -31,6 +31,20 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_where_pytest_runs() -> Iterator[None]:
+    """Tests write under their temporary folders. MLflow's default artifact root, a relative
+    ``./mlruns``, once sent a test's artifacts into the clone the suite ran in."""
+    here = Path.cwd()
+    before = {path.name for path in here.iterdir()}
+    yield
+    # pytest's and hypothesis's caches; setuptools builds in the source tree when a test
+    # installs or packages the project from it (build/, *.egg-info)
+    expected = {".pytest_cache", ".hypothesis", "build", "retro_platform.egg-info"}
+    added = sorted({path.name for path in here.iterdir()} - before - expected)
+    assert not added, f"the tests wrote {added} into {here}, where pytest runs"
+
+
 @pytest.fixture
 def third_party_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Load third-party plugins as a user's install would (no allow-list), fresh for this test."""

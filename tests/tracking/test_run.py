@@ -187,7 +187,7 @@ def test_a_damaged_run_id_file_is_one_line(tmp_path: Path) -> None:
 
 
 def test_reading_a_comparison_back_draws_no_progress_bars(
-    client: Any, mlflow_experiment: str, capfd: pytest.CaptureFixture[str]
+    client: Any, mlflow_experiment: str, capfd: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """MLflow draws a progress bar on stderr for every artifact it downloads; `runs` reads two
     small files per sweep and printed four bars of carriage returns for them."""
@@ -197,7 +197,8 @@ def test_reading_a_comparison_back_draws_no_progress_bars(
         read_comparison,
     )
 
-    run = client.create_run(client.create_experiment(mlflow_experiment))
+    artifacts = (tmp_path / "artifacts").as_uri()  # not MLflow's default, ./mlruns
+    run = client.create_run(client.create_experiment(mlflow_experiment, artifacts))
     client.log_text(run.info.run_id, "# the comparison", COMPARISON_MARKDOWN)
     client.log_text(run.info.run_id, "point,bpb\n1,2.5\n", COMPARISON_CSV)
     capfd.readouterr()
