@@ -153,9 +153,10 @@ class Experiment(ConfigTable):
     def hint_file(self) -> str:
         """The experiment file as a fix-it hint names it (``retro-platform index FILE``): its
         path, or ``EXPERIMENT.toml`` for an experiment built in code, followed by the ``--set``
-        overrides it was loaded with (so that the command shown is the one that was run)."""
+        overrides it was loaded with (so that the command shown is the one that was run), each
+        quoted for a shell as the overrides are (a path with a space is one argument)."""
         sets = "".join(f" --set {shlex.quote(override)}" for override in self.overrides)
-        return str(self.source or "EXPERIMENT.toml") + sets
+        return shlex.quote(str(self.source or "EXPERIMENT.toml")) + sets
 
 
 def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> Experiment:

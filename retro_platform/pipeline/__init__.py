@@ -127,7 +127,8 @@ def run_index(
     if barrier is not None and shard is None:
         raise ValueError("run_index(barrier=...) needs shard=Shard(rank, world_size)")
     corpus_id = find_corpus_id(experiment, store)
-    with _index_work(store, corpus_id, rebuild or reembed or recompute_neighbours, experiment):
+    alone = rebuild or reembed or recompute_neighbours
+    with _index_work(store, corpus_id, alone, experiment, log):
         if barrier is not None:
             return _run_index_in_ranks(experiment, store, corpus_id, shard, barrier, progress, log)
         return _run_stages(
@@ -144,12 +145,14 @@ def run_index(
 
 
 @contextmanager
-def _index_work(store: Any, corpus_id: int, alone: bool, experiment: Experiment) -> Iterator[None]:
-    """The corpus's index-work lock for one ``run_index``: shared, or exclusive for ``alone``
-    work (a rebuild starts over sets another process may be building: refused while one is
-    at work, in one line)."""
+def _index_work(
+    store: Any, corpus_id: int, alone: bool, experiment: Experiment, log: Callable[[str], None]
+) -> Iterator[None]:
+    """The corpus's index-work lock for one ``run_index``: shared (waiting, and saying so,
+    while a process works alone), or exclusive for ``alone`` work (a rebuild starts over sets
+    another process may be building: refused while one is at work, in one line)."""
     if not alone:
-        with working_on_index(store, corpus_id):
+        with working_on_index(store, corpus_id, log):
             yield
         return
     with working_alone(store, corpus_id) as free:

@@ -233,6 +233,13 @@ def _remove(store: Any, records: list[PrunedRecord]) -> None:
             else:
                 path.unlink(missing_ok=True)
     with store.session() as session:
+        for piece in session.scalars(
+            select(StageShard.id).where(
+                StageShard.embedding_set_id.in_(ids["embeddings"])
+                | StageShard.neighbour_set_id.in_(ids["neighbours"])
+            )
+        ):
+            remove_lock_file(store, build_lock_name(StageShard, piece))
         session.execute(
             delete(StageShard).where(
                 StageShard.embedding_set_id.in_(ids["embeddings"])

@@ -79,12 +79,30 @@ def lock_corpus(session: Session, corpus_id: int) -> None:
 
 
 @contextmanager
-def working_on_index(store: Any, corpus_id: int) -> Iterator[None]:
+def working_on_index(
+    store: Any, corpus_id: int, log: Callable[[str], None] | None = None
+) -> Iterator[None]:
     """Hold ``corpus_id``'s index-work lock shared for the block: others may work beside this
-    process, none can take over from it."""
+    process, none can take over from it. While a process holds it exclusively (``index
+    --rebuild``, ``store prune``, a waiting shard finishing what a stopped one left), say so
+    through ``log`` and wait."""
+    name = f"index-work-{corpus_id}"
+    if fcntl is None and store.engine.dialect.name != "postgresql":
+        yield  # nothing to lock with (no one can hold it exclusively either)
+        return
     with _session_lock(
-        store, INDEX_WORK_LOCKS, corpus_id, f"index-work-{corpus_id}", exclusive=False
-    ) as held:
+        store, INDEX_WORK_LOCKS, corpus_id, name, exclusive=False, wait=False
+    ) as free:
+        if free:
+            yield
+            return
+    if log is not None:
+        log(
+            f"corpus {corpus_id}: another process works on its index alone (index --rebuild, "
+            "--reembed or --recompute-neighbours, store prune, or a shard finishing a stopped "
+            "one's work): waiting for it"
+        )
+    with _session_lock(store, INDEX_WORK_LOCKS, corpus_id, name, exclusive=False) as held:
         assert held  # a shared request waits until it is granted
         yield
 

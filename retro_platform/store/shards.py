@@ -176,9 +176,12 @@ def lay_out_slices(
 def drop_slices(
     store: Any, session: Session, model: type[ResumableStageRecord], parent_id: int
 ) -> None:
-    """Forget the set's slices and remove their files (the set is built again from scratch)."""
+    """Forget the set's slices and remove their files and lock files (the set is built again
+    from scratch, under the corpus's index-work lock held exclusively: no process waits on
+    them)."""
     for row in stored_slices(session, model, parent_id):
         store.path(row.file).unlink(missing_ok=True)
+        remove_lock_file(store, build_lock_name(StageShard, row.id))
         session.delete(row)
 
 

@@ -87,3 +87,13 @@ def test_a_plugin_table_is_validated_once_and_follows_its_table(tmp_path: Path) 
     # the cache is not part of the experiment: an equal file gives an equal experiment
     assert load_experiment(path) == experiment
     assert experiment.hint_file == str(path)
+
+
+def test_a_hint_names_a_file_with_a_space_as_one_shell_argument(tmp_path: Path) -> None:
+    """The fix-it hints' command is pasted into a shell: the file's path is quoted as the
+    --set overrides are (it read 'retro-platform index a b/experiment.toml')."""
+    folder = tmp_path / "a b"
+    folder.mkdir()
+    path = write(folder, '[experiment]\nname = "x"\n')
+    experiment = load_experiment(path, ["train.steps=3"])
+    assert experiment.hint_file == f"'{path}' --set train.steps=3"

@@ -239,3 +239,21 @@ def test_stats_and_prune_need_none_of_the_experiment_s_plugins(
     assert counts(store) == (1, 1, 1)
     search = runner.invoke(cli, ["search", str(path), "heap"])  # it does need the embedder
     assert search.exit_code == 2 and "gone-embedder" in search.output
+
+
+def test_the_slices_of_a_pruned_set_leave_no_lock_file_behind(
+    experiment_file, corpus_dir: Path
+) -> None:
+    """An earlier version's set left half built by shards goes with its slices, and the
+    slices' build lock files (SQLite) with them: before, they stayed for good."""
+    from retro_platform.pipeline import Shard
+
+    experiment, store = open_experiment(experiment_file())
+    ingest(experiment, store, progress=False)
+    run_index(experiment, store, shard=Shard(0, 2), progress=False, log=lambda _: None)
+    add_module(corpus_dir, "heapq.py")
+    ingest(experiment, store, progress=False)
+    index_quietly(experiment, store)
+    assert [record.what for record in prune(store).removed] == ["embeddings 1"]
+    if store.engine.dialect.name == "sqlite":
+        assert not list(store.path("locks").glob("build-stage_shards-*.lock"))

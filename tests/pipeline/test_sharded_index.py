@@ -235,6 +235,19 @@ def test_a_run_without_shard_finishes_the_slices_left(
     assert_same(stored(experiment, result), one_process)
 
 
+def test_slices_started_over_leave_no_lock_file_behind(tmp_path: Path, corpus: Path) -> None:
+    """A slice's build lock file (SQLite) goes with the slice: merged, or dropped by
+    --reembed / --recompute-neighbours (before, a dropped slice's file stayed for good)."""
+    path = experiment_at(tmp_path, corpus)
+    experiment, store = open_experiment(path)
+    ingest(experiment, store, progress=False)
+    run_index(experiment, store, shard=Shard(0, 2), progress=False, log=lambda _: None)
+    locks = tmp_path / "store" / "locks"
+    assert list(locks.glob("build-stage_shards-*.lock"))  # slice 0 was built under its lock
+    run_index(experiment, store, reembed=True, progress=False, log=lambda _: None)
+    assert not list(locks.glob("build-stage_shards-*.lock"))
+
+
 # --- separate processes --------------------------------------------------------------------------
 
 

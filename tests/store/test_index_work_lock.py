@@ -104,3 +104,37 @@ def test_a_lock_connection_asks_the_server_for_keepalives(
             connection.invalidate()
             connection.close()
     assert settings == {name: str(value) for name, value in LOCK_KEEPALIVES.items()}
+
+
+def test_a_worker_waiting_behind_one_that_works_alone_says_so(store: Store, tmp_path: Path) -> None:
+    """A process that works alone (index --rebuild, store prune) holds the lock exclusively;
+    an index started meanwhile waits for it, and says so (before, in silence: for as long as
+    a rebuild lasts)."""
+    import threading
+
+    lines: list[str] = []
+    held = threading.Event()
+    with other(store, tmp_path) as second:
+        with nobody_working(store, 1) as nobody:
+            assert nobody
+
+            def work() -> None:
+                with working_on_index(second, 1, lines.append):
+                    held.set()
+
+            worker = threading.Thread(target=work, daemon=True)
+            worker.start()
+            deadline = time.monotonic() + 30  # the line comes at once, before the wait
+            while not lines and worker.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not held.is_set()
+            assert lines == [
+                "corpus 1: another process works on its index alone (index --rebuild, "
+                "--reembed or --recompute-neighbours, store prune, or a shard finishing a "
+                "stopped one's work): waiting for it"
+            ]
+        worker.join(HANG_S)
+        assert held.is_set() and len(lines) == 1
+        with working_on_index(second, 1, lines.append):  # free: nothing said
+            pass
+        assert len(lines) == 1
