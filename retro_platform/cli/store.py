@@ -117,6 +117,7 @@ def prune(experiment_file: str, overrides: tuple[str, ...], dry_run: bool, as_js
                     ],
                     "kept": plan.kept,
                     "busy_corpora": plan.busy,
+                    "corpora_in_use": plan.in_use,
                     "bytes": plan.bytes,
                 },
                 indent=2,
@@ -133,6 +134,11 @@ def prune(experiment_file: str, overrides: tuple[str, ...], dry_run: bool, as_js
         click.echo(f"kept {line}")
     for corpus_id in plan.busy:
         click.echo(f"skipped corpus {corpus_id}: a process is indexing it; prune again later")
+    for corpus_id in plan.in_use:
+        click.echo(
+            f"skipped corpus {corpus_id}: a run that is training reads its index; prune again "
+            "once it has finished"
+        )
     verb = "would free" if dry_run else "freed"
     count = len(plan.removed)
     click.echo(

@@ -20,7 +20,9 @@ only in those, the second may lose its base and build its next version from scra
 result is the same; it is slower.
 
 A corpus whose index any process is working on (the index-work lock,
-:mod:`retro_platform.store.locks`) is left alone and named. Removal is resumable: the records
+:mod:`retro_platform.store.locks`), or that a training run reads (its evaluation and samples
+open the index it was trained with again: the index-read lock, held until ``done.json``), is
+left alone and named. Removal is resumable: the records
 are first marked ``removing`` (no stage uses them from then on), then their files go, then
 the rows; a prune killed midway finishes on its next run.
 """
@@ -37,7 +39,12 @@ from typing import Any
 from sqlalchemy import delete, select, update
 
 from retro_platform.embeddings.embed import chunk_ids_path
-from retro_platform.store.locks import build_lock_name, nobody_working, remove_lock_file
+from retro_platform.store.locks import (
+    build_lock_name,
+    nobody_reading,
+    nobody_working,
+    remove_lock_file,
+)
 from retro_platform.store.models import (
     READY,
     Corpus,
@@ -73,6 +80,7 @@ class PrunePlan:
     removed: list[PrunedRecord] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)  # one line each: the record and why
     busy: list[int] = field(default_factory=list)  # corpora a process is indexing
+    in_use: list[int] = field(default_factory=list)  # corpora a training run reads
 
     @property
     def bytes(self) -> int:
@@ -87,9 +95,12 @@ def prune(store: Any, *, dry_run: bool = False) -> PrunePlan:
     with store.session() as session:
         corpora = list(session.scalars(select(Corpus).order_by(Corpus.id)))
     for corpus in corpora:
-        with nobody_working(store, corpus.id) as nobody:
+        with nobody_working(store, corpus.id) as nobody, nobody_reading(store, corpus.id) as unread:
             if not nobody:
                 plan.busy.append(corpus.id)
+                continue
+            if not unread:
+                plan.in_use.append(corpus.id)
                 continue
             removed, kept = _plan_corpus(store, corpus.id)
             plan.removed += removed

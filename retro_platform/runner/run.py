@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from retro_platform.pipeline import Shard, ingest, run_index
 from retro_platform.runner import steps
 from retro_platform.runner.folder import DONE, RunOutcome, run_folder, training_alone
 from retro_platform.runner.results import run_description
+from retro_platform.store.locks import reading_index
 from retro_platform.tracking.run import TrackedRun, load_run_id, save_run_id
 from retro_platform.training import distributed
 from retro_platform.training.distributed import SINGLE, Processes
@@ -64,7 +66,8 @@ def run_point(
         return RunOutcome(name, "", run_dir, neighbours=experiment.train.neighbours)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    with training_alone(run_dir, experiment.hint_file):  # before any work: a second is refused
+    with ExitStack() as held:
+        held.enter_context(training_alone(run_dir, experiment.hint_file))  # a second: refused
         if done.exists():  # finished by the process that held the folder a moment ago
             if processes.distributed:  # the others are on their way to train: stop them too
                 raise RunInUseError(
@@ -73,6 +76,8 @@ def run_point(
                 )
             return _finished(name, run_dir, experiment, log)
         index = _prepare_index(experiment, store, processes, progress=progress, log=log)
+        # evaluation and samples read the index again: store prune leaves it until done.json
+        held.enter_context(reading_index(store, index.corpus_id))
         run = TrackedRun.start(
             tracking.client,
             tracking.experiment_name,

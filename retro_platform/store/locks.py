@@ -57,6 +57,8 @@ except ImportError:  # Windows
 CORPUS_LOCKS = 0x52455452
 #: The first key of the locks on a corpus's index work ("RETW").
 INDEX_WORK_LOCKS = 0x52455457
+#: The first key of the locks of the runs that read a corpus's index ("RETU").
+INDEX_READ_LOCKS = 0x52455455
 #: The first keys of the build locks (:func:`building_alone`), one per table ("RB" and a code).
 BUILD_LOCKS = 0x52420000
 _TABLE_CODES = {"embedding_sets": 1, "vector_indexes": 2, "neighbour_sets": 3, "stage_shards": 4}
@@ -105,6 +107,30 @@ def working_on_index(
     with _session_lock(store, INDEX_WORK_LOCKS, corpus_id, name, exclusive=False) as held:
         assert held  # a shared request waits until it is granted
         yield
+
+
+@contextmanager
+def reading_index(store: Any, corpus_id: int) -> Iterator[None]:
+    """Hold ``corpus_id``'s index-read lock shared for the block: a training run, whose
+    evaluation and samples read the corpus's index after its retrieval stages, keeps
+    ``store prune`` off the corpus until it is done."""
+    name = f"index-read-{corpus_id}"
+    with _session_lock(store, INDEX_READ_LOCKS, corpus_id, name, exclusive=False):
+        yield
+
+
+@contextmanager
+def nobody_reading(store: Any, corpus_id: int) -> Iterator[bool]:
+    """True, with the index-read lock held exclusively for the block, when no run reads
+    ``corpus_id``'s index; False at once when one does. Where no lock can be taken, True."""
+    if fcntl is None and store.engine.dialect.name != "postgresql":
+        yield True
+        return
+    name = f"index-read-{corpus_id}"
+    with _session_lock(
+        store, INDEX_READ_LOCKS, corpus_id, name, exclusive=True, wait=False
+    ) as free:
+        yield free
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from retro_platform.index.build import open_index
 from retro_platform.pipeline import run_index
 from retro_platform.pipeline.check import check_store
 from retro_platform.pipeline.prune import REMOVING, prune
-from retro_platform.store.locks import working_on_index
+from retro_platform.store.locks import reading_index, working_on_index
 from retro_platform.store.models import EmbeddingSet, NeighbourSet, VectorIndex
 
 
@@ -147,6 +147,23 @@ def test_a_corpus_being_indexed_is_left_alone(experiment_file, corpus_dir: Path)
     assert (plan.removed, plan.busy) == ([], [corpus_id])
     assert counts(store) == (2, 2, 2)
     assert len(prune(store).removed) == 3  # once nobody is at work
+
+
+def test_a_corpus_a_training_run_reads_is_left_alone(experiment_file, corpus_dir: Path) -> None:
+    """A run reads its index again after training (evaluation, samples): while one holds the
+    corpus's index-read lock, prune leaves the corpus and says why."""
+    experiment, store = open_experiment(experiment_file())
+    ingest(experiment, store, progress=False)
+    index_quietly(experiment, store)
+    add_module(corpus_dir, "heapq.py")
+    ingest(experiment, store, progress=False)
+    index_quietly(experiment, store)
+    corpus_id = find_corpus_id(experiment, store)
+    with reading_index(store, corpus_id):
+        plan = prune(store)
+    assert (plan.removed, plan.busy, plan.in_use) == ([], [], [corpus_id])
+    assert counts(store) == (2, 2, 2)
+    assert len(prune(store).removed) == 3  # once the run is done
 
 
 def test_a_prune_killed_midway_finishes_on_its_next_run(experiment_file, corpus_dir: Path) -> None:

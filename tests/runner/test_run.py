@@ -189,6 +189,32 @@ def test_a_run_being_trained_is_not_trained_twice(tmp_path: Path) -> None:
     assert run.info.status == "FINISHED"
 
 
+def test_a_training_run_keeps_store_prune_off_its_index(tmp_path: Path) -> None:
+    """Its evaluation and samples open the index again after training: a prune meanwhile
+    (after the corpus changed and was indexed again) would remove it from under the run."""
+    path = tiny_experiment(tmp_path, train={"steps": 40, "checkpoint_every": 5})
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    training = subprocess.Popen(
+        [sys.executable, "-m", "retro_platform.cli", "run", "--no-progress", str(path)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    checkpoint = checkpoint_path(folder_of(path))
+    try:
+        deadline = time.monotonic() + 120
+        while not checkpoint.exists() and time.monotonic() < deadline:
+            assert training.poll() is None, "the run ended before its first checkpoint"
+            time.sleep(0.05)
+        os.kill(training.pid, signal.SIGSTOP)  # training, after its retrieval stages
+        pruned = CliRunner().invoke(cli, ["store", "prune", str(path), "--json"])
+        assert pruned.exit_code == 0, pruned.output
+        assert json.loads(pruned.stdout)["corpora_in_use"] == [1]
+    finally:
+        training.kill()
+        training.wait()
+    pruned = CliRunner().invoke(cli, ["store", "prune", str(path), "--json"])
+    assert json.loads(pruned.stdout)["corpora_in_use"] == []  # the killed run's lock went
+
+
 def test_a_sweep_is_a_parent_run_with_a_child_per_point(tmp_path: Path) -> None:
     path = tiny_experiment(
         tmp_path,
