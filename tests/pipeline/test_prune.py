@@ -58,6 +58,17 @@ def counts(store) -> tuple[int, int, int]:
         )
 
 
+def indexed_twice(path: Path, corpus_dir: Path):
+    """The experiment at ``path`` ingested and indexed, then again once heapq.py was added:
+    ``(experiment, store, the first version's result, the second's)``."""
+    experiment, store = open_experiment(path)
+    ingest(experiment, store, progress=False)
+    first = index_quietly(experiment, store)
+    add_module(corpus_dir, "heapq.py")
+    ingest(experiment, store, progress=False)
+    return experiment, store, first, index_quietly(experiment, store)
+
+
 def test_earlier_versions_go_but_the_base_of_the_next_update_stays(
     experiment_file, corpus_dir: Path
 ) -> None:
@@ -119,12 +130,7 @@ def test_an_updated_index_needs_nothing_of_the_version_it_came_from(
     """An update loads the earlier index and saves a new one (for the on-disk index, a folder
     of inverted lists of its own): once the earlier version is pruned the new index still
     loads, answers as before and holds exactly the database's chunks."""
-    experiment, store = open_experiment(experiment_file(retriever=retriever))
-    ingest(experiment, store, progress=False)
-    index_quietly(experiment, store)
-    add_module(corpus_dir, "heapq.py")
-    ingest(experiment, store, progress=False)
-    second = index_quietly(experiment, store)
+    experiment, store, _, second = indexed_twice(experiment_file(retriever=retriever), corpus_dir)
     queries = np.array(second.embeddings.open()[::50])
     before = open_index(second.index).search(queries, 4)
     assert len(prune(store).removed) == 3
@@ -135,12 +141,7 @@ def test_an_updated_index_needs_nothing_of_the_version_it_came_from(
 
 
 def test_a_corpus_being_indexed_is_left_alone(experiment_file, corpus_dir: Path) -> None:
-    experiment, store = open_experiment(experiment_file())
-    ingest(experiment, store, progress=False)
-    index_quietly(experiment, store)
-    add_module(corpus_dir, "heapq.py")
-    ingest(experiment, store, progress=False)
-    index_quietly(experiment, store)
+    experiment, store, _, _ = indexed_twice(experiment_file(), corpus_dir)
     corpus_id = find_corpus_id(experiment, store)
     with working_on_index(store, corpus_id):
         plan = prune(store)
@@ -152,12 +153,7 @@ def test_a_corpus_being_indexed_is_left_alone(experiment_file, corpus_dir: Path)
 def test_a_corpus_a_training_run_reads_is_left_alone(experiment_file, corpus_dir: Path) -> None:
     """A run reads its index again after training (evaluation, samples): while one holds the
     corpus's index-read lock, prune leaves the corpus and says why."""
-    experiment, store = open_experiment(experiment_file())
-    ingest(experiment, store, progress=False)
-    index_quietly(experiment, store)
-    add_module(corpus_dir, "heapq.py")
-    ingest(experiment, store, progress=False)
-    index_quietly(experiment, store)
+    experiment, store, _, _ = indexed_twice(experiment_file(), corpus_dir)
     corpus_id = find_corpus_id(experiment, store)
     with reading_index(store, corpus_id):
         plan = prune(store)
@@ -169,12 +165,7 @@ def test_a_corpus_a_training_run_reads_is_left_alone(experiment_file, corpus_dir
 def test_a_prune_killed_midway_finishes_on_its_next_run(experiment_file, corpus_dir: Path) -> None:
     """The state a kill leaves after the records were marked and some files removed: no stage
     uses a record marked removing, and the next prune removes the rest."""
-    experiment, store = open_experiment(experiment_file())
-    ingest(experiment, store, progress=False)
-    first = index_quietly(experiment, store)
-    add_module(corpus_dir, "heapq.py")
-    ingest(experiment, store, progress=False)
-    index_quietly(experiment, store)
+    experiment, store, first, _ = indexed_twice(experiment_file(), corpus_dir)
     with store.session() as session:
         for model, row_id in (
             (EmbeddingSet, first.embeddings.id),
@@ -191,12 +182,7 @@ def test_a_prune_killed_midway_finishes_on_its_next_run(experiment_file, corpus_
 
 def test_the_command_lists_what_goes_and_what_it_frees(experiment_file, corpus_dir: Path) -> None:
     path = experiment_file()
-    experiment, store = open_experiment(path)
-    ingest(experiment, store, progress=False)
-    first = index_quietly(experiment, store)
-    add_module(corpus_dir, "heapq.py")
-    ingest(experiment, store, progress=False)
-    index_quietly(experiment, store)
+    experiment, store, first, _ = indexed_twice(path, corpus_dir)
     runner = CliRunner()
 
     dry = runner.invoke(cli, ["store", "prune", str(path), "--dry-run"])
@@ -237,12 +223,7 @@ def test_stats_and_prune_need_none_of_the_experiment_s_plugins(
     """They read the store alone: after the experiment's embedder was uninstalled (here: the
     file names one that no distribution registers) they still work."""
     path = experiment_file()
-    experiment, store = open_experiment(path)
-    ingest(experiment, store, progress=False)
-    index_quietly(experiment, store)
-    add_module(corpus_dir, "heapq.py")
-    ingest(experiment, store, progress=False)
-    index_quietly(experiment, store)
+    experiment, store, _, _ = indexed_twice(path, corpus_dir)
     path.write_text(path.read_text().replace('name = "hashing"', 'name = "gone-embedder"'))
     runner = CliRunner()
     stats = runner.invoke(cli, ["store", "stats", str(path), "--json"])

@@ -154,16 +154,21 @@ def test_a_killed_run_resumes_into_the_same_mlflow_run_with_the_same_weights(
     )
 
 
+def start_run(path: Path) -> subprocess.Popen:
+    """``retro-platform run PATH`` in a process of its own, output discarded."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "retro_platform.cli", "run", "--no-progress", str(path)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 def test_a_run_being_trained_is_not_trained_twice(tmp_path: Path) -> None:
     """A second `run` of a configuration whose folder another process holds stops in one line
     (before it would train the same folder and MLflow run at once); once the holder is killed,
     the same command resumes and finishes the run."""
     path = tiny_experiment(tmp_path, train={"steps": 40, "checkpoint_every": 5})
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    first = subprocess.Popen(
-        [sys.executable, "-m", "retro_platform.cli", "run", "--no-progress", str(path)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    first = start_run(path)
     lock = folder_of(path) / "run.lock"
     try:
         deadline = time.monotonic() + 120
@@ -193,11 +198,7 @@ def test_a_training_run_keeps_store_prune_off_its_index(tmp_path: Path) -> None:
     """Its evaluation and samples open the index again after training: a prune meanwhile
     (after the corpus changed and was indexed again) would remove it from under the run."""
     path = tiny_experiment(tmp_path, train={"steps": 40, "checkpoint_every": 5})
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    training = subprocess.Popen(
-        [sys.executable, "-m", "retro_platform.cli", "run", "--no-progress", str(path)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    training = start_run(path)
     checkpoint = checkpoint_path(folder_of(path))
     try:
         deadline = time.monotonic() + 120
