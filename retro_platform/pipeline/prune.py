@@ -66,11 +66,17 @@ _KINDS = ((NeighbourSet, "neighbours"), (VectorIndex, "index"), (EmbeddingSet, "
 class PrunedRecord:
     """One record of an earlier corpus version that goes, with its files."""
 
-    what: str  # "embeddings 3", "index 5", "neighbours 4"
+    kind: str  # "embeddings", "index" or "neighbours": its table, as _KINDS names it
+    row_id: int
     corpus_id: int
     corpus_version: int
     files: tuple[Path, ...]
     bytes: int
+
+    @property
+    def what(self) -> str:
+        """``embeddings 3``, ``index 5``, ``neighbours 4``: the record as messages name it."""
+        return f"{self.kind} {self.row_id}"
 
 
 @dataclass
@@ -178,10 +184,9 @@ def _plan_corpus(store: Any, corpus_id: int) -> tuple[list[PrunedRecord], list[s
         for row in sorted(rows.values(), key=lambda row: row.id):
             if set_version(row) >= version:
                 continue  # the current version's
-            what = f"{name} {row.id}"
             if row in bases:
                 kept.append(
-                    f"{what} (corpus {corpus_id} version {set_version(row)}): the next "
+                    f"{name} {row.id} (corpus {corpus_id} version {set_version(row)}): the next "
                     f"index of version {version} derives from it"
                 )
                 continue
@@ -191,7 +196,8 @@ def _plan_corpus(store: Any, corpus_id: int) -> tuple[list[PrunedRecord], list[s
             present = tuple(path for path in files if path.exists())
             removed.append(
                 PrunedRecord(
-                    what,
+                    name,
+                    row.id,
                     corpus_id,
                     set_version(row),
                     present,
@@ -227,10 +233,7 @@ def _remove(store: Any, records: list[PrunedRecord]) -> None:
     """Mark the records removing, remove their files, then their rows (children first)."""
     if not records:
         return
-    ids = {name: [] for _, name in _KINDS}
-    for record in records:
-        name, row_id = record.what.split()
-        ids[name].append(int(row_id))
+    ids = {name: [r.row_id for r in records if r.kind == name] for _, name in _KINDS}
     with store.session() as session:
         for model, name in _KINDS:
             if ids[name]:
@@ -244,19 +247,17 @@ def _remove(store: Any, records: list[PrunedRecord]) -> None:
             else:
                 path.unlink(missing_ok=True)
     with store.session() as session:
-        for piece in session.scalars(
-            select(StageShard.id).where(
-                StageShard.embedding_set_id.in_(ids["embeddings"])
-                | StageShard.neighbour_set_id.in_(ids["neighbours"])
-            )
-        ):
-            remove_lock_file(store, build_lock_name(StageShard, piece))
-        session.execute(
-            delete(StageShard).where(
-                StageShard.embedding_set_id.in_(ids["embeddings"])
-                | StageShard.neighbour_set_id.in_(ids["neighbours"])
+        pieces = list(
+            session.scalars(
+                select(StageShard.id).where(
+                    StageShard.embedding_set_id.in_(ids["embeddings"])
+                    | StageShard.neighbour_set_id.in_(ids["neighbours"])
+                )
             )
         )
+        for piece in pieces:
+            remove_lock_file(store, build_lock_name(StageShard, piece))
+        session.execute(delete(StageShard).where(StageShard.id.in_(pieces)))
         for model, name in _KINDS:  # neighbour sets, then indexes, then embedding sets
             for row_id in ids[name]:
                 row = session.get(model, row_id)
