@@ -88,24 +88,18 @@ def working_on_index(
     process, none can take over from it. While a process holds it exclusively (``index
     --rebuild``, ``store prune``, a waiting shard finishing what a stopped one left), say so
     through ``log`` and wait."""
-    name = f"index-work-{corpus_id}"
-    if fcntl is None and store.engine.dialect.name != "postgresql":
+    if _lockless(store):
         yield  # nothing to lock with (no one can hold it exclusively either)
         return
-    with _session_lock(
-        store, INDEX_WORK_LOCKS, corpus_id, name, exclusive=False, wait=False
-    ) as free:
-        if free:
-            yield
-            return
-    if log is not None:
-        log(
-            f"corpus {corpus_id}: another process works on its index alone (index --rebuild, "
-            "--reembed or --recompute-neighbours, store prune, or a shard finishing a stopped "
-            "one's work): waiting for it"
-        )
-    with _session_lock(store, INDEX_WORK_LOCKS, corpus_id, name, exclusive=False) as held:
-        assert held  # a shared request waits until it is granted
+    waiting = (
+        f"corpus {corpus_id}: another process works on its index alone (index --rebuild, "
+        "--reembed or --recompute-neighbours, store prune, or a shard finishing a stopped "
+        "one's work): waiting for it"
+    )
+    name = f"index-work-{corpus_id}"
+    with _granted(
+        store, INDEX_WORK_LOCKS, corpus_id, name, exclusive=False, waiting=waiting, log=log
+    ):
         yield
 
 
@@ -123,7 +117,7 @@ def reading_index(store: Any, corpus_id: int) -> Iterator[None]:
 def nobody_reading(store: Any, corpus_id: int) -> Iterator[bool]:
     """True, with the index-read lock held exclusively for the block, when no run reads
     ``corpus_id``'s index; False at once when one does. Where no lock can be taken, True."""
-    if fcntl is None and store.engine.dialect.name != "postgresql":
+    if _lockless(store):
         yield True
         return
     name = f"index-read-{corpus_id}"
@@ -149,7 +143,7 @@ def working_alone(store: Any, corpus_id: int) -> Iterator[bool]:
     on its index: True; False at once when one is. For work that starts sets over (``index
     --rebuild``), which must not run under another process's feet. Where no lock can be taken
     (no ``flock``), True: there is nothing to ask."""
-    if fcntl is None and store.engine.dialect.name != "postgresql":
+    if _lockless(store):
         yield True
         return
     with nobody_working(store, corpus_id) as nobody:
@@ -168,19 +162,42 @@ def building_alone(
     slices, an index) for the block, so that no two processes build it at once. If another
     process holds it, say so through ``log`` and wait. Yields the row as stored once the lock
     is held: the caller builds only what that says is left (nothing once it is ready)."""
-    if fcntl is None and store.engine.dialect.name != "postgresql":
+    if _lockless(store):
         yield _stored(store, model, row_id)  # nothing to lock with: as before these locks
         return
-    name = build_lock_name(model, row_id)
     space = BUILD_LOCKS + _TABLE_CODES[model.__tablename__]
-    with _session_lock(store, space, row_id, name, exclusive=True, wait=False) as free:
+    waiting = f"{what} is being built by another process: waiting for it"
+    name = build_lock_name(model, row_id)
+    with _granted(store, space, row_id, name, exclusive=True, waiting=waiting, log=log):
+        yield _stored(store, model, row_id)
+
+
+def _lockless(store: Any) -> bool:
+    """Whether no lock can be taken here: a SQLite store where ``flock`` does not exist."""
+    return fcntl is None and store.engine.dialect.name != "postgresql"
+
+
+@contextmanager
+def _granted(
+    store: Any,
+    space: int,
+    key: int,
+    name: str,
+    *,
+    exclusive: bool,
+    waiting: str,
+    log: Callable[[str], None] | None,
+) -> Iterator[None]:
+    """Hold a lock for the block: at once when it is free, else after saying ``waiting``
+    through ``log`` and waiting until it is granted."""
+    with _session_lock(store, space, key, name, exclusive=exclusive, wait=False) as free:
         if free:
-            yield _stored(store, model, row_id)
+            yield
             return
     if log is not None:
-        log(f"{what} is being built by another process: waiting for it")
-    with _session_lock(store, space, row_id, name, exclusive=True, wait=True):
-        yield _stored(store, model, row_id)
+        log(waiting)
+    with _session_lock(store, space, key, name, exclusive=exclusive):
+        yield
 
 
 def _stored(store: Any, model: type[Record], row_id: int) -> Record:
