@@ -72,9 +72,8 @@ def open_experiment(
     from retro_platform.store.migrations import sqlite_missing
 
     url = experiment.store.database_url
-    if (read_only or existing) and sqlite_missing(
-        url
-    ):  # nothing to read: leave no empty store behind
+    # nothing to read: leave no empty store behind
+    if (read_only or existing) and sqlite_missing(url):
         raise StoreError(
             "this experiment's corpus is not ingested yet (its store database does not "
             f"exist); run: retro-platform ingest {experiment.hint_file}"

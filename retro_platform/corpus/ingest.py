@@ -383,9 +383,8 @@ def _ingest_batch(
             report.replaced += len(replaced)
 
         late = [external_id for external_id in fresh if external_id not in encodings]
-        encodings.update(
-            _encode(tokenizer, candidates, late, tokenizer_name)
-        )  # changed by another ingest
+        # changed by another ingest
+        encodings.update(_encode(tokenizer, candidates, late, tokenizer_name))
         document_rows, encoded = [], []
         for external_id, (text, checksum, size, meta) in fresh.items():
             encoding = encodings.pop(external_id)
