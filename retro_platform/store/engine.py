@@ -25,7 +25,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Engine
 
 from retro_platform.errors import StoreError
-from retro_platform.store.urls import _parse, _sqlite_file, safe_url
+from retro_platform.store.urls import READING_COMMANDS, _parse, _sqlite_file, safe_url
 
 #: How long a SQLite connection waits for another writer before giving up.
 BUSY_TIMEOUT_SECONDS = 30
@@ -53,7 +53,7 @@ def read_only_refusal(url: URL, reason: str) -> str:
     """The one line a command that writes gets on a store it may not write."""
     return (
         f"the store {safe_url(url)} is read-only here ({reason}): this command writes to it; "
-        "search, store stats, store check and generate can read it as it is"
+        f"{READING_COMMANDS} can read it as it is"
     )
 
 

@@ -37,9 +37,11 @@ they cannot deadlock. Where ``flock`` does not exist nothing is locked, as befor
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import text
@@ -261,9 +263,10 @@ def _session_lock(
     if fcntl is None:
         yield wait
         return
-    path = store.path(f"locks/{name}.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    descriptor = _lock_file(store.path(f"locks/{name}.lock"))
+    if descriptor is None:  # a store this process may only read, and nobody ever took it
+        yield True
+        return
     try:
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         try:
@@ -274,3 +277,20 @@ def _session_lock(
         yield True
     finally:
         os.close(descriptor)  # releases the flock
+
+
+def _lock_file(path: Path) -> int | None:
+    """A descriptor to ``flock`` the lock file ``path`` with, made if it is not there yet. On a
+    store this process may only read (``store prune --dry-run``), the file opened for reading,
+    which ``flock`` takes as well; None when it cannot be made: no process ever held that lock,
+    since each holder makes the file first."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None

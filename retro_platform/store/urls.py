@@ -27,6 +27,9 @@ from sqlalchemy.engine import URL, make_url
 
 from retro_platform.errors import StoreError
 
+#: The commands that serve a store this process may not write, as its errors list them.
+READING_COMMANDS = "search, store stats, store check, store prune --dry-run and generate"
+
 _MASK = "***"
 #: ``//user:password@`` anywhere in a text: the password is group 2.
 _USER_PASSWORD = re.compile(r"(//[^/:@\s\"']*:)([^/@\s\"']+)@")
@@ -120,8 +123,7 @@ def database_errors(url: str | URL, doing: str) -> Iterator[None]:
     except (sa_exc.SQLAlchemyError, sqlite3.Error) as error:
         message = f"cannot {doing} {safe_url(url)}: {_describe(error, url)}"
         if "readonly database" in message:  # SQLite's words; the store is on a read-only disk
-            message += " (the store is read-only here: search, store stats, store check and "
-            message += "generate can read it)"
+            message += f" (the store is read-only here: {READING_COMMANDS} can read it)"
         if "no password supplied" in message:  # libpq's words when neither URL nor env has one
             message += (
                 " (put it in the environment: PGPASSWORD, or a password file named by PGPASSFILE)"

@@ -126,11 +126,13 @@ def test_a_read_only_store_serves_every_read_command(read_only_store) -> None:
         ["store", "stats", str(path)],
         ["store", "check", str(path)],
         ["db", "current", str(path)],
+        ["store", "prune", str(path), "--dry-run"],
         ["ingest", str(path), "--no-progress"],
         ["index", str(path), "--no-progress"],
         ["db", "upgrade", str(path)],
+        ["store", "prune", str(path)],
     ]
-    found, stats, checked, current, *refused = run_commands(commands, path)
+    found, stats, checked, current, pruned, *refused = run_commands(commands, path)
 
     assert found[0] == 0, found[2]
     assert found[1].startswith("1. score ") and "bisect.py" in found[1]
@@ -139,12 +141,14 @@ def test_a_read_only_store_serves_every_read_command(read_only_store) -> None:
     assert checked[0] == 0, checked[2]
     assert checked[1].endswith("store is consistent\n")
     assert current[0] == 0 and "(head)" in current[1], current[2]
+    assert pruned[0] == 0, pruned[2]
+    assert "would be removed" in pruned[1]
     for code, _, error in refused:
         assert code == 2
         assert error == (
             f"Error: the store sqlite:///{store / 'retro.db'} is read-only here "
             f"({store / 'retro.db'} is not writable): this command writes to it; search, "
-            "store stats, store check and generate can read it as it is\n"
+            "store stats, store check, store prune --dry-run and generate can read it as it is\n"
         )
     assert snapshot(store) == before
 
