@@ -70,6 +70,27 @@ class PluginTable:
             "version": registration.version,
         }
 
+    def made_otherwise(self, recorded: dict[str, str] | None) -> str | None:
+        """How the plugin that made a stored result (``recorded``: its :attr:`source`) differs
+        from this one, in words: another distribution, or another version of a third-party
+        one (the platform's own plugins take its version, which moves with every release);
+        None when neither, or when the result is older than the record."""
+        from retro_platform.plugins import DISTRIBUTION, normalize  # lazy, as below
+
+        if not recorded:
+            return None
+        now = self.source
+        then = {key: recorded.get(key, "?") for key in ("distribution", "version")}
+        if normalize(then["distribution"]) != normalize(now["distribution"]) or (
+            normalize(now["distribution"]) != normalize(DISTRIBUTION)
+            and then["version"] != now["version"]
+        ):
+            return (
+                f"made by {then['distribution']} {then['version']}, and this experiment's "
+                f"{self.table} {self.name!r} now comes from {now['distribution']} {now['version']}"
+            )
+        return None
+
     def build(self, *args: Any) -> Any:
         """The plugin itself: ``factory(options, *args)``."""
         return self.registration.factory(self.validated, *args)

@@ -15,8 +15,9 @@ Chunk ids are never reused, so an id names the same text in every version.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +70,19 @@ class EmbeddingFile:
     dimension: int
     count: int
     normalized: bool
+    #: The plugin that made them, ``{name, distribution, version}`` (None: before the record).
+    plugin: dict[str, str] | None = field(default=None, compare=False)
 
     @classmethod
     def from_row(cls, row: EmbeddingSet, store: Any) -> EmbeddingFile:
         return cls(
-            row.id, row.fingerprint, store.path(row.file), row.dimension, row.count, row.normalized
+            row.id,
+            row.fingerprint,
+            store.path(row.file),
+            row.dimension,
+            row.count,
+            row.normalized,
+            row.plugin,
         )
 
     def open(self) -> np.ndarray:
@@ -107,6 +116,21 @@ def embedding_fingerprint(
         embedder=embedder.name,
         options=embedder.stored_options,
     )
+
+
+def warn_if_made_otherwise(experiment: Experiment, embeddings: EmbeddingFile, what: str) -> None:
+    """Say, as a warning line on stderr, that stored ``embeddings`` (``what`` says how they are
+    about to be used) were made by another distribution or version of the experiment's
+    embedder: uninstalled and replaced, or upgraded, under the same name and options. They are
+    used as stored, since the new plugin may compute the same vectors and only the user knows
+    whether it does."""
+    differs = experiment.plugin_table("embedder").made_otherwise(embeddings.plugin)
+    if differs is not None:
+        print(
+            f"Warning: {what} (embedding set {embeddings.id}) were {differs}: if it computes "
+            f"other vectors, embed again: retro-platform index {experiment.hint_file} --reembed",
+            file=sys.stderr,
+        )
 
 
 def embedding_lineage(experiment: Experiment, store: Any, corpus_id: int) -> list[EmbeddingFile]:
@@ -201,6 +225,9 @@ def embed_corpus(
             f"run: retro-platform index {experiment.hint_file} --reembed"
         )
     result = EmbeddingFile.from_row(row, store)
+    if not reembed:
+        done = "reuses" if is_ready(store, row) else "resumes"
+        warn_if_made_otherwise(experiment, result, f"the embeddings this index {done}")
     if is_ready(store, row):
         if not result.ids_path.exists() and row.corpus_version == corpus.version:
             _save_chunk_ids(store, row.corpus_id, result.ids_path)  # a set from before the file
@@ -255,6 +282,7 @@ def _base(
     """The newest finished set of an earlier corpus version to copy vectors from, or None."""
     for candidate in embedding_lineage(experiment, store, corpus_id):
         if candidate.dimension == dimension:
+            warn_if_made_otherwise(experiment, candidate, "the earlier version's embeddings copied")
             return candidate
     return None
 

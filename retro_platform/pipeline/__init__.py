@@ -13,7 +13,12 @@ from typing import Any
 
 from retro_platform.config import Experiment
 from retro_platform.corpus.ingest import find_corpus_id, ingest
-from retro_platform.embeddings.embed import EmbeddingFile, embed_corpus, embedding_fingerprint
+from retro_platform.embeddings.embed import (
+    EmbeddingFile,
+    embed_corpus,
+    embedding_fingerprint,
+    warn_if_made_otherwise,
+)
 from retro_platform.errors import ConfigError, IndexFileError, StoreError
 from retro_platform.index.build import IndexRecord, build_index, index_fingerprint, open_run_index
 from retro_platform.neighbours.compute import NeighbourFile, compute_neighbours
@@ -303,4 +308,6 @@ def stored_index(experiment: Experiment, store: Any) -> IndexRecord:
                 "no finished index for this experiment's [embedder] and [retriever]; "
                 f"run: retro-platform index {experiment.hint_file}"
             )
-        return IndexRecord.from_row(row, store)
+        found = IndexRecord.from_row(row, store)
+    warn_if_made_otherwise(experiment, embeddings, "the embeddings searched here")
+    return found
