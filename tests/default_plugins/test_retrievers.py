@@ -119,6 +119,15 @@ def test_save_and_load_give_the_same_results(
         assert np.array_equal(before[0], after[0])
 
 
+def test_hnsw_returns_k_hits_for_a_k_far_above_ef_search(clustered: np.ndarray) -> None:
+    hnsw = retriever("faiss-hnsw", 32, efSearch=16)
+    hnsw.build(clustered, np.arange(len(clustered)))
+    scores, ids = hnsw.search(clustered[:10], 1500)  # Faiss alone returned 102 to 177 each
+    assert (ids >= 0).all() and np.isfinite(scores).all()
+    assert all(len(set(row)) == 1500 for row in ids.tolist())
+    assert faiss.downcast_index(hnsw.index.index).hnsw.efSearch == 16  # the option as it was
+
+
 def test_search_time_options_apply_to_a_loaded_index(clustered: np.ndarray, tmp_path: Path) -> None:
     hnsw = retriever("faiss-hnsw", 32, efSearch=16)
     hnsw.build(clustered, np.arange(len(clustered)))
