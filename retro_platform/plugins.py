@@ -32,6 +32,7 @@ import os
 import re
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -665,6 +666,30 @@ def plugin_info() -> list[dict[str, Any]]:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def plugin_in_traceback(error: BaseException) -> str | None:
+    """One line naming the third-party plugin whose code raised ``error`` (the innermost frame
+    of the traceback that is a loaded plugin's), or None when no plugin's code is in it.
+
+    A plugin's bug is shown with its traceback, which names files, not plugins: this line says
+    whose the file is and where to report it."""
+    if _state is None:
+        return None
+    packages = {
+        plugin.module.split(":")[0].split(".")[0]: plugin
+        for plugin in _state.plugins
+        if normalize(plugin.distribution) != normalize(DISTRIBUTION)
+    }
+    for frame, _ in reversed(list(traceback.walk_tb(error.__traceback__))):
+        plugin = packages.get(str(frame.f_globals.get("__name__", "")).split(".")[0])
+        if plugin is not None:
+            return (
+                f"the error above was raised in plugin {plugin.name!r} ({plugin.distribution} "
+                f"{plugin.version}): if its options are right, report it to the plugin's author "
+                f"({_one_line(error)}); {_disable_hint(plugin.distribution)}"
+            )
+    return None
 
 
 def _disable_hint(distribution: str | None, what: str = "it") -> str:

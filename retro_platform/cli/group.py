@@ -17,6 +17,7 @@ Import heavy libraries (torch, faiss, mlflow) inside command bodies, so ``--help
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
 import click
@@ -26,7 +27,9 @@ from retro_platform.training.launch import record_failure
 
 
 class RetroGroup(click.Group):
-    """A click group that reports a :class:`RetroPlatformError` from any subcommand as one line.
+    """A click group that reports a :class:`RetroPlatformError` from any subcommand as one line,
+    and ends the traceback of any other error raised in a third-party plugin's code with a
+    line that names the plugin.
 
     Wrapping ``invoke`` covers the subcommand's own parameter parsing and callbacks as well as
     its body, and nested groups, since they all run inside it.
@@ -40,6 +43,19 @@ class RetroGroup(click.Group):
             click.echo(f"Error: {message}", err=True)
             record_failure(exc.exit_code, message)  # under `run --nproc`: the launcher's exit code
             ctx.exit(exc.exit_code)
+        except (click.exceptions.ClickException, click.exceptions.Exit):
+            raise
+        except Exception as exc:
+            # a bug keeps its traceback; one raised in a plugin's code also names the plugin
+            from retro_platform.plugins import plugin_in_traceback  # lazy: --help stays fast
+
+            blamed = plugin_in_traceback(exc)
+            if blamed is None:
+                raise
+            traceback.print_exception(exc)
+            click.echo(f"Error: {blamed}", err=True)
+            record_failure(1, blamed)
+            ctx.exit(1)
 
 
 @click.group(cls=RetroGroup)

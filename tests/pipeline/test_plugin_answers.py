@@ -93,9 +93,15 @@ def register_tokenizers(register):
     register("reversed-starts", ReversedStarts)
 
 
+class MissingModel(HashingEmbedder):
+    def __init__(self, options):
+        raise ValueError("no model file at /models/x")
+
+
 @hookimpl
 def register_embedders(register):
     register("nan-hashing", NanEmbedder)
+    register("missing-model", MissingModel)
 
 
 @hookimpl
@@ -193,3 +199,33 @@ def test_a_corpus_reader_whose_documents_break_the_protocol_stops_ingest(
     path.write_text(path.read_text().replace('name = "text-files"', f'name = "{reader}"'))
     error = _index(path, "ingest")
     assert f"corpus reader {reader!r}" in error and said in error
+
+
+def test_an_error_raised_in_a_plugins_code_ends_with_a_line_that_names_the_plugin(
+    experiment,
+) -> None:
+    # the traceback names files only: the last line says whose they are
+    path = experiment(embedder={"name": "missing-model"})
+    result = CliRunner().invoke(cli, ["index", str(path), "--no-progress"])
+    assert result.exit_code == 1, result.output
+    *traceback, last = result.stderr.splitlines()
+    assert "Traceback (most recent call last):" in traceback
+    assert 'raise ValueError("no model file at /models/x")' in "\n".join(traceback)
+    assert last == (
+        "Error: the error above was raised in plugin 'retro_platform_bad_answers' "
+        "(retro-platform-bad-answers 1.0): if its options are right, report it to the "
+        "plugin's author (ValueError: no model file at /models/x); to disable it, set "
+        "RETRO_PLATFORM_DISABLE_PLUGINS=retro-platform-bad-answers or run: retro-platform "
+        "uninstall retro-platform-bad-answers"
+    )
+
+
+def test_an_error_outside_any_plugins_code_names_no_plugin(experiment) -> None:
+    from retro_platform.plugins import load_plugins, plugin_in_traceback
+
+    experiment(ingest=False)  # the bad plugins installed
+    load_plugins()
+    try:
+        raise ValueError("a bug of the platform")
+    except ValueError as error:
+        assert plugin_in_traceback(error) is None
