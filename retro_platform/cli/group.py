@@ -17,13 +17,15 @@ Import heavy libraries (torch, faiss, mlflow) inside command bodies, so ``--help
 
 from __future__ import annotations
 
+import os
 import traceback
 from typing import Any
 
 import click
 
 from retro_platform.errors import RetroPlatformError
-from retro_platform.training.launch import record_failure
+from retro_platform.parent_watch import exit_with_parent
+from retro_platform.training.launch import RESUME, record_failure
 
 
 class RetroGroup(click.Group):
@@ -62,3 +64,8 @@ class RetroGroup(click.Group):
 @click.version_option(package_name="retro-platform", prog_name="retro-platform")
 def cli() -> None:
     """Train, retrieve with and compare RETRO models; swap parts through plugins."""
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        # torchrun starts each process in a session of its own: killed outright (SIGKILL,
+        # with its launcher's process group), it leaves them training with no one to stop them
+        gone = f"Error: torchrun (pid {os.getppid()}) is gone: this process stops; {RESUME}"
+        exit_with_parent(1, gone)

@@ -208,13 +208,19 @@ def _left(marker: str, timeout: float = 60) -> list[int]:
 
 @pytest.mark.e2e
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize(
+    ("signum", "group"),
+    [(signal.SIGKILL, False), (signal.SIGTERM, False), (signal.SIGKILL, True)],
+    ids=["SIGKILL", "SIGTERM", "SIGKILL-group"],
+)
 def test_a_killed_nproc_launcher_leaves_no_process_training(
-    tmp_path: Path, signum: signal.Signals
+    tmp_path: Path, signum: signal.Signals, group: bool
 ) -> None:
     """SIGKILL or SIGTERM to `run --nproc 2` alone (a scheduler's kill, `kill PID`) stops
     torchrun and both processes. They went on training without it, and the same command
-    started again then trained the same run beside them."""
+    started again then trained the same run beside them. SIGKILL to the launcher's process
+    group kills torchrun with it, outright: the training processes, in sessions of their own,
+    notice that their parent is gone and stop too."""
     path = tiny_experiment(tmp_path, train={"steps": 100_000, "checkpoint_every": 5})
     log = tmp_path / "stderr.txt"
     with log.open("w") as stderr:  # a file: processes left behind would hold a pipe open
@@ -227,9 +233,14 @@ def test_a_killed_nproc_launcher_leaves_no_process_training(
         while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
             time.sleep(0.05)
         assert process.poll() is None, log.read_text()[-3000:]
-        process.send_signal(signum)  # the launcher alone
+        if group:
+            os.killpg(process.pid, signum)  # the launcher and torchrun, not the workers
+        else:
+            process.send_signal(signum)  # the launcher alone
         process.wait(timeout=HANG_S)
         assert _left(str(path)) == []
+        if group:
+            assert log.read_text().splitlines()[-1].startswith("Error: torchrun (pid ")
         if signum == signal.SIGTERM:
             assert process.returncode == 128 + signal.SIGTERM
             assert log.read_text().splitlines()[-1] == (

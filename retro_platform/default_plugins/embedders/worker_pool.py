@@ -26,8 +26,6 @@ import os
 import pickle
 import subprocess
 import sys
-import threading
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from retro_platform.errors import ConfigError
+from retro_platform.parent_watch import exit_with_parent
 
 #: Loads the model in a worker from the embedder's settings; a :class:`ConfigError` it raises
 #: reaches the caller as one.
@@ -142,23 +141,11 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             proc.stdout.close()
 
 
-def _die_with_parent() -> None:
-    """End this worker within a second of its parent's death, even a death by a signal that
-    left no time for :meth:`_WorkerPool.close` (a busy worker would not see EOF until it has
-    finished its texts): a watchdog thread notices that the parent process changed."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
-
-
 def _serve() -> None:
     """The loop of a worker process: settings, then texts in and vectors out until EOF."""
-    _die_with_parent()
+    # a busy worker would not see EOF until it has finished its texts: a parent killed by a
+    # signal that left no time for _WorkerPool.close must not leave it embedding
+    exit_with_parent()
     protocol_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything a library prints goes to stderr, not into the protocol stream
     sys.stdout = sys.stderr
