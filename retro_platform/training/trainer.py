@@ -143,8 +143,9 @@ def train(
     device = torch.device(device)
     path = checkpoint_path(Path(run_dir))
     settings = run_settings(experiment, data, device)
-    state, saved_window = _start(model, experiment, settings, path, device)
-    resumed = saved_window is not None
+    state, previous = _start(model, experiment, settings, path, device)
+    resumed = previous is not None
+    saved_window = (previous or {}).get("log_window")
     main = processes.is_main
     if processes.distributed:
         state.wrapped = _wrap(model, processes, device, unused=not train_cfg.retrieval)
@@ -177,8 +178,9 @@ def train(
         meter.steps = saved_window["steps"]
         meter.loss = saved_window["loss"] if main else 0.0
     total = _Meter()
+    # a resume with no step left (killed after the last checkpoint) still has the last ones
+    metrics: dict[str, float] = dict((previous or {}).get("metrics", {}))
     saved = path if resumed else None
-    metrics: dict[str, float] = {}
 
     with bar:
         while state.step < end:
@@ -221,7 +223,7 @@ def train(
                 (window_loss,) = distributed.sum_over_processes(processes, [float(meter.loss)])
                 if main:
                     window = {"loss": window_loss, "steps": meter.steps}  # for the next log
-                    extra = {"origin": origin or {}, "log_window": window}
+                    extra = {"origin": origin or {}, "log_window": window, "metrics": metrics}
                     save_checkpoint(path, {**state.checkpoint(settings), **extra})
                 saved = path
 
@@ -245,9 +247,8 @@ def _start(
     device: torch.device,
 ) -> tuple[TrainState, dict[str, Any] | None]:
     """The state to train from: the run's checkpoint at ``path`` when there is one, else
-    fresh, with torch seeded so that dropout is a function of the seed alone; and, when
-    resumed, the loss summed over the steps since the last log before the checkpoint (empty
-    for a checkpoint written before it was saved)."""
+    fresh, with torch seeded so that dropout is a function of the seed alone; and the
+    checkpoint it resumed from, if any."""
     saved = load_checkpoint(path) if path.exists() else None
     if experiment.train.retrofit:
         _retrofit(model, experiment, load_decoder=saved is None)
@@ -259,7 +260,7 @@ def _start(
     else:
         check_compatible(saved, model.config.as_dict(), settings, path)
         state.restore(saved)
-    return state, None if saved is None else saved.get("log_window", {})
+    return state, saved
 
 
 def _wrap(

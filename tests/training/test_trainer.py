@@ -86,6 +86,8 @@ def test_a_stopped_run_resumes_to_the_same_weights(setup, tmp_path) -> None:
     # a finished run has nothing left to do
     again, third = run(s, tmp_path / "split", progress=False)
     assert (third.start_step, third.step, third.tokens) == (8, 8, 0)
+    # but reports the last logged metrics (a run killed in its evaluation records them)
+    assert third.metrics == second.metrics and "train/loss" in third.metrics
     assert weights_equal(again.state_dict(), whole.state_dict())
 
 
