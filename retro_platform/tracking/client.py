@@ -17,6 +17,7 @@ from urllib.parse import quote, urlsplit
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from retro_platform.atomic import atomic_destination, stale_partials
 from retro_platform.errors import RetroPlatformError
 from retro_platform.tracking.uri import check_reachable, safe_uri
 
@@ -64,7 +65,11 @@ def _creating(uri: str) -> Iterator[None]:
     at once (runs started together on a fresh ``mlflow.db``) break each other's migrations
     (alembic's "expected to match one row", SQLite's "duplicate column name"). A lock file
     of its own, never the database: closing another descriptor of the database would drop
-    SQLite's own locks on it."""
+    SQLite's own locks on it.
+
+    A new database is created and migrated under a temporary name and renamed into place: a
+    process killed during the seconds that takes leaves no half-migrated database, which every
+    later open refuses ("table jobs already exists")."""
     database = _sqlite_file(uri)
     if database is None:
         yield
@@ -75,6 +80,17 @@ def _creating(uri: str) -> Iterator[None]:
     with open(database.with_name(database.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
+            if not database.exists():
+                from mlflow import MlflowClient  # lazy: see the module docstring
+
+                for stale in stale_partials(database):  # left by a process killed creating it
+                    stale.with_name(stale.name + "-journal").unlink(missing_ok=True)
+                    stale.unlink(missing_ok=True)
+                with atomic_destination(database) as temporary:
+                    umask = os.umask(0)
+                    os.umask(umask)
+                    temporary.chmod(0o666 & ~umask)  # as SQLite creates it, not mkstemp's 0600
+                    MlflowClient(tracking_uri=f"sqlite:///{temporary}")  # creates and migrates
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)

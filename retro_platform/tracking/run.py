@@ -150,9 +150,10 @@ class TrackedRun:
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         """Log metric values at ``step`` (one timestamp for all).
 
-        In a resumed run, a metric at a step no later than the last one the run had logged
-        for it is skipped: a job restarted from its last checkpoint repeats the steps it ran
-        after that checkpoint, and each point belongs in the history once.
+        A metric at a step no later than the last one the run logged for it is skipped, in
+        this process or, for a resumed run, before the restart: a job restarted from its last
+        checkpoint repeats the steps it ran after that checkpoint, and each point belongs in
+        the history once.
         """
         # lazy: importing mlflow starts its telemetry unless quiet_mlflow_environment() ran first
         from mlflow.entities import Metric
@@ -165,6 +166,9 @@ class TrackedRun:
         ]
         for start in range(0, len(items), METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=items[start : start + METRICS_PER_BATCH])
+        # the final evaluation repeats the last periodic one when [eval] every divides the
+        # steps: logged once, as a resumed run logs it
+        self._logged_steps.update((item.key, item.step) for item in items)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         # lazy: importing mlflow starts its telemetry unless quiet_mlflow_environment() ran first

@@ -143,7 +143,9 @@ def train(
     device = torch.device(device)
     path = checkpoint_path(Path(run_dir))
     settings = run_settings(experiment, data, device)
-    state, resumed = _start(model, experiment, settings, path, device)
+    state, previous = _start(model, experiment, settings, path, device)
+    resumed = previous is not None
+    saved_window = (previous or {}).get("log_window")
     main = processes.is_main
     if processes.distributed:
         state.wrapped = _wrap(model, processes, device, unused=not train_cfg.retrieval)
@@ -170,9 +172,15 @@ def train(
         bar = tqdm(total=steps, initial=state.step, disable=True)
     lines = main and not use_bar(progress)
     meter = _Meter()
+    if saved_window and saved_window["steps"] == state.step % train_cfg.log_every:
+        # the steps since the last log before the checkpoint count in the next logged loss,
+        # as in a run that was never stopped (the sum is every process's: process 0 holds it)
+        meter.steps = saved_window["steps"]
+        meter.loss = saved_window["loss"] if main else 0.0
     total = _Meter()
+    # a resume with no step left (killed after the last checkpoint) still has the last ones
+    metrics: dict[str, float] = dict((previous or {}).get("metrics", {}))
     saved = path if resumed else None
-    metrics: dict[str, float] = {}
 
     with bar:
         while state.step < end:
@@ -212,8 +220,11 @@ def train(
                     restore_rng(generators)
                 distributed.wait_for_main(processes)  # the others wait for process 0's evaluation
             if step % train_cfg.checkpoint_every == 0 or step == steps:
+                (window_loss,) = distributed.sum_over_processes(processes, [float(meter.loss)])
                 if main:
-                    save_checkpoint(path, {**state.checkpoint(settings), "origin": origin or {}})
+                    window = {"loss": window_loss, "steps": meter.steps}  # for the next log
+                    extra = {"origin": origin or {}, "log_window": window, "metrics": metrics}
+                    save_checkpoint(path, {**state.checkpoint(settings), **extra})
                 saved = path
 
     return TrainResult(
@@ -234,10 +245,10 @@ def _start(
     settings: dict[str, Any],
     path: Path,
     device: torch.device,
-) -> tuple[TrainState, bool]:
-    """The state to train from, and whether it was resumed: the run's checkpoint at ``path``
-    when there is one, else fresh, with torch seeded so that dropout is a function of the
-    seed alone."""
+) -> tuple[TrainState, dict[str, Any] | None]:
+    """The state to train from: the run's checkpoint at ``path`` when there is one, else
+    fresh, with torch seeded so that dropout is a function of the seed alone; and the
+    checkpoint it resumed from, if any."""
     saved = load_checkpoint(path) if path.exists() else None
     if experiment.train.retrofit:
         _retrofit(model, experiment, load_decoder=saved is None)
@@ -249,7 +260,7 @@ def _start(
     else:
         check_compatible(saved, model.config.as_dict(), settings, path)
         state.restore(saved)
-    return state, saved is not None
+    return state, saved
 
 
 def _wrap(

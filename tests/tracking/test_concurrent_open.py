@@ -4,8 +4,19 @@ on a fresh ``mlflow.db``): each migration is MLflow's, so they must take turns."
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 import traceback
+from contextlib import closing
 from pathlib import Path
+
+from retro_platform.tracking.client import open_client
+
+REPO = Path(__file__).resolve().parents[2]
 
 PROCESSES = 4
 
@@ -44,3 +55,42 @@ def test_processes_that_open_a_new_sqlite_tracking_store_at_once_all_get_it(
         worker.join(timeout=60)
     assert outcomes == ["ok"] * PROCESSES, "\n".join(o for o in outcomes if o != "ok")
     assert (tmp_path / "mlflow.db.lock").exists()
+
+
+OPEN = """
+import sys
+from retro_platform.tracking.client import open_client
+open_client(sys.argv[1])
+"""
+
+
+def _migrating(path: Path) -> bool:
+    """Whether alembic is in the middle of a migration of the SQLite database ``path``: it
+    has copied a table to change it (a batch migration, a step at a time on SQLite)."""
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0)) as db:
+            copies = "SELECT name FROM sqlite_master WHERE name GLOB '_alembic_tmp_*'"
+            return bool(db.execute(copies).fetchall())
+    except sqlite3.Error:
+        return False
+
+
+def test_a_process_killed_while_creating_the_database_leaves_one_that_opens(
+    tmp_path: Path,
+) -> None:
+    """Before, a run killed during the seconds MLflow takes to migrate a new ``mlflow.db``
+    left it half-migrated, and every later run stopped at "table jobs already exists"."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    process = subprocess.Popen([sys.executable, "-c", OPEN, uri], env=env)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if any(_migrating(path) for path in tmp_path.glob("*mlflow.db*")):
+            break
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the process ended before the kill"
+
+    client = open_client(uri)  # a new one, or the whole one: never half of one
+    assert [e.name for e in client.search_experiments()] == ["Default"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["mlflow.db", "mlflow.db.lock"]

@@ -84,6 +84,19 @@ def test_a_restarted_job_resumes_into_the_same_run(
     assert [r.info.run_id for r in runs] == [run.run_id]
 
 
+def test_a_step_logged_again_in_one_process_is_logged_once(
+    client: Any, mlflow_experiment: str
+) -> None:
+    # a run whose [eval] every divides its steps validates the last step twice: periodically,
+    # then in the final evaluation; a resumed run logged it once, so must an uninterrupted one
+    run = TrackedRun.start(client, mlflow_experiment)
+    run.log_metrics(10, {"val/bpb": 3.5})
+    run.log_metrics(10, {"val/bpb": 3.5, "val/loss": 2.0})
+    run.finish()
+    assert history(client, run.run_id, "val/bpb") == [(10, 3.5)]
+    assert history(client, run.run_id, "val/loss") == [(10, 2.0)]
+
+
 def test_a_changed_config_is_refused_on_resume(client: Any, mlflow_experiment: str) -> None:
     run = TrackedRun.start(client, mlflow_experiment)
     run.log_params({"train.lr": "0.001", "train.steps": "100"})

@@ -86,7 +86,24 @@ def test_a_stopped_run_resumes_to_the_same_weights(setup, tmp_path) -> None:
     # a finished run has nothing left to do
     again, third = run(s, tmp_path / "split", progress=False)
     assert (third.start_step, third.step, third.tokens) == (8, 8, 0)
+    # but reports the last logged metrics (a run killed in its evaluation records them)
+    assert third.metrics == second.metrics and "train/loss" in third.metrics
     assert weights_equal(again.state_dict(), whole.state_dict())
+
+
+def test_a_resume_between_logs_logs_the_losses_of_an_uninterrupted_run(setup, tmp_path):
+    # checkpoints at 3 and 6, logs at 4 and 8: the loss logged at 4 after a resume from 3 is
+    # the mean of steps 1-4, as without the stop, not that of step 4 alone
+    s = setup(train={"steps": 8, "log_every": 4, "checkpoint_every": 3})
+    whole: list[tuple[int, float]] = []
+    run(s, tmp_path / "whole", progress=False,
+        on_log=lambda step, m: whole.append((step, m["train/loss"])))  # fmt: skip
+    split: list[tuple[int, float]] = []
+    for stop_after in (5, 7, None):  # stopped after the checkpoints of steps 3 and 6
+        run(s, tmp_path / "split", stop_after=stop_after, progress=False,
+            on_log=lambda step, m: split.append((step, m["train/loss"])))  # fmt: skip
+    assert [step for step, _ in whole] == [4, 8]
+    assert sorted(set(split)) == whole  # each step's loss the same in every try
 
 
 DRIVER = """
