@@ -29,6 +29,9 @@ os.environ["RETRO_PLATFORM_LOAD_PLUGINS"] = ""
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+# as the command line does (retro_platform/cli/__init__.py), before anything loads torch:
+# OpenMP threads that spin made training steps 5 times slower on shared cores
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session", autouse=True)
