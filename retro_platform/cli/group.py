@@ -24,7 +24,7 @@ from typing import Any
 import click
 
 from retro_platform.errors import RetroPlatformError
-from retro_platform.parent_watch import exit_with_parent
+from retro_platform.parent_watch import exit_if_parent_gone, exit_with_parent
 from retro_platform.training.launch import RESUME, record_failure
 
 
@@ -48,6 +48,7 @@ class RetroGroup(click.Group):
         except (click.exceptions.ClickException, click.exceptions.Exit):
             raise
         except Exception as exc:
+            exit_if_parent_gone()  # an error that torchrun's death caused: its one line only
             # a bug keeps its traceback; one raised in a plugin's code also names the plugin
             from retro_platform.plugins import plugin_in_traceback  # lazy: --help stays fast
 
@@ -68,4 +69,5 @@ def cli() -> None:
         # torchrun starts each process in a session of its own: killed outright (SIGKILL,
         # with its launcher's process group), it leaves them training with no one to stop them
         gone = f"Error: torchrun (pid {os.getppid()}) is gone: this process stops; {RESUME}"
-        exit_with_parent(1, gone)
+        # said once a machine, by its first process, as the other messages are
+        exit_with_parent(1, gone if os.environ.get("LOCAL_RANK", "0") == "0" else None)
