@@ -25,6 +25,10 @@ from pathlib import Path
 
 from retro_platform.disk import KEPT, disk_errors
 
+#: The process's umask, read once (reading it means setting it): the mode a new file gets.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextmanager
 def atomic_destination(path: str | Path, then: str = KEPT) -> Iterator[Path]:
@@ -45,6 +49,9 @@ def atomic_destination(path: str | Path, then: str = KEPT) -> Iterator[Path]:
         )
         os.close(handle)
         temporary = Path(name)
+        # mkstemp's file is the owner's alone: give it the mode open() would, so that the
+        # target reads like every other file of the store (another user may read a store)
+        temporary.chmod(0o666 & ~_UMASK)
         try:
             yield temporary
             if temporary.is_dir():

@@ -24,6 +24,15 @@ def test_text_is_written_and_replaced(tmp_path: Path) -> None:
     assert list(path.parent.iterdir()) == [path]
 
 
+def test_a_file_written_atomically_has_the_mode_of_any_new_file(tmp_path: Path) -> None:
+    # mkstemp makes its file the owner's alone: checkpoints, chunk-id files and tokenizers were
+    # 0600 beside the store's 0644 files, unreadable by another user reading a shared store
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    written = write_text_atomic(tmp_path / "atomic.txt", "x")
+    assert (written.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777)
+
+
 def test_a_failed_write_keeps_the_old_file_and_leaves_nothing(tmp_path: Path) -> None:
     path = tmp_path / "index.faiss"
     path.write_bytes(b"old")

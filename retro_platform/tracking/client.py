@@ -87,9 +87,6 @@ def _creating(uri: str) -> Iterator[None]:
                     stale.with_name(stale.name + "-journal").unlink(missing_ok=True)
                     stale.unlink(missing_ok=True)
                 with atomic_destination(database) as temporary:
-                    umask = os.umask(0)
-                    os.umask(umask)
-                    temporary.chmod(0o666 & ~umask)  # as SQLite creates it, not mkstemp's 0600
                     MlflowClient(tracking_uri=f"sqlite:///{temporary}")  # creates and migrates
             yield
         finally:
