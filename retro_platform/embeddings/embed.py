@@ -225,10 +225,11 @@ def embed_corpus(
             f"run: retro-platform index {experiment.hint_file} --reembed"
         )
     result = EmbeddingFile.from_row(row, store)
+    ready = is_ready(store, row)
     if not reembed:
-        done = "reuses" if is_ready(store, row) else "resumes"
+        done = "reuses" if ready else "resumes"
         warn_if_made_otherwise(experiment, result, f"the embeddings this index {done}")
-    if is_ready(store, row):
+    if ready:
         if not result.ids_path.exists() and row.corpus_version == corpus.version:
             _save_chunk_ids(store, row.corpus_id, result.ids_path)  # a set from before the file
         return result
